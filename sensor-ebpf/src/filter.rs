@@ -1,0 +1,45 @@
+//! In-kernel filtering: the sensor's own activity, ignore lists and the optional allow-list.
+
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid};
+
+use crate::{config, IGNORE_CGROUPS, IGNORE_TGIDS, TRACE_TGIDS};
+
+/// Whether the current task's events are reported.
+#[inline(always)]
+pub(crate) fn current_traced() -> bool {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    tgid_traced(tgid)
+}
+
+#[inline(always)]
+pub(crate) fn tgid_traced(tgid: u32) -> bool {
+    // SAFETY: lookups in hash maps with plain integer keys; the returned references are not kept.
+    unsafe {
+        if IGNORE_TGIDS.get(&tgid).is_some() {
+            return false;
+        }
+        // SAFETY: helper without arguments.
+        let cg = bpf_get_current_cgroup_id();
+        if IGNORE_CGROUPS.get(&cg).is_some() {
+            return false;
+        }
+        if config().only_listed != 0 && TRACE_TGIDS.get(&tgid).is_none() {
+            return false;
+        }
+    }
+    true
+}
+
+/// With the allow-list on, a child of a listed process is listed too.
+#[inline(always)]
+pub(crate) fn inherit(parent: u32, child: u32) {
+    if config().only_listed == 0 {
+        return;
+    }
+    // SAFETY: hash map lookup/insert with integer keys.
+    unsafe {
+        if TRACE_TGIDS.get(&parent).is_some() {
+            let _ = TRACE_TGIDS.insert(&child, &1, 0);
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Kernel side of the sensor: hooks → one BPF ring buffer.
+//!
+//! Only tracepoints and raw tracepoints are used (kprobes are not compiled into the target
+//! kernels; LSM and fentry/fexit loads are refused). Every kernel struct offset comes from
+//! [`CONFIG`], which the agent fills from the running kernel's BTF before loading: Rust eBPF emits
+//! no CO-RE relocations, so nothing here may assume a layout.
+#![no_std]
+#![no_main]
+
+mod filter;
+mod net;
+mod proc;
+mod task;
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use sensor_common::{kind, ProgConfig, FILTER_MAP_ENTRIES};
+
+/// All events. Its size is set by the agent at load time (`ring_buffer_size` in the config).
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Per-CPU count of ring-buffer reservations that failed, indexed by event kind.
+#[map(name = "DROPS")]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::MAX, 0);
+
+/// Thread groups whose activity is never reported (the sensor itself, configured pids).
+#[map(name = "IGNORE_TGIDS")]
+pub static IGNORE_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(FILTER_MAP_ENTRIES, 0);
+
+/// cgroup v2 ids whose activity is never reported.
+#[map(name = "IGNORE_CGROUPS")]
+pub static IGNORE_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(FILTER_MAP_ENTRIES, 0);
+
+/// With `only_listed`, the thread groups that are reported; forks of a listed process are added.
+#[map(name = "TRACE_TGIDS")]
+pub static TRACE_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(FILTER_MAP_ENTRIES, 0);
+
+/// Offsets and settings, overridden by the agent at load time (`EbpfLoader::override_global`).
+#[no_mangle]
+static CONFIG: ProgConfig = ProgConfig::DEFAULT;
+
+/// Reads the load-time configuration. The volatile read keeps the compiler from folding the
+/// compile-time default into the code.
+#[inline(always)]
+pub(crate) fn config() -> &'static ProgConfig {
+    // SAFETY: CONFIG is a static that lives for the program's lifetime; read_volatile of a
+    // valid, aligned pointer to it is sound. We return a reference to the static itself after
+    // forcing the compiler to treat it as opaque.
+    unsafe { &*core::ptr::read_volatile(&(&CONFIG as *const ProgConfig)) }
+}
+
+/// Counts a failed ring-buffer reservation for `k`.
+#[inline(always)]
+pub(crate) fn count_drop(k: u32) {
+    if let Some(p) = DROPS.get_ptr_mut(k) {
+        // SAFETY: p points at this CPU's slot of a per-CPU array value; no other context on this
+        // CPU runs concurrently with a tracing program, so a plain increment is race-free.
+        unsafe { *p += 1 };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

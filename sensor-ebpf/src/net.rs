@@ -1,0 +1,236 @@
+//! connect(2) and bind(2) (syscall enter/exit tracepoints) and TCP state changes
+//! (`sock/inet_sock_set_state`) for connects that bypass connect(2) (io_uring) and for listeners.
+//!
+//! Tracepoint record layouts are not assumed: the field offsets come from the tracefs `format`
+//! files via [`crate::config`].
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+};
+use sensor_common::{flags, kind, NetEvent};
+
+use crate::{
+    config, count_drop,
+    filter::current_traced,
+    task::{file_of_fd, fill_header, read},
+    EVENTS,
+};
+
+/// Address families (include/linux/socket.h).
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+/// TCP states (include/net/tcp_states.h).
+const TCP_SYN_SENT: i32 = 2;
+const TCP_LISTEN: i32 = 10;
+/// SOCK_STREAM (include/linux/net.h, enum sock_type).
+const SOCK_STREAM: u16 = 1;
+
+/// A connect/bind seen at syscall entry, completed at exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    kind: u32,
+    fd: i32,
+    family: u16,
+    port: u16,
+    sock_type: u16,
+    protocol: u16,
+    addr: [u8; 16],
+}
+
+/// In-flight connect/bind syscalls by pid_tgid (a thread is in at most one syscall).
+#[map(name = "PENDING_NET")]
+static PENDING_NET: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
+
+/// Reads a user `struct sockaddr` (include/uapi/linux/in.h `sockaddr_in`: family@0, port@2 (be),
+/// addr@4; include/uapi/linux/in6.h `sockaddr_in6`: family@0, port@2, flowinfo@4, addr@8).
+/// Only AF_INET/AF_INET6 are kept: AF_UNIX and others are filtered here, in the kernel.
+#[inline(always)]
+fn read_sockaddr(ptr: u64, len: u64, p: &mut Pending) -> bool {
+    if ptr == 0 || len < 2 {
+        return false;
+    }
+    // SAFETY: bpf_probe_read_user handles faults and returns an error for bad user pointers.
+    let Ok(family) = (unsafe { bpf_probe_read_user(ptr as *const u16) }) else {
+        return false;
+    };
+    p.family = family;
+    match family {
+        AF_INET if len >= 8 => {
+            // SAFETY: as above.
+            let Ok(raw) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }) else {
+                return false;
+            };
+            p.port = u16::from_be_bytes([raw[2], raw[3]]);
+            p.addr = [0; 16];
+            p.addr[..4].copy_from_slice(&raw[4..8]);
+            true
+        }
+        AF_INET6 if len >= 24 => {
+            // SAFETY: as above.
+            let Ok(raw) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 24]) }) else {
+                return false;
+            };
+            p.port = u16::from_be_bytes([raw[2], raw[3]]);
+            p.addr.copy_from_slice(&raw[8..24]);
+            true
+        }
+        _ => false,
+    }
+}
+
+#[inline(always)]
+fn enter(ctx: &TracePointContext, k: u32) -> i32 {
+    if !current_traced() {
+        return 0;
+    }
+    let o = &config().offsets;
+    // SAFETY: reads of the tracepoint record at offsets taken from its tracefs format file.
+    let (fd, ptr, len) = unsafe {
+        (
+            ctx.read_at::<u64>(o.tp_sockaddr_fd as usize).unwrap_or(u64::MAX),
+            ctx.read_at::<u64>(o.tp_sockaddr_ptr as usize).unwrap_or(0),
+            ctx.read_at::<u64>(o.tp_sockaddr_len as usize).unwrap_or(0),
+        )
+    };
+    let mut p = Pending {
+        kind: k,
+        fd: fd as i32,
+        family: 0,
+        port: 0,
+        sock_type: 0,
+        protocol: 0,
+        addr: [0; 16],
+    };
+    if !read_sockaddr(ptr, len, &mut p) {
+        return 0;
+    }
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let file = file_of_fd(task, fd & 0xffff_ffff);
+    if let Some(sock) = read::<u64>(file, o.file_private_data) {
+        p.sock_type = read::<u16>(sock, o.socket_type).unwrap_or(0);
+    }
+    let _ = PENDING_NET.insert(&bpf_get_current_pid_tgid(), &p, 0);
+    0
+}
+
+#[inline(always)]
+fn exit(ctx: &TracePointContext, k: u32) -> i32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(p) = (unsafe { PENDING_NET.get(&id) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING_NET.remove(&id);
+    if p.kind != k {
+        return 0;
+    }
+    let o = &config().offsets;
+    // SAFETY: read of the tracepoint record at the format-file offset of `ret`.
+    let ret = unsafe { ctx.read_at::<i64>(o.tp_exit_ret as usize) }.unwrap_or(0);
+    emit(k, 0, ret as i32, p.fd, &p);
+    0
+}
+
+#[inline(always)]
+fn emit(k: u32, fl: u32, ret: i32, fd: i32, p: &Pending) {
+    let Some(mut entry) = EVENTS.reserve::<NetEvent>(0) else {
+        count_drop(k);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is a reservation of size_of::<NetEvent>() bytes owned by this program.
+    unsafe {
+        fill_header(&mut (*ev).hdr, k);
+        (*ev).hdr.flags = fl;
+        (*ev).ret = ret;
+        (*ev).fd = fd;
+        (*ev).family = p.family;
+        (*ev).port = p.port;
+        (*ev).sock_type = p.sock_type;
+        (*ev).protocol = p.protocol;
+        (*ev).addr = p.addr;
+    }
+    entry.submit(0);
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    enter(&ctx, kind::CONNECT) as u32
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    exit(&ctx, kind::CONNECT) as u32
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_bind")]
+pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
+    enter(&ctx, kind::BIND) as u32
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_bind")]
+pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
+    exit(&ctx, kind::BIND) as u32
+}
+
+/// `sock/inet_sock_set_state`: SYN_SENT outside connect(2) → a connect event marked
+/// `NET_NO_SYSCALL` (io_uring and other in-kernel callers); LISTEN → a listen event with the
+/// local address. Runs in the context of the task that changed the state for both transitions.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let o = &config().offsets;
+    // SAFETY: reads of the tracepoint record at offsets taken from its tracefs format file.
+    let newstate = unsafe { ctx.read_at::<i32>(o.tp_iss_newstate as usize) }.unwrap_or(0);
+    if newstate != TCP_SYN_SENT && newstate != TCP_LISTEN {
+        return 0;
+    }
+    if !current_traced() {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: hash lookup; only presence is used.
+    if newstate == TCP_SYN_SENT && unsafe { PENDING_NET.get(&id) }.is_some() {
+        return 0; // inside connect(2): sys_exit_connect reports it with the result
+    }
+    // SAFETY: as above, record reads at format-file offsets.
+    let (family, sport, dport, protocol) = unsafe {
+        (
+            ctx.read_at::<u16>(o.tp_iss_family as usize).unwrap_or(0),
+            ctx.read_at::<u16>(o.tp_iss_sport as usize).unwrap_or(0),
+            ctx.read_at::<u16>(o.tp_iss_dport as usize).unwrap_or(0),
+            ctx.read_at::<u16>(o.tp_iss_protocol as usize).unwrap_or(0),
+        )
+    };
+    let listen = newstate == TCP_LISTEN;
+    let mut p = Pending {
+        kind: 0,
+        fd: -1,
+        family,
+        port: if listen { sport } else { dport },
+        sock_type: SOCK_STREAM,
+        protocol,
+        addr: [0; 16],
+    };
+    // SAFETY: as above.
+    unsafe {
+        if family == AF_INET {
+            let off = if listen { o.tp_iss_saddr } else { o.tp_iss_daddr };
+            let a = ctx.read_at::<[u8; 4]>(off as usize).unwrap_or([0; 4]);
+            p.addr[..4].copy_from_slice(&a);
+        } else {
+            let off = if listen { o.tp_iss_saddr_v6 } else { o.tp_iss_daddr_v6 };
+            p.addr = ctx.read_at::<[u8; 16]>(off as usize).unwrap_or([0; 16]);
+        }
+    }
+    if listen {
+        emit(kind::LISTEN, 0, 0, -1, &p);
+    } else {
+        emit(kind::CONNECT, flags::NET_NO_SYSCALL, 0, -1, &p);
+    }
+    0
+}

@@ -1,0 +1,148 @@
+//! Process life cycle: `sched_process_exec`, `sched_process_fork`, `sched_process_exit` as raw
+//! tracepoints (no tracefs needed; arguments are the TP_PROTO of include/trace/events/sched.h).
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel_str_bytes, generated as gen},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use sensor_common::{flags, kind, ExecEvent, ExitEvent, ForkEvent, ARGS_MAX, FILENAME_MAX};
+
+use crate::{
+    config, count_drop,
+    filter::{current_traced, inherit, tgid_traced},
+    task::{fill_header, read},
+    EVENTS,
+};
+
+/// `trace_sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`;
+/// runs in the context of the task after the new image is installed, so `current->mm` is the new
+/// mm and its argv block (`arg_start..arg_end`) is the new argv, laid out NUL-separated.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
+    if !current_traced() {
+        return 0;
+    }
+    let bprm: u64 = ctx.arg(2);
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        count_drop(kind::EXEC);
+        return 0;
+    };
+    let ev = entry.as_mut_ptr();
+    let o = &config().offsets;
+    // SAFETY: `ev` points at a ring-buffer reservation of size_of::<ExecEvent>() bytes that this
+    // program owns until submit/discard; all accesses below stay inside it.
+    unsafe {
+        let task = fill_header(&mut (*ev).hdr, kind::EXEC);
+        let mut fl = 0u32;
+
+        (*ev).filename[0] = 0;
+        if let Some(fname) = read::<u64>(bprm, o.bprm_filename) {
+            if let Ok(s) = bpf_probe_read_kernel_str_bytes(fname as *const u8, &mut (*ev).filename)
+            {
+                // The helper stops one byte short of the buffer (for the NUL) when it truncates.
+                if s.len() >= FILENAME_MAX - 1 {
+                    fl |= flags::FILENAME_TRUNCATED;
+                }
+            }
+        }
+
+        let mm = read::<u64>(task, o.task_mm).unwrap_or(0);
+        let start = read::<u64>(mm, o.mm_arg_start).unwrap_or(0);
+        let end = read::<u64>(mm, o.mm_arg_end).unwrap_or(0);
+        let total = end.saturating_sub(start);
+        let mut len = total;
+        if len > ARGS_MAX as u64 {
+            len = ARGS_MAX as u64;
+            fl |= flags::ARGS_TRUNCATED;
+        }
+        (*ev).args_total = total as u32;
+        (*ev).args_len = 0;
+        if start != 0 && len > 0 {
+            // Raw helper: the size is a bounded run-time value, not a slice length.
+            let r = gen::bpf_probe_read_user(
+                (*ev).args.as_mut_ptr().cast(),
+                (len as u32) & (2 * ARGS_MAX as u32 - 1),
+                start as *const _,
+            );
+            if r == 0 {
+                (*ev).args_len = len as u32;
+            } else {
+                fl |= flags::ARGS_UNREADABLE;
+            }
+        }
+        (*ev).hdr.flags = fl;
+    }
+    entry.submit(0);
+    0
+}
+
+/// `trace_sched_process_fork(struct task_struct *parent, struct task_struct *child)`, in the
+/// parent's context. Threads (child->tgid == parent's tgid) are not reported.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let child: u64 = ctx.arg(1);
+    let o = &config().offsets;
+    let (Some(child_pid), Some(child_tgid)) =
+        (read::<u32>(child, o.task_pid), read::<u32>(child, o.task_tgid))
+    else {
+        return 0;
+    };
+    if child_pid != child_tgid {
+        return 0; // a new thread, not a new process
+    }
+    let parent = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    inherit(parent, child_tgid);
+    if !tgid_traced(parent) {
+        return 0;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
+        count_drop(kind::FORK);
+        return 0;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is a reservation of size_of::<ForkEvent>() bytes owned by this program.
+    unsafe {
+        fill_header(&mut (*ev).hdr, kind::FORK);
+        (*ev).child_pid = child_tgid;
+        (*ev)._pad = 0;
+    }
+    entry.submit(0);
+    0
+}
+
+/// `trace_sched_process_exit(struct task_struct *p[, bool group_dead])`, in the exiting task's
+/// context. Reported once per process: when `group_dead` (the last thread), or — on kernels whose
+/// tracepoint lacks that argument — when the thread-group leader exits.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    let o = &config().offsets;
+    let task: u64 = ctx.arg(0);
+    if o.exit_has_group_dead != 0 {
+        let group_dead: u64 = ctx.arg(1);
+        if group_dead & 0xff == 0 {
+            return 0;
+        }
+    } else {
+        let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+        if pid_tgid >> 32 != pid_tgid & 0xffff_ffff {
+            return 0;
+        }
+    }
+    if !current_traced() {
+        return 0;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
+        count_drop(kind::EXIT);
+        return 0;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is a reservation of size_of::<ExitEvent>() bytes owned by this program.
+    unsafe {
+        fill_header(&mut (*ev).hdr, kind::EXIT);
+        (*ev).exit_code = read::<i32>(task, o.task_exit_code).unwrap_or(0);
+        (*ev)._pad = 0;
+    }
+    entry.submit(0);
+    0
+}
