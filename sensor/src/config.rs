@@ -1,0 +1,197 @@
+//! Agent configuration: a TOML file where every field has a default. Unknown fields and bad
+//! values are errors that name the file, line and column (never a panic).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// The whole configuration. See README "Configuration" for every field.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub ring: RingConfig,
+    pub filter: FilterConfig,
+    pub output: OutputConfig,
+    /// Path of the kernel BTF used to resolve struct offsets.
+    pub btf_path: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ring: RingConfig::default(),
+            filter: FilterConfig::default(),
+            output: OutputConfig::default(),
+            btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RingConfig {
+    /// BPF ring buffer size: bytes or a size with a unit ("16KiB", "8MiB"). A power of two and
+    /// a multiple of the page size (a kernel requirement of BPF_MAP_TYPE_RINGBUF).
+    #[serde(deserialize_with = "de_size")]
+    pub size: u64,
+    /// Capacity of the user-side queue between the ring reader and the pipeline, in events.
+    /// When it is full, events are dropped and counted (`user_dropped`).
+    pub queue: usize,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig { size: 8 << 20, queue: 65536 }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterConfig {
+    /// Processes (thread-group ids) never reported. The sensor always ignores itself.
+    pub ignore_pids: Vec<u32>,
+    /// cgroup v2 ids never reported.
+    pub ignore_cgroup_ids: Vec<u64>,
+    /// When non-empty, only these processes and the processes they fork afterwards are reported.
+    pub only_pids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// Seconds between `loss` events (emitted when a counter changed; a final one at exit).
+    pub loss_interval_secs: u64,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig { loss_interval_secs: 10 }
+    }
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(n),
+        Raw::S(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses "4096", "16KiB", "8MiB", "1GiB" (binary units; "K"/"M"/"G" accepted as the same).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}: expected e.g. 8MiB"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        u => return Err(format!("bad size unit {u:?} in {s:?}: use B, KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&path.display().to_string(), &text)
+    }
+
+    pub fn from_toml(path: &str, text: &str) -> Result<Config, ConfigError> {
+        // toml's error Display carries "line N, column M" and the offending snippet.
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Invalid { path: path.to_string(), message };
+        let page = 4096u64;
+        let sz = self.ring.size;
+        if sz < page || !sz.is_power_of_two() || sz > (1 << 30) {
+            return Err(bad(format!(
+                "ring.size = {sz}: must be a power of two between 4KiB and 1GiB"
+            )));
+        }
+        if self.ring.queue == 0 {
+            return Err(bad("ring.queue must be at least 1".into()));
+        }
+        if self.output.loss_interval_secs == 0 {
+            return Err(bad("output.loss_interval_secs must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(Config::from_toml("c", "").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn sizes_with_units() {
+        assert_eq!(parse_size("16KiB").unwrap(), 16384);
+        assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("8XB").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+        let c = Config::from_toml("c", "[ring]\nsize = \"64KiB\"\nqueue = 10\n").unwrap();
+        assert_eq!(c.ring.size, 65536);
+        assert_eq!(c.ring.queue, 10);
+    }
+
+    #[test]
+    fn unknown_field_names_its_location() {
+        let e = Config::from_toml("/etc/s.toml", "[ring]\nsize = \"8MiB\"\nsise = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/etc/s.toml"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("sise"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        for (text, needle) in [
+            ("[ring]\nsize = \"3KiB\"\n", "power of two"),
+            ("[ring]\nsize = 1024\n", "power of two"),
+            ("[ring]\nqueue = 0\n", "queue"),
+            ("[ring]\nqueue = -1\n", "line 2"),
+            ("[filter]\nonly_pids = [\"x\"]\n", "line 2"),
+            ("[output]\nloss_interval_secs = 0\n", "loss_interval"),
+            ("ring = 5\n", "line 1"),
+        ] {
+            let e = Config::from_toml("c", text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?} -> {e}");
+        }
+    }
+}

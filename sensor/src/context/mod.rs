@@ -1,0 +1,3 @@
+//! Process and (later) pod context attached to events.
+
+pub mod process;

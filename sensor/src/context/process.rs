@@ -1,0 +1,151 @@
+//! The process table: built from `/proc` at start-up (processes older than the sensor) and kept
+//! current from exec/fork/exit events. It gives every event the process's executable.
+
+use std::{collections::HashMap, fs, sync::Arc};
+
+use crate::event::{Body, Event};
+
+#[derive(Debug, Clone, Default)]
+pub struct Proc {
+    pub ppid: u32,
+    pub exe: Option<Arc<str>>,
+    pub argv: Arc<[String]>,
+}
+
+#[derive(Debug, Default)]
+pub struct ProcTable {
+    procs: HashMap<u32, Proc>,
+}
+
+/// Parses the ppid out of `/proc/PID/stat` (field 4; the comm in field 2 may contain spaces
+/// and parentheses, so split after the last ')').
+fn stat_ppid(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl ProcTable {
+    /// Reads every process in `/proc`. Unreadable entries (races with exit) are skipped.
+    pub fn scan() -> ProcTable {
+        let mut t = ProcTable::default();
+        let Ok(dir) = fs::read_dir("/proc") else { return t };
+        for ent in dir.flatten() {
+            let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let base = ent.path();
+            let Some(ppid) = fs::read_to_string(base.join("stat")).ok().and_then(|s| stat_ppid(&s))
+            else {
+                continue;
+            };
+            let exe = fs::read_link(base.join("exe"))
+                .ok()
+                .map(|p| Arc::from(p.to_string_lossy().as_ref()));
+            let argv: Vec<String> = fs::read(base.join("cmdline"))
+                .map(|b| crate::decode::split_argv(&b))
+                .unwrap_or_default();
+            t.procs.insert(pid, Proc { ppid, exe, argv: argv.into() });
+        }
+        t
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Proc> {
+        self.procs.get(&pid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Updates the table from `ev` and fills `ev.exe`.
+    pub fn apply(&mut self, ev: &mut Event) {
+        match &ev.body {
+            Body::Exec(x) => {
+                let exe: Arc<str> = if x.filename.starts_with('/') {
+                    Arc::from(x.filename.as_str())
+                } else {
+                    // A relative path: the kernel resolved it against the cwd; ask /proc.
+                    fs::read_link(format!("/proc/{}/exe", ev.pid))
+                        .map(|p| Arc::from(p.to_string_lossy().as_ref()))
+                        .unwrap_or_else(|_| Arc::from(x.filename.as_str()))
+                };
+                let p = self.procs.entry(ev.pid).or_default();
+                p.ppid = ev.ppid;
+                p.exe = Some(exe.clone());
+                p.argv = x.argv.clone().into();
+                ev.exe = Some(exe.to_string());
+            }
+            Body::Fork(f) => {
+                let parent = self.procs.get(&ev.pid).cloned().unwrap_or_default();
+                ev.exe = parent.exe.as_deref().map(str::to_string);
+                self.procs.insert(f.child_pid, Proc { ppid: ev.pid, ..parent });
+            }
+            Body::Exit(_) => {
+                ev.exe = self.procs.remove(&ev.pid).and_then(|p| p.exe).map(|e| e.to_string());
+            }
+            _ => {
+                ev.exe = self.procs.get(&ev.pid).and_then(|p| p.exe.as_deref()).map(str::to_string);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Exec, Exit, Fork};
+
+    fn ev(pid: u32, body: Body) -> Event {
+        Event {
+            ts: String::new(),
+            ts_ns: 0,
+            pid,
+            tid: pid,
+            ppid: 1,
+            uid: 0,
+            gid: 0,
+            comm: "x".into(),
+            cgroup_id: 1,
+            mntns: 0,
+            exe: None,
+            body,
+        }
+    }
+
+    #[test]
+    fn stat_ppid_with_odd_comm() {
+        assert_eq!(stat_ppid("42 (a b) c)) S 7 42 42 0"), Some(7));
+        assert_eq!(stat_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn fork_inherits_exec_replaces_exit_removes() {
+        let mut t = ProcTable::default();
+        let mut e = ev(100, Body::Exec(Exec {
+            filename: "/usr/bin/python3".into(),
+            argv: vec!["python3".into()],
+            args_truncated: false,
+            args_size: 8,
+            filename_truncated: false,
+            args_unreadable: false,
+        }));
+        t.apply(&mut e);
+        assert_eq!(e.exe.as_deref(), Some("/usr/bin/python3"));
+        let mut f = ev(100, Body::Fork(Fork { child_pid: 101 }));
+        t.apply(&mut f);
+        assert_eq!(t.get(101).unwrap().ppid, 100);
+        assert_eq!(t.get(101).unwrap().exe.as_deref(), Some("/usr/bin/python3"));
+        let mut x = ev(101, Body::Exit(Exit { exit_code: 0, exit_status: Some(0), signal: None }));
+        t.apply(&mut x);
+        assert_eq!(x.exe.as_deref(), Some("/usr/bin/python3"));
+        assert!(t.get(101).is_none());
+    }
+
+    #[test]
+    fn scan_sees_this_process() {
+        let t = ProcTable::scan();
+        let me = t.get(std::process::id()).expect("own pid in /proc scan");
+        assert!(me.exe.is_some());
+        assert!(!me.argv.is_empty());
+    }
+}

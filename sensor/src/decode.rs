@@ -1,0 +1,355 @@
+//! Ring-buffer records → [`Event`]s. Every decoder checks lengths first: a short or unknown
+//! record is a [`DecodeError`], never a panic or an out-of-bounds read.
+
+use std::{
+    mem::size_of,
+    net::{Ipv4Addr, Ipv6Addr},
+    time::{Duration, SystemTime},
+};
+
+use sensor_common::{flags, kind, EventHeader, ExecEvent, ExitEvent, ForkEvent, NetEvent};
+use thiserror::Error;
+
+use crate::event::{Body, Event, Exec, Exit, Fork, Net};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {got} bytes is shorter than {need} bytes for kind {kind}")]
+    TooShort { kind: u32, need: usize, got: usize },
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+}
+
+/// Converts kernel CLOCK_BOOTTIME stamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// realtime - boottime, in ns, sampled at start.
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        let get = |id| {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: ts is a valid, writable timespec.
+            unsafe { libc::clock_gettime(id, &mut ts) };
+            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+        };
+        let boot = get(libc::CLOCK_BOOTTIME);
+        let real = get(libc::CLOCK_REALTIME);
+        Clock { offset_ns: real - boot }
+    }
+
+    #[cfg(test)]
+    pub fn fixed(offset_ns: i128) -> Clock {
+        Clock { offset_ns }
+    }
+
+    pub fn wall(&self, boot_ns: u64) -> SystemTime {
+        let ns = (boot_ns as i128 + self.offset_ns).max(0) as u128;
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    }
+
+    pub fn rfc3339(&self, boot_ns: u64) -> String {
+        humantime::format_rfc3339_nanos(self.wall(boot_ns)).to_string()
+    }
+}
+
+/// Reads a `T` from the start of `buf` after checking its length.
+fn read<T: Copy>(buf: &[u8], k: u32) -> Result<T, DecodeError> {
+    if buf.len() < size_of::<T>() {
+        return Err(DecodeError::TooShort { kind: k, need: size_of::<T>(), got: buf.len() });
+    }
+    // SAFETY: the length is checked above; read_unaligned has no alignment requirement, and T is
+    // one of the sensor-common #[repr(C)] integer-only types, valid for any bit pattern.
+    Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
+}
+
+/// NUL-terminated bytes → String (lossy), stopping at the first NUL or the end.
+pub fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// Splits a kernel argv block (NUL-separated strings, the last one NUL-terminated unless the
+/// block was cut) into arguments. Empty arguments are kept.
+pub fn split_argv(block: &[u8]) -> Vec<String> {
+    if block.is_empty() {
+        return vec![];
+    }
+    let body = block.strip_suffix(&[0]).unwrap_or(block);
+    body.split(|&c| c == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+}
+
+/// Formats a `NetEvent` address: IPv4 in the first 4 bytes for AF_INET, else IPv6.
+pub fn ip_string(family: u16, addr: &[u8; 16]) -> String {
+    match family {
+        2 => Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).to_string(),
+        _ => Ipv6Addr::from(*addr).to_string(),
+    }
+}
+
+fn family_name(f: u16) -> &'static str {
+    // include/linux/socket.h
+    match f {
+        2 => "inet",
+        10 => "inet6",
+        _ => "other",
+    }
+}
+
+fn sock_type_name(t: u16) -> &'static str {
+    // include/linux/net.h, enum sock_type
+    match t {
+        1 => "stream",
+        2 => "dgram",
+        3 => "raw",
+        4 => "rdm",
+        5 => "seqpacket",
+        6 => "dccp",
+        10 => "packet",
+        _ => "unknown",
+    }
+}
+
+fn protocol_name(p: u16) -> Option<String> {
+    // include/uapi/linux/in.h
+    match p {
+        0 => None,
+        6 => Some("tcp".into()),
+        17 => Some("udp".into()),
+        132 => Some("sctp".into()),
+        262 => Some("mptcp".into()),
+        n => Some(n.to_string()),
+    }
+}
+
+/// EINPROGRESS (include/uapi/asm-generic/errno.h).
+const EINPROGRESS: i32 = 115;
+
+fn decode_net(n: &NetEvent, k: u32) -> Net {
+    let ip = ip_string(n.family, &n.addr);
+    let via_sock_state = n.hdr.flags & flags::NET_NO_SYSCALL != 0;
+    let (result, errno, error) = if via_sock_state {
+        ("unknown", None, None)
+    } else if n.ret == 0 {
+        ("ok", None, None)
+    } else if n.ret == -EINPROGRESS {
+        ("in_progress", Some(n.ret), None)
+    } else {
+        let e = std::io::Error::from_raw_os_error(-n.ret).to_string();
+        ("error", Some(n.ret), Some(e))
+    };
+    let connect = k == kind::CONNECT;
+    Net {
+        family: family_name(n.family).into(),
+        sock_type: sock_type_name(n.sock_type).into(),
+        protocol: protocol_name(n.protocol),
+        dst_ip: connect.then(|| ip.clone()),
+        dst_port: connect.then_some(n.port),
+        local_ip: (!connect).then_some(ip),
+        local_port: (!connect).then_some(n.port),
+        fd: (n.fd >= 0).then_some(n.fd),
+        result: result.into(),
+        errno,
+        error,
+        via: if via_sock_state { "sock_state" } else { "syscall" }.into(),
+    }
+}
+
+/// Decodes one ring-buffer record. `exe` is filled later by the process context.
+pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
+    let hdr: EventHeader = read(buf, 0)?;
+    let body = match hdr.kind {
+        kind::EXEC => {
+            let e: ExecEvent = read(buf, hdr.kind)?;
+            let len = (e.args_len as usize).min(e.args.len());
+            Body::Exec(Exec {
+                filename: cstr(&e.filename),
+                argv: split_argv(&e.args[..len]),
+                args_truncated: hdr.flags & flags::ARGS_TRUNCATED != 0,
+                args_size: e.args_total,
+                filename_truncated: hdr.flags & flags::FILENAME_TRUNCATED != 0,
+                args_unreadable: hdr.flags & flags::ARGS_UNREADABLE != 0,
+            })
+        }
+        kind::FORK => {
+            let e: ForkEvent = read(buf, hdr.kind)?;
+            Body::Fork(Fork { child_pid: e.child_pid })
+        }
+        kind::EXIT => {
+            let e: ExitEvent = read(buf, hdr.kind)?;
+            let c = e.exit_code;
+            // wait(2) status: low 7 bits = signal, bits 8..16 = exit status.
+            let sig = c & 0x7f;
+            Body::Exit(Exit {
+                exit_code: c,
+                exit_status: (sig == 0).then_some((c >> 8) & 0xff),
+                signal: (sig != 0).then_some(sig),
+            })
+        }
+        kind::CONNECT | kind::BIND | kind::LISTEN => {
+            let e: NetEvent = read(buf, hdr.kind)?;
+            let n = decode_net(&e, hdr.kind);
+            match hdr.kind {
+                kind::CONNECT => Body::Connect(n),
+                kind::BIND => Body::Bind(n),
+                _ => Body::Listen(n),
+            }
+        }
+        k => return Err(DecodeError::UnknownKind(k)),
+    };
+    Ok(Event {
+        ts: clock.rfc3339(hdr.ts_ns),
+        ts_ns: hdr.ts_ns,
+        pid: hdr.pid,
+        tid: hdr.tid,
+        ppid: hdr.ppid,
+        uid: hdr.uid,
+        gid: hdr.gid,
+        comm: cstr(&hdr.comm),
+        cgroup_id: hdr.cgroup_id,
+        mntns: hdr.mntns,
+        exe: None,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sensor_common::{ARGS_MAX, COMM_LEN, FILENAME_MAX};
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: T is a #[repr(C)] plain-data test value; reading its bytes is sound.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn hdr(k: u32) -> EventHeader {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..4].copy_from_slice(b"curl");
+        EventHeader {
+            kind: k,
+            flags: 0,
+            ts_ns: 5_000_000_000,
+            pid: 10,
+            tid: 11,
+            ppid: 1,
+            uid: 1000,
+            gid: 1000,
+            mntns: 4026531841,
+            cgroup_id: 1,
+            comm,
+        }
+    }
+
+    #[test]
+    fn argv_block_keeps_empty_args_and_cut_tail() {
+        assert_eq!(split_argv(b"ls\0-l\0\0x\0"), vec!["ls", "-l", "", "x"]);
+        assert_eq!(split_argv(b"a\0\0"), vec!["a", ""]);
+        assert_eq!(split_argv(b"cut-sho"), vec!["cut-sho"]);
+        assert_eq!(split_argv(b""), Vec::<String>::new());
+        assert_eq!(split_argv(b"\xff\0"), vec!["\u{fffd}"]);
+    }
+
+    #[test]
+    fn exec_record() {
+        let mut e = ExecEvent {
+            hdr: hdr(kind::EXEC),
+            args_len: 0,
+            args_total: 0,
+            filename: [0; FILENAME_MAX],
+            args: [0; ARGS_MAX],
+        };
+        e.filename[..8].copy_from_slice(b"/bin/ls\0");
+        let a = b"ls\0-la\0\0";
+        e.args[..a.len()].copy_from_slice(a);
+        e.args_len = a.len() as u32;
+        e.args_total = a.len() as u32;
+        let ev = decode(&bytes_of(&e), &Clock::fixed(0)).unwrap();
+        assert_eq!(ev.pid, 10);
+        assert_eq!(ev.comm, "curl");
+        assert_eq!(ev.ts, "1970-01-01T00:00:05.000000000Z");
+        let Body::Exec(x) = ev.body else { panic!() };
+        assert_eq!(x.filename, "/bin/ls");
+        assert_eq!(x.argv, vec!["ls", "-la", ""]);
+        assert!(!x.args_truncated);
+
+        // A lying args_len larger than the buffer is clamped, not an overflow.
+        e.args_len = u32::MAX;
+        e.hdr.flags = flags::ARGS_TRUNCATED;
+        let ev = decode(&bytes_of(&e), &Clock::fixed(0)).unwrap();
+        let Body::Exec(x) = ev.body else { panic!() };
+        assert!(x.args_truncated);
+        assert_eq!(x.argv.len(), 3 + 1, "trailing zero bytes of the buffer form one empty arg");
+    }
+
+    #[test]
+    fn net_records_v4_v6_and_results() {
+        let mut n = NetEvent { hdr: hdr(kind::CONNECT), ret: -111, fd: 3, family: 2, port: 22, sock_type: 1, ..Default::default() };
+        n.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let ev = decode(&bytes_of(&n), &Clock::fixed(0)).unwrap();
+        let Body::Connect(c) = ev.body else { panic!() };
+        assert_eq!(c.dst_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(c.dst_port, Some(22));
+        assert_eq!(c.result, "error");
+        assert_eq!(c.errno, Some(-111));
+        assert!(c.error.unwrap().contains("refused"));
+        assert_eq!(c.sock_type, "stream");
+
+        n.family = 10;
+        n.addr = Ipv6Addr::LOCALHOST.octets();
+        n.ret = -115;
+        let ev = decode(&bytes_of(&n), &Clock::fixed(0)).unwrap();
+        let Body::Connect(c) = ev.body else { panic!() };
+        assert_eq!(c.dst_ip.as_deref(), Some("::1"));
+        assert_eq!(c.result, "in_progress");
+
+        n.hdr.kind = kind::LISTEN;
+        n.hdr.flags = 0;
+        n.ret = 0;
+        n.fd = -1;
+        n.protocol = 6;
+        let ev = decode(&bytes_of(&n), &Clock::fixed(0)).unwrap();
+        let Body::Listen(l) = ev.body else { panic!() };
+        assert_eq!(l.local_port, Some(22));
+        assert_eq!(l.fd, None);
+        assert_eq!(l.protocol.as_deref(), Some("tcp"));
+
+        n.hdr.kind = kind::CONNECT;
+        n.hdr.flags = flags::NET_NO_SYSCALL;
+        let ev = decode(&bytes_of(&n), &Clock::fixed(0)).unwrap();
+        let Body::Connect(c) = ev.body else { panic!() };
+        assert_eq!((c.result.as_str(), c.via.as_str()), ("unknown", "sock_state"));
+    }
+
+    #[test]
+    fn exit_status_and_signal() {
+        let e = ExitEvent { hdr: hdr(kind::EXIT), exit_code: 3 << 8, _pad: 0 };
+        let Body::Exit(x) = decode(&bytes_of(&e), &Clock::fixed(0)).unwrap().body else { panic!() };
+        assert_eq!((x.exit_status, x.signal), (Some(3), None));
+        let e = ExitEvent { hdr: hdr(kind::EXIT), exit_code: 9, _pad: 0 };
+        let Body::Exit(x) = decode(&bytes_of(&e), &Clock::fixed(0)).unwrap().body else { panic!() };
+        assert_eq!((x.exit_status, x.signal), (None, Some(9)));
+    }
+
+    #[test]
+    fn malformed_records_are_errors() {
+        assert_eq!(
+            decode(&[1, 2, 3], &Clock::fixed(0)),
+            Err(DecodeError::TooShort { kind: 0, need: 64, got: 3 })
+        );
+        let h = bytes_of(&hdr(kind::EXEC));
+        assert!(matches!(decode(&h, &Clock::fixed(0)), Err(DecodeError::TooShort { kind: 1, .. })));
+        let h = bytes_of(&hdr(999));
+        assert_eq!(decode(&h, &Clock::fixed(0)), Err(DecodeError::UnknownKind(999)));
+        // Every prefix of a valid record is rejected cleanly.
+        let n = NetEvent { hdr: hdr(kind::BIND), ..Default::default() };
+        let b = bytes_of(&n);
+        for cut in 0..b.len() {
+            assert!(decode(&b[..cut], &Clock::fixed(0)).is_err());
+        }
+        assert!(decode(&b, &Clock::fixed(0)).is_ok());
+    }
+}

@@ -1,0 +1,213 @@
+//! Hooks: resolve offsets for the running kernel, load the embedded eBPF object, fill the filter
+//! maps and attach every program. Dropping [`Hooks`] detaches everything.
+
+pub mod btf;
+pub mod tracefs;
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{RawTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use sensor_common::{kind, names, Offsets, ProgConfig};
+use thiserror::Error;
+
+use crate::config::Config;
+use btf::{Btf, BtfError};
+use tracefs::{Format, TracefsError};
+
+/// The eBPF object built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf.o"));
+/// SHA-256 of [`EBPF_OBJECT`].
+pub const EBPF_SHA256: &str = env!("SENSOR_EBPF_SHA256");
+
+#[derive(Debug, Error)]
+pub enum HookError {
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error("kernel BTF {0} not found: the sensor resolves kernel struct offsets from it; it needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
+    NoBtf(String),
+    #[error("tracepoint layouts differ where the programs assume one shape: {0}")]
+    Layout(String),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program `{name}`: {source}")]
+    Program { name: String, source: aya::programs::ProgramError },
+    #[error("map `{name}`: {source}")]
+    Map { name: String, source: aya::maps::MapError },
+    #[error("map `{0}` missing from the eBPF object")]
+    MissingMap(&'static str),
+}
+
+/// Raw tracepoints (no tracefs needed): program name = tracepoint name.
+const RAW_TPS: &[&str] = &["sched_process_exec", "sched_process_fork", "sched_process_exit"];
+/// Classic tracepoints: (program, category, name).
+const TPS: &[(&str, &str, &str)] = &[
+    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
+    ("sys_enter_bind", "syscalls", "sys_enter_bind"),
+    ("sys_exit_bind", "syscalls", "sys_exit_bind"),
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+];
+
+/// Resolves every offset the programs use from BTF and tracefs formats.
+pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
+    let m = |s: &str, f: &str| btf.member_offset(s, f);
+    let connect = Format::load("syscalls", "sys_enter_connect")?;
+    let bind = Format::load("syscalls", "sys_enter_bind")?;
+    let exit_connect = Format::load("syscalls", "sys_exit_connect")?;
+    let exit_bind = Format::load("syscalls", "sys_exit_bind")?;
+    let iss = Format::load("sock", "inet_sock_set_state")?;
+
+    let same = |what: &str, a: u32, b: u32| {
+        if a == b {
+            Ok(a)
+        } else {
+            Err(HookError::Layout(format!("{what}: connect at {a}, bind at {b}")))
+        }
+    };
+    Ok(Offsets {
+        task_pid: m("task_struct", "pid")?,
+        task_tgid: m("task_struct", "tgid")?,
+        task_real_parent: m("task_struct", "real_parent")?,
+        task_mm: m("task_struct", "mm")?,
+        task_nsproxy: m("task_struct", "nsproxy")?,
+        task_files: m("task_struct", "files")?,
+        task_exit_code: m("task_struct", "exit_code")?,
+        mm_arg_start: m("mm_struct", "arg_start")?,
+        mm_arg_end: m("mm_struct", "arg_end")?,
+        nsproxy_mnt_ns: m("nsproxy", "mnt_ns")?,
+        mnt_ns_inum: m("mnt_namespace", "ns.inum")?,
+        bprm_filename: m("linux_binprm", "filename")?,
+        files_fdt: m("files_struct", "fdt")?,
+        fdt_max_fds: m("fdtable", "max_fds")?,
+        fdt_fd: m("fdtable", "fd")?,
+        file_private_data: m("file", "private_data")?,
+        file_inode: m("file", "f_inode")?,
+        inode_rdev: m("inode", "i_rdev")?,
+        socket_type: m("socket", "type")?,
+        exit_has_group_dead: u32::from(btf.raw_tp_arg_count("sched_process_exit") == Some(2)),
+        tp_sockaddr_fd: same("fd", connect.offset("fd")?, bind.offset("fd")?)?,
+        tp_sockaddr_ptr: same("sockaddr", connect.offset("uservaddr")?, bind.offset("umyaddr")?)?,
+        tp_sockaddr_len: same("addrlen", connect.offset("addrlen")?, bind.offset("addrlen")?)?,
+        tp_exit_ret: same("ret", exit_connect.offset("ret")?, exit_bind.offset("ret")?)?,
+        tp_iss_newstate: iss.offset("newstate")?,
+        tp_iss_sport: iss.offset("sport")?,
+        tp_iss_dport: iss.offset("dport")?,
+        tp_iss_family: iss.offset("family")?,
+        tp_iss_protocol: iss.offset("protocol")?,
+        tp_iss_saddr: iss.offset("saddr")?,
+        tp_iss_daddr: iss.offset("daddr")?,
+        tp_iss_saddr_v6: iss.offset("saddr_v6")?,
+        tp_iss_daddr_v6: iss.offset("daddr_v6")?,
+        _pad: 0,
+    })
+}
+
+/// Loaded and attached programs. Dropping it detaches all of them.
+pub struct Hooks {
+    ebpf: Ebpf,
+    pub tracefs_mounted: bool,
+    pub attached: Vec<String>,
+}
+
+impl Hooks {
+    pub fn load(cfg: &Config) -> Result<Hooks, HookError> {
+        if !cfg.btf_path.exists() {
+            return Err(HookError::NoBtf(cfg.btf_path.display().to_string()));
+        }
+        let tracefs_mounted = tracefs::ensure_mounted()?;
+        let btf = Btf::from_file(&cfg.btf_path)?;
+        let offsets = resolve_offsets(&btf)?;
+        let prog_cfg = ProgConfig {
+            offsets,
+            only_listed: u32::from(!cfg.filter.only_pids.is_empty()),
+            _pad: 0,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::EVENTS, cfg.ring.size as u32)
+            .override_global(names::CONFIG, &prog_cfg, true)
+            .load(EBPF_OBJECT)?;
+
+        let own = std::process::id();
+        let mut ignore: BpfHashMap<_, u32, u8> = map_mut(&mut ebpf, names::IGNORE_TGIDS)?;
+        for pid in std::iter::once(own).chain(cfg.filter.ignore_pids.iter().copied()) {
+            ignore.insert(pid, 1, 0).map_err(|source| map_err(names::IGNORE_TGIDS, source))?;
+        }
+        let mut cg: BpfHashMap<_, u64, u8> = map_mut(&mut ebpf, names::IGNORE_CGROUPS)?;
+        for id in &cfg.filter.ignore_cgroup_ids {
+            cg.insert(id, 1, 0).map_err(|source| map_err(names::IGNORE_CGROUPS, source))?;
+        }
+        let mut only: BpfHashMap<_, u32, u8> = map_mut(&mut ebpf, names::TRACE_TGIDS)?;
+        for pid in &cfg.filter.only_pids {
+            only.insert(pid, 1, 0).map_err(|source| map_err(names::TRACE_TGIDS, source))?;
+        }
+
+        let mut attached = vec![];
+        for &name in RAW_TPS {
+            let prog: &mut RawTracePoint = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| prog_err(name, source))?;
+            prog.attach(name).map_err(|source| prog_err(name, source))?;
+            attached.push(format!("raw_tp/{name}"));
+        }
+        for &(name, cat, tp) in TPS {
+            let prog: &mut TracePoint = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| prog_err(name, source))?;
+            prog.attach(cat, tp).map_err(|source| prog_err(name, source))?;
+            attached.push(format!("tracepoint/{cat}/{tp}"));
+        }
+        Ok(Hooks { ebpf, tracefs_mounted, attached })
+    }
+
+    /// Takes the event ring buffer (once).
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, HookError> {
+        let map = self.ebpf.take_map(names::EVENTS).ok_or(HookError::MissingMap(names::EVENTS))?;
+        RingBuf::try_from(map).map_err(|source| map_err(names::EVENTS, source))
+    }
+
+    /// Takes the per-CPU kernel drop counters (once).
+    pub fn take_drops(&mut self) -> Result<PerCpuArray<MapData, u64>, HookError> {
+        let map = self.ebpf.take_map(names::DROPS).ok_or(HookError::MissingMap(names::DROPS))?;
+        PerCpuArray::try_from(map).map_err(|source| map_err(names::DROPS, source))
+    }
+}
+
+/// Sums the per-CPU drop counters: index = event kind.
+pub fn read_drops(drops: &PerCpuArray<MapData, u64>) -> [u64; kind::MAX as usize] {
+    let mut out = [0u64; kind::MAX as usize];
+    for (k, slot) in out.iter_mut().enumerate() {
+        if let Ok(v) = drops.get(&(k as u32), 0) {
+            *slot = v.iter().sum();
+        }
+    }
+    out
+}
+
+fn map_err(name: &str, source: aya::maps::MapError) -> HookError {
+    HookError::Map { name: name.to_string(), source }
+}
+
+fn prog_err(name: &str, source: aya::programs::ProgramError) -> HookError {
+    HookError::Program { name: name.to_string(), source }
+}
+
+fn map_mut<'a, K: aya::Pod, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<BpfHashMap<&'a mut MapData, K, V>, HookError> {
+    let map = ebpf.map_mut(name).ok_or(HookError::MissingMap(name))?;
+    BpfHashMap::try_from(map).map_err(|source| map_err(name, source))
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, HookError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or_else(|| HookError::Program {
+        name: name.to_string(),
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    })?;
+    p.try_into().map_err(|source| prog_err(name, source))
+}

@@ -1,0 +1,73 @@
+//! Draining the BPF ring buffer with tokio (`AsyncFd` on the ring's epoll-able fd) into a bounded
+//! user-side queue. A full queue drops the record and counts it: the kernel side must never wait
+//! on us, and every loss is visible.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use aya::maps::{MapData, RingBuf};
+use bytes::Bytes;
+use sensor_common::kind;
+use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch};
+
+/// Counters shared by the ring reader and the pipeline.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Records read from the ring, by kind (index 0 counts unknown kinds).
+    pub received: [AtomicU64; kind::MAX as usize],
+    /// Records dropped because the user-side queue was full.
+    pub user_dropped: AtomicU64,
+    /// Records that failed to decode (reported as `decode_error` events).
+    pub decode_errors: AtomicU64,
+}
+
+impl Counters {
+    pub fn received_total(&self) -> u64 {
+        self.received.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+fn record_kind(b: &[u8]) -> usize {
+    let k = b.get(..4).map(|s| u32::from_le_bytes(s.try_into().unwrap())).unwrap_or(0);
+    if k < kind::MAX { k as usize } else { 0 }
+}
+
+/// Reads records until `stop` flips, then drains what is left and returns (closing `tx`).
+pub async fn drain(
+    ring: RingBuf<MapData>,
+    tx: mpsc::Sender<Bytes>,
+    counters: Arc<Counters>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    // SAFETY: the RingBuf owns its map fd for its whole lifetime and `as_raw_fd` always returns
+    // that same fd; the AsyncFd takes ownership of the RingBuf, so the fd outlives the
+    // registration.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                read_all(guard.get_inner_mut(), &tx, &counters);
+                guard.clear_ready();
+            }
+            _ = stop.changed() => {
+                read_all(fd.get_mut(), &tx, &counters);
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn read_all(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Bytes>, c: &Counters) {
+    while let Some(item) = ring.next() {
+        let b = Bytes::copy_from_slice(&item);
+        drop(item);
+        c.received[record_kind(&b)].fetch_add(1, Ordering::Relaxed);
+        if tx.try_send(b).is_err() {
+            c.user_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

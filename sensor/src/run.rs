@@ -1,0 +1,198 @@
+//! `sensor run`: hooks → ring → decode → process context → outputs, until SIGINT/SIGTERM.
+
+use std::{
+    os::fd::AsFd,
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use anyhow::Context;
+use aya::maps::{MapData, PerCpuArray};
+use bytes::Bytes;
+use sensor_common::kind;
+use serde_json::json;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
+};
+
+use crate::{
+    config::Config,
+    context::process::ProcTable,
+    decode::{decode, Clock},
+    hook::{self, Hooks},
+    output::JsonLines,
+    ring::{self, Counters},
+};
+
+/// Names of kinds for the counters in `loss` events (index = kind id; 0 = unknown).
+const KIND_NAMES: [&str; kind::MAX as usize] =
+    ["unknown", "exec", "fork", "exit", "connect", "bind", "listen"];
+
+fn by_kind(values: &[u64]) -> serde_json::Map<String, serde_json::Value> {
+    KIND_NAMES.iter().zip(values).map(|(k, v)| (k.to_string(), json!(v))).collect()
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let mut hooks = Hooks::load(&cfg).context("setting up the kernel hooks")?;
+    let ring = hooks.take_ring()?;
+    let drops = hooks.take_drops()?;
+    let clock = Clock::now();
+    let counters = Arc::new(Counters::default());
+    let (tx, rx) = mpsc::channel::<Bytes>(cfg.ring.queue);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // Our own handle on fd 1: std's Stdout is line-buffered and locked per write; JsonLines
+    // buffers and flushes when the queue runs empty.
+    let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    let mut out = JsonLines::new(stdout);
+    let procs = ProcTable::scan();
+    out.write(&json!({
+        "kind": "sensor_start",
+        "ts": clock.rfc3339(now_boot_ns()),
+        "version": env!("CARGO_PKG_VERSION"),
+        "ebpf_sha256": hook::EBPF_SHA256,
+        "kernel": kernel_release(),
+        "hooks": hooks.attached,
+        "tracefs_mounted_by_sensor": hooks.tracefs_mounted,
+        "ring_size": cfg.ring.size,
+        "processes_scanned": procs.len(),
+        "pid": std::process::id(),
+    }))?;
+    out.flush()?;
+    tracing::info!(hooks = hooks.attached.len(), ebpf = hook::EBPF_SHA256, "sensor ready");
+
+    let reader = tokio::spawn(ring::drain(ring, tx, counters.clone(), stop_rx));
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let pipeline = Pipeline { out, procs, clock, counters, drops, last_loss: None };
+    let loss_every = Duration::from_secs(cfg.output.loss_interval_secs);
+    let pipe = tokio::task::spawn_blocking(move || pipeline.run(rx, loss_every));
+
+    tokio::select! {
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+    let _ = stop_tx.send(true);
+    reader.await?.context("ring reader")?;
+    pipe.await?.context("pipeline")?;
+    drop(hooks); // detaches every program
+    tracing::info!("detached; bye");
+    Ok(())
+}
+
+fn now_boot_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+struct Pipeline<W: std::io::Write> {
+    out: JsonLines<W>,
+    procs: ProcTable,
+    clock: Clock,
+    counters: Arc<Counters>,
+    drops: PerCpuArray<MapData, u64>,
+    last_loss: Option<serde_json::Value>,
+}
+
+impl<W: std::io::Write> Pipeline<W> {
+    /// Runs on a blocking thread: decode, enrich and write until the reader closes the queue.
+    fn run(mut self, mut rx: mpsc::Receiver<Bytes>, loss_every: Duration) -> anyhow::Result<()> {
+        let mut next_loss = std::time::Instant::now() + loss_every;
+        loop {
+            let item = match rx.try_recv() {
+                Ok(b) => Some(b),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    self.out.flush()?;
+                    // Wait for the next record, but wake up for the periodic loss report.
+                    let wait = next_loss.saturating_duration_since(std::time::Instant::now());
+                    match recv_timeout(&mut rx, wait) {
+                        Recv::Item(b) => Some(b),
+                        Recv::Timeout => None,
+                        Recv::Closed => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            };
+            if let Some(b) = item {
+                self.handle(&b)?;
+            }
+            if std::time::Instant::now() >= next_loss {
+                self.report_loss(false)?;
+                next_loss = std::time::Instant::now() + loss_every;
+            }
+        }
+        self.report_loss(true)?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    fn handle(&mut self, b: &[u8]) -> anyhow::Result<()> {
+        match decode(b, &self.clock) {
+            Ok(mut ev) => {
+                self.procs.apply(&mut ev);
+                self.out.write(&ev)?;
+            }
+            Err(e) => {
+                self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                self.out.write(&json!({
+                    "kind": "decode_error",
+                    "ts": self.clock.rfc3339(now_boot_ns()),
+                    "error": e.to_string(),
+                    "len": b.len(),
+                }))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits a `loss` event with cumulative counters when they changed (always when `last`).
+    fn report_loss(&mut self, last: bool) -> anyhow::Result<()> {
+        let kernel = hook::read_drops(&self.drops);
+        let received: Vec<u64> =
+            self.counters.received.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let body = json!({
+            "received": by_kind(&received),
+            "received_total": self.counters.received_total(),
+            "kernel_dropped": by_kind(&kernel),
+            "kernel_dropped_total": kernel.iter().sum::<u64>(),
+            "user_dropped": self.counters.user_dropped.load(Ordering::Relaxed),
+            "decode_errors": self.counters.decode_errors.load(Ordering::Relaxed),
+        });
+        let dropped = body["kernel_dropped_total"] != 0 || body["user_dropped"] != 0;
+        if last || (dropped && self.last_loss.as_ref() != Some(&body)) {
+            let mut ev = body.clone();
+            ev["kind"] = json!("loss");
+            ev["ts"] = json!(self.clock.rfc3339(now_boot_ns()));
+            ev["final"] = json!(last);
+            self.out.write(&ev)?;
+            self.last_loss = Some(body);
+        }
+        Ok(())
+    }
+}
+
+enum Recv {
+    Item(Bytes),
+    Timeout,
+    Closed,
+}
+
+/// Blocking receive with a timeout, for the pipeline thread.
+fn recv_timeout(rx: &mut mpsc::Receiver<Bytes>, wait: Duration) -> Recv {
+    let h = tokio::runtime::Handle::current();
+    h.block_on(async {
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(b)) => Recv::Item(b),
+            Ok(None) => Recv::Closed,
+            Err(_) => Recv::Timeout,
+        }
+    })
+}
