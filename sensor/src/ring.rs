@@ -17,15 +17,19 @@ use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch};
 pub struct Counters {
     /// Records read from the ring, by kind (index 0 counts unknown kinds).
     pub received: [AtomicU64; kind::MAX as usize],
-    /// Records dropped because the user-side queue was full.
-    pub user_dropped: AtomicU64,
+    /// Records dropped because the user-side queue was full, by kind.
+    pub user_dropped: [AtomicU64; kind::MAX as usize],
     /// Records that failed to decode (reported as `decode_error` events).
     pub decode_errors: AtomicU64,
 }
 
 impl Counters {
-    pub fn received_total(&self) -> u64 {
-        self.received.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    pub fn received(&self) -> Vec<u64> {
+        self.received.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+    }
+
+    pub fn user_dropped(&self) -> Vec<u64> {
+        self.user_dropped.iter().map(|c| c.load(Ordering::Relaxed)).collect()
     }
 }
 
@@ -65,9 +69,10 @@ fn read_all(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Bytes>, c: &Counters)
     while let Some(item) = ring.next() {
         let b = Bytes::copy_from_slice(&item);
         drop(item);
-        c.received[record_kind(&b)].fetch_add(1, Ordering::Relaxed);
+        let k = record_kind(&b);
+        c.received[k].fetch_add(1, Ordering::Relaxed);
         if tx.try_send(b).is_err() {
-            c.user_dropped.fetch_add(1, Ordering::Relaxed);
+            c.user_dropped[k].fetch_add(1, Ordering::Relaxed);
         }
     }
 }

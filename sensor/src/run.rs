@@ -61,7 +61,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "tracefs_mounted_by_sensor": hooks.tracefs_mounted,
         "ring_size": cfg.ring.size,
         "processes_scanned": procs.len(),
-        "pid": std::process::id(),
+        "sensor_pid": std::process::id(),
     }))?;
     out.flush()?;
     tracing::info!(hooks = hooks.attached.len(), ebpf = hook::EBPF_SHA256, "sensor ready");
@@ -156,14 +156,15 @@ impl<W: std::io::Write> Pipeline<W> {
     /// Emits a `loss` event with cumulative counters when they changed (always when `last`).
     fn report_loss(&mut self, last: bool) -> anyhow::Result<()> {
         let kernel = hook::read_drops(&self.drops);
-        let received: Vec<u64> =
-            self.counters.received.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let received = self.counters.received();
+        let user = self.counters.user_dropped();
         let body = json!({
             "received": by_kind(&received),
-            "received_total": self.counters.received_total(),
+            "received_total": received.iter().sum::<u64>(),
             "kernel_dropped": by_kind(&kernel),
             "kernel_dropped_total": kernel.iter().sum::<u64>(),
-            "user_dropped": self.counters.user_dropped.load(Ordering::Relaxed),
+            "user_dropped": user.iter().sum::<u64>(),
+            "user_dropped_by_kind": by_kind(&user),
             "decode_errors": self.counters.decode_errors.load(Ordering::Relaxed),
         });
         let dropped = body["kernel_dropped_total"] != 0 || body["user_dropped"] != 0;

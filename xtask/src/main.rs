@@ -1,1 +1,176 @@
-fn main(){}
+//! Developer tasks: `cargo xtask build | test | bench`.
+//!
+//! The eBPF object is built by `sensor/build.rs` (Debian toolchain, see README "Build"), so
+//! `build` is an ordinary release build of the agent.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the eBPF object and the `sensor` binary with it embedded (release).
+    Build {
+        /// Link statically (for copying the binary to another machine, e.g. a GPU node).
+        #[arg(long = "static")]
+        static_: bool,
+    },
+    /// Run every test: unit tests and the root-only integration tests in tests/.
+    Test {
+        /// Extra arguments for `cargo test` (after --), e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the benchmarks and print the ratio table (README "Performance").
+    Bench {
+        /// Seconds for the sustained-rate measurement.
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(mut c: Command) -> Result<()> {
+    let st = c.status().with_context(|| format!("running {c:?}"))?;
+    if !st.success() {
+        bail!("{c:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn build(static_: bool) -> Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["build", "--release", "--package", "sensor", "--package", "sensor-tests", "--bins"]);
+    if static_ {
+        c.env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .args(["--target", "x86_64-unknown-linux-gnu"]);
+    }
+    run(c)?;
+    Ok(if static_ {
+        root().join("target/x86_64-unknown-linux-gnu/release/sensor")
+    } else {
+        root().join("target/release/sensor")
+    })
+}
+
+/// Totals from libtest's "test result:" lines.
+#[derive(Default, Debug)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+fn parse_totals(out: &str, t: &mut Totals) {
+    for line in out.lines() {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else { continue };
+        for part in rest.split([';', '.']) {
+            let mut w = part.split_whitespace();
+            let (Some(n), Some(what)) = (w.next(), w.next()) else { continue };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => t.passed += n,
+                "failed" => t.failed += n,
+                "ignored" => t.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+fn test(args: Vec<String>) -> Result<ExitCode> {
+    let bin = build(false)?;
+    let skip_log = root().join("target/test-skips.log");
+    let _ = std::fs::remove_file(&skip_log);
+    let mut c = cargo();
+    c.args(["test", "--release", "--workspace"])
+        .args(&args)
+        .env("SENSOR_BIN", &bin)
+        .env("SENSOR_SKIP_LOG", &skip_log)
+        .stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().context("running cargo test")?;
+    // Tee stdout so the totals can be computed while the output still streams.
+    let mut out = String::new();
+    {
+        use std::io::{BufRead, BufReader, Write};
+        let stdout = child.stdout.take().unwrap();
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            std::io::stdout().flush().ok();
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    let st = child.wait()?;
+    let mut t = Totals::default();
+    parse_totals(&out, &mut t);
+    let skips: Vec<String> = std::fs::read_to_string(&skip_log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for s in &skips {
+        println!("skipped: {s}");
+    }
+    // A skipped test returns early and libtest counts it as passed: move it to "skipped".
+    let skipped = skips.len() as u64;
+    let passed = t.passed.saturating_sub(skipped);
+    println!("{passed} passed, {} failed, {skipped} skipped", t.failed);
+    Ok(if st.success() && t.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn bench(secs: u64) -> Result<()> {
+    let bin = build(false)?;
+    let mut c = Command::new(root().join("target/release/bench"));
+    c.env("SENSOR_BIN", &bin).arg(secs.to_string());
+    run(c)
+}
+
+fn main() -> Result<ExitCode> {
+    match Cli::parse().cmd {
+        Cmd::Build { static_ } => {
+            let p = build(static_)?;
+            println!("{}", p.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Test { args } => test(args),
+        Cmd::Bench { secs } => bench(secs).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_from_libtest_lines() {
+        let mut t = Totals::default();
+        parse_totals(
+            "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s\n\
+             noise\n\
+             test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out\n",
+            &mut t,
+        );
+        assert_eq!((t.passed, t.failed, t.ignored), (15, 2, 1));
+    }
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs everything the sensor needs to build, run and be tested on a Debian-like machine, then
+# builds it. Idempotent: a second run only checks and rebuilds what changed.
+#   Debian packages: rustc-web cargo-web rust-web-src (rustc 1.96, used with RUSTC_BOOTSTRAP=1
+#   for the eBPF crate) and llvm-22-dev; bpf-linker 0.13.0 built against LLVM 22; the real tools
+#   the integration tests drive (openssh, autossh, socat, ncat, dropbear).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup.sh: run as root (it installs packages and the sensor loads eBPF programs)" >&2
+  exit 1
+fi
+
+PKGS=(rustc-web cargo-web rust-web-src llvm-22-dev build-essential pkg-config ca-certificates
+      openssh-server openssh-client autossh socat ncat dropbear-bin python3 iproute2 procps)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The agent builds with the machine's cargo (rustup's when present, else Debian's cargo-web).
+if ! command -v cargo >/dev/null 2>&1; then
+  export PATH="/usr/bin:$PATH"
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+
+if ! bpf-linker --version 2>/dev/null | grep -q "0\.13\.0"; then
+  echo "setup.sh: building bpf-linker 0.13.0 against LLVM 22 (a few minutes, once)"
+  LLVM_PREFIX=/usr/lib/llvm-22 cargo install --locked bpf-linker --version 0.13.0 \
+    --no-default-features --features llvm-22 ||
+  LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version 0.13.0 \
+    --no-default-features --features llvm-22
+fi
+
+cargo build --release --package sensor
+echo "setup.sh: built $(pwd)/target/release/sensor: $(target/release/sensor --version)"

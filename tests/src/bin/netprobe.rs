@@ -1,0 +1,127 @@
+//! Test helper that makes real socket and process syscalls on command, so each integration test
+//! gets its own pid to filter on. Prints one result line per operation on stdout.
+//!
+//!   netprobe connect IP PORT          blocking connect(2)
+//!   netprobe connect-nb IP PORT       non-blocking connect(2) (EINPROGRESS)
+//!   netprobe uring-connect IP PORT    IORING_OP_CONNECT, no connect(2) syscall
+//!   netprobe bind-listen IP PORT      bind(2) + listen(2), prints the bound port
+//!   netprobe fork-exit CODE           fork(2); the child exits with CODE; prints the child pid
+//!   netprobe burst N PORT             waits for a line on stdin, then N connects to 127.0.0.1:PORT
+use std::{
+    io::BufRead,
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd,
+};
+
+fn sockaddr(ip: IpAddr, port: u16) -> (libc::sockaddr_storage, libc::socklen_t, i32) {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match ip {
+        IpAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as u16;
+            sin.sin_port = port.to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
+            (ss, std::mem::size_of::<libc::sockaddr_in>() as u32, libc::AF_INET)
+        }
+        IpAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as u16;
+            sin6.sin6_port = port.to_be();
+            sin6.sin6_addr.s6_addr = a.octets();
+            (ss, std::mem::size_of::<libc::sockaddr_in6>() as u32, libc::AF_INET6)
+        }
+    }
+}
+
+fn socket(family: i32, flags: i32) -> i32 {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | flags, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    fd
+}
+
+fn connect(ip: IpAddr, port: u16, flags: i32) -> i32 {
+    let (ss, len, fam) = sockaddr(ip, port);
+    let fd = socket(fam, flags);
+    // SAFETY: ss is a valid sockaddr of length len.
+    let rc = unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
+    let err = if rc == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap() };
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(fd) };
+    err
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let ip = || a[2].parse::<IpAddr>().expect("IP");
+    let port = || a[3].parse::<u16>().expect("PORT");
+    match a.get(1).map(String::as_str) {
+        Some("connect") => println!("errno {}", connect(ip(), port(), 0)),
+        Some("connect-nb") => println!("errno {}", connect(ip(), port(), libc::SOCK_NONBLOCK)),
+        Some("uring-connect") => {
+            let addr = SocketAddr::new(ip(), port());
+            let (ss, len, fam) = sockaddr(addr.ip(), addr.port());
+            let fd = socket(fam, 0);
+            let mut ring = io_uring::IoUring::new(4).expect("io_uring_setup");
+            let op = io_uring::opcode::Connect::new(
+                io_uring::types::Fd(fd),
+                &ss as *const _ as *const libc::sockaddr,
+                len,
+            )
+            .build();
+            // SAFETY: `ss` outlives the submission: we wait for its completion below.
+            unsafe { ring.submission().push(&op).expect("sq full") };
+            ring.submit_and_wait(1).expect("io_uring_enter");
+            let res = ring.completion().next().expect("cqe").result();
+            println!("res {res}");
+        }
+        Some("bind-listen") => {
+            let (ss, len, fam) = sockaddr(ip(), port());
+            let fd = socket(fam, 0);
+            // SAFETY: valid sockaddr/len; fd is ours.
+            let rc = unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) };
+            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+            // SAFETY: plain syscall.
+            assert_eq!(unsafe { libc::listen(fd, 8) }, 0);
+            let l = std::mem::ManuallyDrop::new(
+                // SAFETY: fd is an open, listening TCP socket that we own.
+                unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+            );
+            println!("port {}", l.local_addr().unwrap().port());
+            let _ = l.as_raw_fd();
+        }
+        Some("fork-exit") => {
+            let code: i32 = a[2].parse().unwrap();
+            // SAFETY: the child only calls async-signal-safe _exit.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: terminating the child.
+                unsafe { libc::_exit(code) };
+            }
+            let mut st = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(pid, &mut st, 0) };
+            println!("child {pid}");
+        }
+        Some("burst") => {
+            let n: u64 = a[2].parse().unwrap();
+            let port: u16 = a[3].parse().unwrap();
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).unwrap();
+            let mut refused = 0;
+            for _ in 0..n {
+                if connect("127.0.0.1".parse().unwrap(), port, 0) == libc::ECONNREFUSED {
+                    refused += 1;
+                }
+            }
+            println!("done {n} refused {refused}");
+        }
+        _ => {
+            eprintln!("usage: see the doc comment of tests/src/bin/netprobe.rs");
+            std::process::exit(2);
+        }
+    }
+}
