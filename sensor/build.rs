@@ -26,8 +26,8 @@ fn main() {
         Some(p) => PathBuf::from(p),
         None => build_ebpf(&root),
     };
-    let bytes = fs::read(&obj)
-        .unwrap_or_else(|e| panic!("reading eBPF object {}: {e}", obj.display()));
+    let bytes =
+        fs::read(&obj).unwrap_or_else(|e| panic!("reading eBPF object {}: {e}", obj.display()));
     let hash = Sha256::digest(&bytes);
     let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
     let dst = out.join("sensor-ebpf.o");

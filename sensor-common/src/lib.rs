@@ -223,7 +223,11 @@ pub struct ProgConfig {
 }
 
 impl ProgConfig {
-    pub const DEFAULT: ProgConfig = ProgConfig { offsets: Offsets::UNSET, only_listed: 0, _pad: 0 };
+    pub const DEFAULT: ProgConfig = ProgConfig {
+        offsets: Offsets::UNSET,
+        only_listed: 0,
+        _pad: 0,
+    };
 }
 
 /// Names of maps and programs, shared so neither side can drift.
@@ -257,8 +261,8 @@ const _: () = assert!(offset_of!(NetEvent, family) == 72);
 const _: () = assert!(offset_of!(NetEvent, addr) == 80);
 const _: () = assert!(size_of::<Offsets>() == 34 * 4);
 const _: () = assert!(size_of::<ProgConfig>() == 34 * 4 + 8);
-const _: () = assert!(size_of::<ExecEvent>() % 8 == 0);
-const _: () = assert!(size_of::<NetEvent>() % 8 == 0);
+const _: () = assert!(size_of::<ExecEvent>().is_multiple_of(8));
+const _: () = assert!(size_of::<NetEvent>().is_multiple_of(8));
 
 #[cfg(feature = "user")]
 mod pod {

@@ -91,7 +91,8 @@ fn enter(ctx: &TracePointContext, k: u32) -> i32 {
     // SAFETY: reads of the tracepoint record at offsets taken from its tracefs format file.
     let (fd, ptr, len) = unsafe {
         (
-            ctx.read_at::<u64>(o.tp_sockaddr_fd as usize).unwrap_or(u64::MAX),
+            ctx.read_at::<u64>(o.tp_sockaddr_fd as usize)
+                .unwrap_or(u64::MAX),
             ctx.read_at::<u64>(o.tp_sockaddr_ptr as usize).unwrap_or(0),
             ctx.read_at::<u64>(o.tp_sockaddr_len as usize).unwrap_or(0),
         )
@@ -219,11 +220,19 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     // SAFETY: as above.
     unsafe {
         if family == AF_INET {
-            let off = if listen { o.tp_iss_saddr } else { o.tp_iss_daddr };
+            let off = if listen {
+                o.tp_iss_saddr
+            } else {
+                o.tp_iss_daddr
+            };
             let a = ctx.read_at::<[u8; 4]>(off as usize).unwrap_or([0; 4]);
             p.addr[..4].copy_from_slice(&a);
         } else {
-            let off = if listen { o.tp_iss_saddr_v6 } else { o.tp_iss_daddr_v6 };
+            let off = if listen {
+                o.tp_iss_saddr_v6
+            } else {
+                o.tp_iss_daddr_v6
+            };
             p.addr = ctx.read_at::<[u8; 16]>(off as usize).unwrap_or([0; 16]);
         }
     }

@@ -83,9 +83,10 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let child: u64 = ctx.arg(1);
     let o = &config().offsets;
-    let (Some(child_pid), Some(child_tgid)) =
-        (read::<u32>(child, o.task_pid), read::<u32>(child, o.task_tgid))
-    else {
+    let (Some(child_pid), Some(child_tgid)) = (
+        read::<u32>(child, o.task_pid),
+        read::<u32>(child, o.task_tgid),
+    ) else {
         return 0;
     };
     if child_pid != child_tgid {

@@ -9,7 +9,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("reading config {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config {path}: {message}")]
     Parse { path: String, message: String },
     #[error("config {path}: {message}")]
@@ -52,7 +55,10 @@ pub struct RingConfig {
 
 impl Default for RingConfig {
     fn default() -> Self {
-        RingConfig { size: 8 << 20, queue: 65536 }
+        RingConfig {
+            size: 8 << 20,
+            queue: 65536,
+        }
     }
 }
 
@@ -76,7 +82,9 @@ pub struct OutputConfig {
 
 impl Default for OutputConfig {
     fn default() -> Self {
-        OutputConfig { loss_interval_secs: 10 }
+        OutputConfig {
+            loss_interval_secs: 10,
+        }
     }
 }
 
@@ -98,15 +106,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}: expected e.g. 8MiB"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?}: expected e.g. 8MiB"))?;
     let mult = match unit.trim() {
         "" | "B" => 1,
         "K" | "KiB" | "k" => 1 << 10,
         "M" | "MiB" => 1 << 20,
         "G" | "GiB" => 1 << 30,
-        u => return Err(format!("bad size unit {u:?} in {s:?}: use B, KiB, MiB or GiB")),
+        u => {
+            return Err(format!(
+                "bad size unit {u:?} in {s:?}: use B, KiB, MiB or GiB"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 impl Config {
@@ -129,7 +144,10 @@ impl Config {
     }
 
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        let bad = |message: String| ConfigError::Invalid { path: path.to_string(), message };
+        let bad = |message: String| ConfigError::Invalid {
+            path: path.to_string(),
+            message,
+        };
         let page = 4096u64;
         let sz = self.ring.size;
         if sz < page || !sz.is_power_of_two() || sz > (1 << 30) {

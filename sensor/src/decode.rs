@@ -30,14 +30,19 @@ pub struct Clock {
 impl Clock {
     pub fn now() -> Clock {
         let get = |id| {
-            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
             // SAFETY: ts is a valid, writable timespec.
             unsafe { libc::clock_gettime(id, &mut ts) };
             ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
         };
         let boot = get(libc::CLOCK_BOOTTIME);
         let real = get(libc::CLOCK_REALTIME);
-        Clock { offset_ns: real - boot }
+        Clock {
+            offset_ns: real - boot,
+        }
     }
 
     #[cfg(test)]
@@ -58,7 +63,11 @@ impl Clock {
 /// Reads a `T` from the start of `buf` after checking its length.
 fn read<T: Copy>(buf: &[u8], k: u32) -> Result<T, DecodeError> {
     if buf.len() < size_of::<T>() {
-        return Err(DecodeError::TooShort { kind: k, need: size_of::<T>(), got: buf.len() });
+        return Err(DecodeError::TooShort {
+            kind: k,
+            need: size_of::<T>(),
+            got: buf.len(),
+        });
     }
     // SAFETY: the length is checked above; read_unaligned has no alignment requirement, and T is
     // one of the sensor-common #[repr(C)] integer-only types, valid for any bit pattern.
@@ -78,7 +87,9 @@ pub fn split_argv(block: &[u8]) -> Vec<String> {
         return vec![];
     }
     let body = block.strip_suffix(&[0]).unwrap_or(block);
-    body.split(|&c| c == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+    body.split(|&c| c == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
 }
 
 /// Formats a `NetEvent` address: IPv4 in the first 4 bytes for AF_INET, else IPv6.
@@ -153,7 +164,12 @@ fn decode_net(n: &NetEvent, k: u32) -> Net {
         result: result.into(),
         errno,
         error,
-        via: if via_sock_state { "sock_state" } else { "syscall" }.into(),
+        via: if via_sock_state {
+            "sock_state"
+        } else {
+            "syscall"
+        }
+        .into(),
     }
 }
 
@@ -175,7 +191,9 @@ pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
         }
         kind::FORK => {
             let e: ForkEvent = read(buf, hdr.kind)?;
-            Body::Fork(Fork { child_pid: e.child_pid })
+            Body::Fork(Fork {
+                child_pid: e.child_pid,
+            })
         }
         kind::EXIT => {
             let e: ExitEvent = read(buf, hdr.kind)?;
@@ -222,8 +240,7 @@ mod tests {
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: T is a #[repr(C)] plain-data test value; reading its bytes is sound.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
-            .to_vec()
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
     }
 
     fn hdr(k: u32) -> EventHeader {
@@ -282,12 +299,24 @@ mod tests {
         let ev = decode(&bytes_of(&e), &Clock::fixed(0)).unwrap();
         let Body::Exec(x) = ev.body else { panic!() };
         assert!(x.args_truncated);
-        assert_eq!(x.argv.len(), 3 + 1, "trailing zero bytes of the buffer form one empty arg");
+        assert_eq!(
+            x.argv.len(),
+            3 + 1,
+            "trailing zero bytes of the buffer form one empty arg"
+        );
     }
 
     #[test]
     fn net_records_v4_v6_and_results() {
-        let mut n = NetEvent { hdr: hdr(kind::CONNECT), ret: -111, fd: 3, family: 2, port: 22, sock_type: 1, ..Default::default() };
+        let mut n = NetEvent {
+            hdr: hdr(kind::CONNECT),
+            ret: -111,
+            fd: 3,
+            family: 2,
+            port: 22,
+            sock_type: 1,
+            ..Default::default()
+        };
         n.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         let ev = decode(&bytes_of(&n), &Clock::fixed(0)).unwrap();
         let Body::Connect(c) = ev.body else { panic!() };
@@ -321,16 +350,31 @@ mod tests {
         n.hdr.flags = flags::NET_NO_SYSCALL;
         let ev = decode(&bytes_of(&n), &Clock::fixed(0)).unwrap();
         let Body::Connect(c) = ev.body else { panic!() };
-        assert_eq!((c.result.as_str(), c.via.as_str()), ("unknown", "sock_state"));
+        assert_eq!(
+            (c.result.as_str(), c.via.as_str()),
+            ("unknown", "sock_state")
+        );
     }
 
     #[test]
     fn exit_status_and_signal() {
-        let e = ExitEvent { hdr: hdr(kind::EXIT), exit_code: 3 << 8, _pad: 0 };
-        let Body::Exit(x) = decode(&bytes_of(&e), &Clock::fixed(0)).unwrap().body else { panic!() };
+        let e = ExitEvent {
+            hdr: hdr(kind::EXIT),
+            exit_code: 3 << 8,
+            _pad: 0,
+        };
+        let Body::Exit(x) = decode(&bytes_of(&e), &Clock::fixed(0)).unwrap().body else {
+            panic!()
+        };
         assert_eq!((x.exit_status, x.signal), (Some(3), None));
-        let e = ExitEvent { hdr: hdr(kind::EXIT), exit_code: 9, _pad: 0 };
-        let Body::Exit(x) = decode(&bytes_of(&e), &Clock::fixed(0)).unwrap().body else { panic!() };
+        let e = ExitEvent {
+            hdr: hdr(kind::EXIT),
+            exit_code: 9,
+            _pad: 0,
+        };
+        let Body::Exit(x) = decode(&bytes_of(&e), &Clock::fixed(0)).unwrap().body else {
+            panic!()
+        };
         assert_eq!((x.exit_status, x.signal), (None, Some(9)));
     }
 
@@ -338,14 +382,27 @@ mod tests {
     fn malformed_records_are_errors() {
         assert_eq!(
             decode(&[1, 2, 3], &Clock::fixed(0)),
-            Err(DecodeError::TooShort { kind: 0, need: 64, got: 3 })
+            Err(DecodeError::TooShort {
+                kind: 0,
+                need: 64,
+                got: 3
+            })
         );
         let h = bytes_of(&hdr(kind::EXEC));
-        assert!(matches!(decode(&h, &Clock::fixed(0)), Err(DecodeError::TooShort { kind: 1, .. })));
+        assert!(matches!(
+            decode(&h, &Clock::fixed(0)),
+            Err(DecodeError::TooShort { kind: 1, .. })
+        ));
         let h = bytes_of(&hdr(999));
-        assert_eq!(decode(&h, &Clock::fixed(0)), Err(DecodeError::UnknownKind(999)));
+        assert_eq!(
+            decode(&h, &Clock::fixed(0)),
+            Err(DecodeError::UnknownKind(999))
+        );
         // Every prefix of a valid record is rejected cleanly.
-        let n = NetEvent { hdr: hdr(kind::BIND), ..Default::default() };
+        let n = NetEvent {
+            hdr: hdr(kind::BIND),
+            ..Default::default()
+        };
         let b = bytes_of(&n);
         for cut in 0..b.len() {
             assert!(decode(&b[..cut], &Clock::fixed(0)).is_err());

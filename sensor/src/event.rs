@@ -36,19 +36,6 @@ pub enum Body {
     Listen(Net),
 }
 
-impl Body {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Body::Exec(_) => "exec",
-            Body::Fork(_) => "fork",
-            Body::Exit(_) => "exit",
-            Body::Connect(_) => "connect",
-            Body::Bind(_) => "bind",
-            Body::Listen(_) => "listen",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Exec {
     /// The path given to execve (`bprm->filename`).

@@ -61,7 +61,11 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { config, only_pid, ring_size } => {
+        Cmd::Run {
+            config,
+            only_pid,
+            ring_size,
+        } => {
             let mut cfg = match &config {
                 Some(p) => config::Config::load(p)?,
                 None => config::Config::default(),

@@ -12,7 +12,9 @@ pub struct JsonLines<W: Write> {
 
 impl<W: Write> JsonLines<W> {
     pub fn new(w: W) -> Self {
-        JsonLines { w: io::BufWriter::with_capacity(1 << 16, w) }
+        JsonLines {
+            w: io::BufWriter::with_capacity(1 << 16, w),
+        }
     }
 
     pub fn write<T: Serialize + ?Sized>(&mut self, v: &T) -> io::Result<()> {
@@ -34,13 +36,17 @@ mod tests {
         let mut buf = vec![];
         {
             let mut j = JsonLines::new(&mut buf);
-            j.write(&serde_json::json!({"kind": "x", "s": "a\nb"})).unwrap();
+            j.write(&serde_json::json!({"kind": "x", "s": "a\nb"}))
+                .unwrap();
             j.write(&serde_json::json!({"kind": "y"})).unwrap();
             j.flush().unwrap();
         }
         let text = String::from_utf8(buf).unwrap();
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 2);
-        assert_eq!(serde_json::from_str::<serde_json::Value>(lines[0]).unwrap()["s"], "a\nb");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(lines[0]).unwrap()["s"],
+            "a\nb"
+        );
     }
 }

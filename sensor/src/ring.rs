@@ -25,17 +25,30 @@ pub struct Counters {
 
 impl Counters {
     pub fn received(&self) -> Vec<u64> {
-        self.received.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+        self.received
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
     }
 
     pub fn user_dropped(&self) -> Vec<u64> {
-        self.user_dropped.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+        self.user_dropped
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
     }
 }
 
 fn record_kind(b: &[u8]) -> usize {
-    let k = b.get(..4).map(|s| u32::from_le_bytes(s.try_into().unwrap())).unwrap_or(0);
-    if k < kind::MAX { k as usize } else { 0 }
+    let k = b
+        .get(..4)
+        .map(|s| u32::from_le_bytes(s.try_into().unwrap()))
+        .unwrap_or(0);
+    if k < kind::MAX {
+        k as usize
+    } else {
+        0
+    }
 }
 
 /// Reads records until `stop` flips, then drains what is left and returns (closing `tx`).

@@ -26,15 +26,23 @@ use crate::{
 };
 
 /// Names of kinds for the counters in `loss` events (index = kind id; 0 = unknown).
-const KIND_NAMES: [&str; kind::MAX as usize] =
-    ["unknown", "exec", "fork", "exit", "connect", "bind", "listen"];
+const KIND_NAMES: [&str; kind::MAX as usize] = [
+    "unknown", "exec", "fork", "exit", "connect", "bind", "listen",
+];
 
 fn by_kind(values: &[u64]) -> serde_json::Map<String, serde_json::Value> {
-    KIND_NAMES.iter().zip(values).map(|(k, v)| (k.to_string(), json!(v))).collect()
+    KIND_NAMES
+        .iter()
+        .zip(values)
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect()
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -64,13 +72,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "sensor_pid": std::process::id(),
     }))?;
     out.flush()?;
-    tracing::info!(hooks = hooks.attached.len(), ebpf = hook::EBPF_SHA256, "sensor ready");
+    tracing::info!(
+        hooks = hooks.attached.len(),
+        ebpf = hook::EBPF_SHA256,
+        "sensor ready"
+    );
 
     let reader = tokio::spawn(ring::drain(ring, tx, counters.clone(), stop_rx));
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let pipeline = Pipeline { out, procs, clock, counters, drops, last_loss: None };
+    let pipeline = Pipeline {
+        out,
+        procs,
+        clock,
+        counters,
+        drops,
+        last_loss: None,
+    };
     let loss_every = Duration::from_secs(cfg.output.loss_interval_secs);
     let pipe = tokio::task::spawn_blocking(move || pipeline.run(rx, loss_every));
 
@@ -87,7 +106,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 fn now_boot_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid, writable timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

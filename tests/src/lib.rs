@@ -31,7 +31,11 @@ pub fn sensor_bin() -> PathBuf {
 pub fn skip(test: &str, reason: &str) {
     println!("skipped: {test}: {reason}");
     if let Some(p) = std::env::var_os("SENSOR_SKIP_LOG") {
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(p) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
             let _ = writeln!(f, "{test}: {reason}");
         }
     }
@@ -114,7 +118,13 @@ impl Sensor {
     /// All events so far that match `pred`.
     pub fn events(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
         let (m, _) = &*self.shared;
-        m.lock().unwrap().events.iter().filter(|e| pred(e)).cloned().collect()
+        m.lock()
+            .unwrap()
+            .events
+            .iter()
+            .filter(|e| pred(e))
+            .cloned()
+            .collect()
     }
 
     /// SIGINT, wait for a clean exit, return every event printed.
@@ -150,7 +160,11 @@ pub fn run_helper(path: &str, args: &[&str]) -> (u32, String) {
         .unwrap_or_else(|e| panic!("spawning {path}: {e}"));
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{path} {args:?} failed: {:?}", out.status);
+    assert!(
+        out.status.success(),
+        "{path} {args:?} failed: {:?}",
+        out.status
+    );
     (pid, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

@@ -37,7 +37,9 @@ fn exec_argv_40_args_and_truncation() {
     let child = Command::new("/bin/true").args(&args).spawn().unwrap();
     let pid = child.id();
     child.wait_with_output().unwrap();
-    let ev = s.wait_for(WAIT, |e| is(e, "exec", pid)).expect("exec event");
+    let ev = s
+        .wait_for(WAIT, |e| is(e, "exec", pid))
+        .expect("exec event");
     let mut want = vec!["/bin/true".to_string()];
     want.extend(args.iter().cloned());
     let got: Vec<String> = serde_json::from_value(ev["argv"].clone()).unwrap();
@@ -56,10 +58,20 @@ fn exec_argv_40_args_and_truncation() {
     let child = Command::new("/bin/true").args(&big).spawn().unwrap();
     let pid = child.id();
     child.wait_with_output().unwrap();
-    let ev = s.wait_for(WAIT, |e| is(e, "exec", pid)).expect("exec event (truncated)");
+    let ev = s
+        .wait_for(WAIT, |e| is(e, "exec", pid))
+        .expect("exec event (truncated)");
     assert_eq!(ev["args_truncated"], true);
     let got: Vec<String> = serde_json::from_value(ev["argv"].clone()).unwrap();
-    assert_eq!(got[..4], ["/bin/true".to_string(), big[0].clone(), big[1].clone(), big[2].clone()]);
+    assert_eq!(
+        got[..4],
+        [
+            "/bin/true".to_string(),
+            big[0].clone(),
+            big[1].clone(),
+            big[2].clone()
+        ]
+    );
     assert!(big[3].starts_with(&got[4]) && got[4].len() < big[3].len());
     let size: usize = 10 + big.iter().map(|a| a.len() + 1).sum::<usize>();
     assert_eq!(ev["args_size"], size);
@@ -70,9 +82,9 @@ fn exec_argv_40_args_and_truncation() {
 
 fn connect_case(s: &Sensor, mode: &str, ip: &str, port: u16) -> Value {
     let (pid, out) = run_helper(NETPROBE, &[mode, ip, &port.to_string()]);
-    let ev = s.wait_for(WAIT, |e| is(e, "connect", pid)).unwrap_or_else(|| {
-        panic!("no connect event for {mode} {ip}:{port} (helper said {out:?})")
-    });
+    let ev = s
+        .wait_for(WAIT, |e| is(e, "connect", pid))
+        .unwrap_or_else(|| panic!("no connect event for {mode} {ip}:{port} (helper said {out:?})"));
     assert_eq!(ev["dst_ip"], ip);
     assert_eq!(ev["dst_port"], port);
     assert_eq!(ev["comm"], "netprobe");
@@ -89,10 +101,17 @@ fn connect_results_v4_v6() {
     let l4 = TcpListener::bind("127.0.0.1:0").unwrap();
     let l6 = TcpListener::bind("[::1]:0").unwrap();
     let closed = closed_port();
-    for (ip, open) in [("127.0.0.1", l4.local_addr().unwrap().port()), ("::1", l6.local_addr().unwrap().port())] {
+    for (ip, open) in [
+        ("127.0.0.1", l4.local_addr().unwrap().port()),
+        ("::1", l6.local_addr().unwrap().port()),
+    ] {
         let fam = if ip.contains(':') { "inet6" } else { "inet" };
         let ev = connect_case(&s, "connect", ip, open);
-        assert_eq!((ev["result"].as_str(), ev["family"].as_str()), (Some("ok"), Some(fam)), "{ev}");
+        assert_eq!(
+            (ev["result"].as_str(), ev["family"].as_str()),
+            (Some("ok"), Some(fam)),
+            "{ev}"
+        );
         assert_eq!(ev["sock_type"], "stream");
         assert_eq!(ev["via"], "syscall");
         assert!(ev["fd"].as_i64().unwrap() >= 3);
@@ -118,13 +137,19 @@ fn io_uring_connect_is_seen_without_connect_syscall() {
     let port = l.local_addr().unwrap().port();
     let (pid, out) = run_helper(NETPROBE, &["uring-connect", "127.0.0.1", &port.to_string()]);
     assert_eq!(out.trim(), "res 0", "io_uring connect failed");
-    let ev = s.wait_for(WAIT, |e| is(e, "connect", pid)).expect("io_uring connect event");
+    let ev = s
+        .wait_for(WAIT, |e| is(e, "connect", pid))
+        .expect("io_uring connect event");
     assert_eq!(ev["via"], "sock_state");
     assert_eq!(ev["dst_ip"], "127.0.0.1");
     assert_eq!(ev["dst_port"], port);
     assert_eq!(ev["protocol"], "tcp");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(s.events(|e| is(e, "connect", pid)).len(), 1, "exactly one connect event");
+    assert_eq!(
+        s.events(|e| is(e, "connect", pid)).len(),
+        1,
+        "exactly one connect event"
+    );
     s.stop();
 }
 
@@ -137,10 +162,17 @@ fn bind_and_listen() {
     for ip in ["127.0.0.1", "::1"] {
         let (pid, out) = run_helper(NETPROBE, &["bind-listen", ip, "0"]);
         let port: u16 = out.trim().strip_prefix("port ").unwrap().parse().unwrap();
-        let b = s.wait_for(WAIT, |e| is(e, "bind", pid)).expect("bind event");
-        assert_eq!((b["local_ip"].as_str(), b["local_port"].as_u64()), (Some(ip), Some(0)));
+        let b = s
+            .wait_for(WAIT, |e| is(e, "bind", pid))
+            .expect("bind event");
+        assert_eq!(
+            (b["local_ip"].as_str(), b["local_port"].as_u64()),
+            (Some(ip), Some(0))
+        );
         assert_eq!(b["result"], "ok");
-        let l = s.wait_for(WAIT, |e| is(e, "listen", pid)).expect("listen event");
+        let l = s
+            .wait_for(WAIT, |e| is(e, "listen", pid))
+            .expect("listen event");
         assert_eq!(l["local_ip"], ip);
         assert_eq!(l["local_port"], port);
         assert_eq!(l["protocol"], "tcp");
@@ -156,13 +188,22 @@ fn fork_and_exit() {
     let s = Sensor::start(&[]);
     let (pid, out) = run_helper(NETPROBE, &["fork-exit", "3"]);
     let child: u32 = out.trim().strip_prefix("child ").unwrap().parse().unwrap();
-    let f = s.wait_for(WAIT, |e| is(e, "fork", pid)).expect("fork event");
+    let f = s
+        .wait_for(WAIT, |e| is(e, "fork", pid))
+        .expect("fork event");
     assert_eq!(f["child_pid"], child);
-    let x = s.wait_for(WAIT, |e| is(e, "exit", child)).expect("child exit event");
+    let x = s
+        .wait_for(WAIT, |e| is(e, "exit", child))
+        .expect("child exit event");
     assert_eq!(x["exit_status"], 3);
     assert_eq!(x["ppid"], pid);
-    assert_eq!(x["exe"], NETPROBE, "a forked child inherits the parent's exe");
-    let x = s.wait_for(WAIT, |e| is(e, "exit", pid)).expect("parent exit event");
+    assert_eq!(
+        x["exe"], NETPROBE,
+        "a forked child inherits the parent's exe"
+    );
+    let x = s
+        .wait_for(WAIT, |e| is(e, "exit", pid))
+        .expect("parent exit event");
     assert_eq!(x["exit_status"], 0);
     // One exit per process, not per thread.
     assert_eq!(s.events(|e| is(e, "exit", child)).len(), 1);
@@ -187,13 +228,20 @@ fn loss_accounting_is_exact_with_a_tiny_ring() {
     let s = Sensor::start(&["--only-pid", &pid.to_string(), "--ring-size", "4KiB"]);
     burst.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let mut line = String::new();
-    BufReader::new(burst.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(burst.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert!(burst.wait().unwrap().success());
     assert_eq!(line.trim(), format!("done {N} refused {N}"));
-    s.wait_for(WAIT, |e| is(e, "exit", pid)).expect("burst exit event");
+    s.wait_for(WAIT, |e| is(e, "exit", pid))
+        .expect("burst exit event");
     let events = s.stop();
     let seen = events.iter().filter(|e| is(e, "connect", pid)).count() as u64;
-    let loss = events.iter().rev().find(|e| e["kind"] == "loss").expect("final loss event");
+    let loss = events
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "loss")
+        .expect("final loss event");
     assert_eq!(loss["final"], true);
     let kernel = loss["kernel_dropped"]["connect"].as_u64().unwrap();
     let user = loss["user_dropped_by_kind"]["connect"].as_u64().unwrap();
@@ -203,5 +251,7 @@ fn loss_accounting_is_exact_with_a_tiny_ring() {
     assert_eq!(received, seen + user, "{loss}");
     assert_eq!(N, seen + kernel + user, "{loss}");
     // Nothing but the listed process was reported.
-    assert!(events.iter().all(|e| e.get("pid").is_none() || e["pid"] == pid || e["kind"] == "sensor_start"));
+    assert!(events
+        .iter()
+        .all(|e| e.get("pid").is_none() || e["pid"] == pid || e["kind"] == "sensor_start"));
 }

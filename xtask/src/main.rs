@@ -40,7 +40,10 @@ enum Cmd {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn cargo() -> Command {
@@ -59,7 +62,15 @@ fn run(mut c: Command) -> Result<()> {
 
 fn build(static_: bool) -> Result<PathBuf> {
     let mut c = cargo();
-    c.args(["build", "--release", "--package", "sensor", "--package", "sensor-tests", "--bins"]);
+    c.args([
+        "build",
+        "--release",
+        "--package",
+        "sensor",
+        "--package",
+        "sensor-tests",
+        "--bins",
+    ]);
     if static_ {
         c.env("RUSTFLAGS", "-C target-feature=+crt-static")
             .args(["--target", "x86_64-unknown-linux-gnu"]);
@@ -82,10 +93,14 @@ struct Totals {
 
 fn parse_totals(out: &str, t: &mut Totals) {
     for line in out.lines() {
-        let Some(rest) = line.trim().strip_prefix("test result: ") else { continue };
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            continue;
+        };
         for part in rest.split([';', '.']) {
             let mut w = part.split_whitespace();
-            let (Some(n), Some(what)) = (w.next(), w.next()) else { continue };
+            let (Some(n), Some(what)) = (w.next(), w.next()) else {
+                continue;
+            };
             let Ok(n) = n.parse::<u64>() else { continue };
             match what {
                 "passed" => t.passed += n,
@@ -136,7 +151,11 @@ fn test(args: Vec<String>) -> Result<ExitCode> {
     let skipped = skips.len() as u64;
     let passed = t.passed.saturating_sub(skipped);
     println!("{passed} passed, {} failed, {skipped} skipped", t.failed);
-    Ok(if st.success() && t.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if st.success() && t.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn bench(secs: u64) -> Result<()> {

@@ -28,13 +28,17 @@ impl ProcTable {
     /// Reads every process in `/proc`. Unreadable entries (races with exit) are skipped.
     pub fn scan() -> ProcTable {
         let mut t = ProcTable::default();
-        let Ok(dir) = fs::read_dir("/proc") else { return t };
+        let Ok(dir) = fs::read_dir("/proc") else {
+            return t;
+        };
         for ent in dir.flatten() {
             let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
             let base = ent.path();
-            let Some(ppid) = fs::read_to_string(base.join("stat")).ok().and_then(|s| stat_ppid(&s))
+            let Some(ppid) = fs::read_to_string(base.join("stat"))
+                .ok()
+                .and_then(|s| stat_ppid(&s))
             else {
                 continue;
             };
@@ -44,11 +48,19 @@ impl ProcTable {
             let argv: Vec<String> = fs::read(base.join("cmdline"))
                 .map(|b| crate::decode::split_argv(&b))
                 .unwrap_or_default();
-            t.procs.insert(pid, Proc { ppid, exe, argv: argv.into() });
+            t.procs.insert(
+                pid,
+                Proc {
+                    ppid,
+                    exe,
+                    argv: argv.into(),
+                },
+            );
         }
         t
     }
 
+    #[cfg(test)]
     pub fn get(&self, pid: u32) -> Option<&Proc> {
         self.procs.get(&pid)
     }
@@ -78,13 +90,27 @@ impl ProcTable {
             Body::Fork(f) => {
                 let parent = self.procs.get(&ev.pid).cloned().unwrap_or_default();
                 ev.exe = parent.exe.as_deref().map(str::to_string);
-                self.procs.insert(f.child_pid, Proc { ppid: ev.pid, ..parent });
+                self.procs.insert(
+                    f.child_pid,
+                    Proc {
+                        ppid: ev.pid,
+                        ..parent
+                    },
+                );
             }
             Body::Exit(_) => {
-                ev.exe = self.procs.remove(&ev.pid).and_then(|p| p.exe).map(|e| e.to_string());
+                ev.exe = self
+                    .procs
+                    .remove(&ev.pid)
+                    .and_then(|p| p.exe)
+                    .map(|e| e.to_string());
             }
             _ => {
-                ev.exe = self.procs.get(&ev.pid).and_then(|p| p.exe.as_deref()).map(str::to_string);
+                ev.exe = self
+                    .procs
+                    .get(&ev.pid)
+                    .and_then(|p| p.exe.as_deref())
+                    .map(str::to_string);
             }
         }
     }
@@ -121,21 +147,31 @@ mod tests {
     #[test]
     fn fork_inherits_exec_replaces_exit_removes() {
         let mut t = ProcTable::default();
-        let mut e = ev(100, Body::Exec(Exec {
-            filename: "/usr/bin/python3".into(),
-            argv: vec!["python3".into()],
-            args_truncated: false,
-            args_size: 8,
-            filename_truncated: false,
-            args_unreadable: false,
-        }));
+        let mut e = ev(
+            100,
+            Body::Exec(Exec {
+                filename: "/usr/bin/python3".into(),
+                argv: vec!["python3".into()],
+                args_truncated: false,
+                args_size: 8,
+                filename_truncated: false,
+                args_unreadable: false,
+            }),
+        );
         t.apply(&mut e);
         assert_eq!(e.exe.as_deref(), Some("/usr/bin/python3"));
         let mut f = ev(100, Body::Fork(Fork { child_pid: 101 }));
         t.apply(&mut f);
         assert_eq!(t.get(101).unwrap().ppid, 100);
         assert_eq!(t.get(101).unwrap().exe.as_deref(), Some("/usr/bin/python3"));
-        let mut x = ev(101, Body::Exit(Exit { exit_code: 0, exit_status: Some(0), signal: None }));
+        let mut x = ev(
+            101,
+            Body::Exit(Exit {
+                exit_code: 0,
+                exit_status: Some(0),
+                signal: None,
+            }),
+        );
         t.apply(&mut x);
         assert_eq!(x.exe.as_deref(), Some("/usr/bin/python3"));
         assert!(t.get(101).is_none());

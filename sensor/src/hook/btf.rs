@@ -11,7 +11,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum BtfError {
     #[error("reading BTF from {path}: {source} (the sensor needs a kernel built with CONFIG_DEBUG_INFO_BTF=y)")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("malformed BTF: {0}")]
     Malformed(&'static str),
     #[error("BTF has no struct `{0}`")]
@@ -86,7 +89,9 @@ impl Btf {
     /// Parses a little-endian BTF blob (`struct btf_header` then the type and string sections).
     pub fn parse(b: &[u8]) -> Result<Btf, BtfError> {
         if b.len() < 24 || u16::from_le_bytes([b[0], b[1]]) != 0xeb9f {
-            return Err(BtfError::Malformed("bad magic (expected 0xeb9f, little endian)"));
+            return Err(BtfError::Malformed(
+                "bad magic (expected 0xeb9f, little endian)",
+            ));
         }
         let hdr_len = u32_at(b, 4)? as usize;
         let type_off = u32_at(b, 8)? as usize;
@@ -101,7 +106,13 @@ impl Btf {
             .ok_or(BtfError::Malformed("string section out of bounds"))?
             .to_vec();
 
-        let mut types = vec![Type { name: 0, kind: 0, size_or_type: 0, members: vec![], params: 0 }];
+        let mut types = vec![Type {
+            name: 0,
+            kind: 0,
+            size_or_type: 0,
+            members: vec![],
+            params: 0,
+        }];
         let mut p = 0usize;
         while p < tsec.len() {
             let name = u32_at(tsec, p)?;
@@ -111,7 +122,13 @@ impl Btf {
             let vlen = (info & 0xffff) as usize;
             let k = (info >> 24) & 0x1f;
             let kind_flag = info >> 31;
-            let mut t = Type { name, kind: k, size_or_type, members: vec![], params: 0 };
+            let mut t = Type {
+                name,
+                kind: k,
+                size_or_type,
+                members: vec![],
+                params: 0,
+            };
             match k {
                 kind::INT | kind::VAR | kind::DECL_TAG => p += 4,
                 kind::ARRAY => p += 12,
@@ -135,8 +152,15 @@ impl Btf {
                     p += vlen * 8;
                 }
                 kind::DATASEC | kind::ENUM64 => p += vlen * 12,
-                kind::PTR | kind::FWD | kind::TYPEDEF | kind::VOLATILE | kind::CONST
-                | kind::RESTRICT | kind::FUNC | kind::FLOAT | kind::TYPE_TAG => {}
+                kind::PTR
+                | kind::FWD
+                | kind::TYPEDEF
+                | kind::VOLATILE
+                | kind::CONST
+                | kind::RESTRICT
+                | kind::FUNC
+                | kind::FLOAT
+                | kind::TYPE_TAG => {}
                 _ => return Err(BtfError::Malformed("unknown BTF kind")),
             }
             types.push(t);
@@ -144,7 +168,11 @@ impl Btf {
         if p != tsec.len() {
             return Err(BtfError::Malformed("type section ends inside a type"));
         }
-        let mut btf = Btf { types, strings, by_name: HashMap::new() };
+        let mut btf = Btf {
+            types,
+            strings,
+            by_name: HashMap::new(),
+        };
         for id in 1..btf.types.len() {
             let n = btf.name(btf.types[id].name).to_string();
             if !n.is_empty() {
@@ -193,10 +221,12 @@ impl Btf {
         let mut cur = id;
         let mut total = 0u32;
         for part in member.split('.') {
-            let (bits, ty) = self.find_member(cur, part).ok_or_else(|| BtfError::NoMember {
-                strukt: strukt.to_string(),
-                member: member.to_string(),
-            })?;
+            let (bits, ty) = self
+                .find_member(cur, part)
+                .ok_or_else(|| BtfError::NoMember {
+                    strukt: strukt.to_string(),
+                    member: member.to_string(),
+                })?;
             total += bits / 8;
             cur = self.strip(ty);
         }
@@ -227,7 +257,9 @@ impl Btf {
     /// Number of arguments of raw tracepoint `tp` (`btf_trace_<tp>` is a typedef of a pointer to
     /// a function whose first parameter is the BPF context, not a tracepoint argument).
     pub fn raw_tp_arg_count(&self, tp: &str) -> Option<usize> {
-        let td = self.ids_of_kind(&format!("btf_trace_{tp}"), kind::TYPEDEF).next()?;
+        let td = self
+            .ids_of_kind(&format!("btf_trace_{tp}"), kind::TYPEDEF)
+            .next()?;
         let ptr = self.strip(td);
         let ptr_t = &self.types[ptr as usize];
         if ptr_t.kind != kind::PTR {
@@ -249,7 +281,11 @@ mod tests {
         let mut strs = b"\0int\0a\0b\0inner\0x\0y\0in\0outer\0btf_trace_t\0long\0".to_vec();
         let off = |s: &str, strs: &Vec<u8>| -> u32 {
             let pat = format!("\0{s}\0");
-            (strs.windows(pat.len()).position(|w| w == pat.as_bytes()).unwrap() + 1) as u32
+            (strs
+                .windows(pat.len())
+                .position(|w| w == pat.as_bytes())
+                .unwrap()
+                + 1) as u32
         };
         let mut t: Vec<u32> = vec![];
         let info = |k: u32, vlen: u32, kf: u32| (kf << 31) | (k << 24) | vlen;
@@ -275,7 +311,13 @@ mod tests {
         let mut b = vec![];
         b.extend(0xeb9fu16.to_le_bytes());
         b.extend([1u8, 0]);
-        for v in [24u32, 0, tbytes.len() as u32, tbytes.len() as u32, strs.len() as u32] {
+        for v in [
+            24u32,
+            0,
+            tbytes.len() as u32,
+            tbytes.len() as u32,
+            strs.len() as u32,
+        ] {
             b.extend(v.to_le_bytes());
         }
         b.extend(tbytes);
@@ -290,8 +332,14 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "y").unwrap(), 8);
         assert_eq!(btf.member_offset("outer", "in.b").unwrap(), 12);
         assert_eq!(btf.member_offset("inner", "b").unwrap(), 4);
-        assert!(matches!(btf.member_offset("outer", "zz"), Err(BtfError::NoMember { .. })));
-        assert!(matches!(btf.member_offset("nope", "x"), Err(BtfError::NoStruct(_))));
+        assert!(matches!(
+            btf.member_offset("outer", "zz"),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert!(matches!(
+            btf.member_offset("nope", "x"),
+            Err(BtfError::NoStruct(_))
+        ));
     }
 
     #[test]

@@ -34,15 +34,25 @@ pub enum HookError {
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("program `{name}`: {source}")]
-    Program { name: String, source: aya::programs::ProgramError },
+    Program {
+        name: String,
+        source: aya::programs::ProgramError,
+    },
     #[error("map `{name}`: {source}")]
-    Map { name: String, source: aya::maps::MapError },
+    Map {
+        name: String,
+        source: aya::maps::MapError,
+    },
     #[error("map `{0}` missing from the eBPF object")]
     MissingMap(&'static str),
 }
 
 /// Raw tracepoints (no tracefs needed): program name = tracepoint name.
-const RAW_TPS: &[&str] = &["sched_process_exec", "sched_process_fork", "sched_process_exit"];
+const RAW_TPS: &[&str] = &[
+    "sched_process_exec",
+    "sched_process_fork",
+    "sched_process_exit",
+];
 /// Classic tracepoints: (program, category, name).
 const TPS: &[(&str, &str, &str)] = &[
     ("sys_enter_connect", "syscalls", "sys_enter_connect"),
@@ -65,7 +75,9 @@ pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
         if a == b {
             Ok(a)
         } else {
-            Err(HookError::Layout(format!("{what}: connect at {a}, bind at {b}")))
+            Err(HookError::Layout(format!(
+                "{what}: connect at {a}, bind at {b}"
+            )))
         }
     };
     Ok(Offsets {
@@ -90,8 +102,16 @@ pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
         socket_type: m("socket", "type")?,
         exit_has_group_dead: u32::from(btf.raw_tp_arg_count("sched_process_exit") == Some(2)),
         tp_sockaddr_fd: same("fd", connect.offset("fd")?, bind.offset("fd")?)?,
-        tp_sockaddr_ptr: same("sockaddr", connect.offset("uservaddr")?, bind.offset("umyaddr")?)?,
-        tp_sockaddr_len: same("addrlen", connect.offset("addrlen")?, bind.offset("addrlen")?)?,
+        tp_sockaddr_ptr: same(
+            "sockaddr",
+            connect.offset("uservaddr")?,
+            bind.offset("umyaddr")?,
+        )?,
+        tp_sockaddr_len: same(
+            "addrlen",
+            connect.offset("addrlen")?,
+            bind.offset("addrlen")?,
+        )?,
         tp_exit_ret: same("ret", exit_connect.offset("ret")?, exit_bind.offset("ret")?)?,
         tp_iss_newstate: iss.offset("newstate")?,
         tp_iss_sport: iss.offset("sport")?,
@@ -134,15 +154,19 @@ impl Hooks {
         let own = std::process::id();
         let mut ignore: BpfHashMap<_, u32, u8> = map_mut(&mut ebpf, names::IGNORE_TGIDS)?;
         for pid in std::iter::once(own).chain(cfg.filter.ignore_pids.iter().copied()) {
-            ignore.insert(pid, 1, 0).map_err(|source| map_err(names::IGNORE_TGIDS, source))?;
+            ignore
+                .insert(pid, 1, 0)
+                .map_err(|source| map_err(names::IGNORE_TGIDS, source))?;
         }
         let mut cg: BpfHashMap<_, u64, u8> = map_mut(&mut ebpf, names::IGNORE_CGROUPS)?;
         for id in &cfg.filter.ignore_cgroup_ids {
-            cg.insert(id, 1, 0).map_err(|source| map_err(names::IGNORE_CGROUPS, source))?;
+            cg.insert(id, 1, 0)
+                .map_err(|source| map_err(names::IGNORE_CGROUPS, source))?;
         }
         let mut only: BpfHashMap<_, u32, u8> = map_mut(&mut ebpf, names::TRACE_TGIDS)?;
         for pid in &cfg.filter.only_pids {
-            only.insert(pid, 1, 0).map_err(|source| map_err(names::TRACE_TGIDS, source))?;
+            only.insert(pid, 1, 0)
+                .map_err(|source| map_err(names::TRACE_TGIDS, source))?;
         }
 
         let mut attached = vec![];
@@ -155,21 +179,32 @@ impl Hooks {
         for &(name, cat, tp) in TPS {
             let prog: &mut TracePoint = program(&mut ebpf, name)?;
             prog.load().map_err(|source| prog_err(name, source))?;
-            prog.attach(cat, tp).map_err(|source| prog_err(name, source))?;
+            prog.attach(cat, tp)
+                .map_err(|source| prog_err(name, source))?;
             attached.push(format!("tracepoint/{cat}/{tp}"));
         }
-        Ok(Hooks { ebpf, tracefs_mounted, attached })
+        Ok(Hooks {
+            ebpf,
+            tracefs_mounted,
+            attached,
+        })
     }
 
     /// Takes the event ring buffer (once).
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, HookError> {
-        let map = self.ebpf.take_map(names::EVENTS).ok_or(HookError::MissingMap(names::EVENTS))?;
+        let map = self
+            .ebpf
+            .take_map(names::EVENTS)
+            .ok_or(HookError::MissingMap(names::EVENTS))?;
         RingBuf::try_from(map).map_err(|source| map_err(names::EVENTS, source))
     }
 
     /// Takes the per-CPU kernel drop counters (once).
     pub fn take_drops(&mut self) -> Result<PerCpuArray<MapData, u64>, HookError> {
-        let map = self.ebpf.take_map(names::DROPS).ok_or(HookError::MissingMap(names::DROPS))?;
+        let map = self
+            .ebpf
+            .take_map(names::DROPS)
+            .ok_or(HookError::MissingMap(names::DROPS))?;
         PerCpuArray::try_from(map).map_err(|source| map_err(names::DROPS, source))
     }
 }
@@ -186,11 +221,17 @@ pub fn read_drops(drops: &PerCpuArray<MapData, u64>) -> [u64; kind::MAX as usize
 }
 
 fn map_err(name: &str, source: aya::maps::MapError) -> HookError {
-    HookError::Map { name: name.to_string(), source }
+    HookError::Map {
+        name: name.to_string(),
+        source,
+    }
 }
 
 fn prog_err(name: &str, source: aya::programs::ProgramError) -> HookError {
-    HookError::Program { name: name.to_string(), source }
+    HookError::Program {
+        name: name.to_string(),
+        source,
+    }
 }
 
 fn map_mut<'a, K: aya::Pod, V: aya::Pod>(

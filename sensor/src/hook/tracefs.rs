@@ -16,16 +16,22 @@ pub enum TracefsError {
     #[error("mounting tracefs at {TRACEFS}: {0} (the kernel needs CONFIG_TRACING; run as root)")]
     Mount(std::io::Error),
     #[error("reading {path}: {source} (is the tracepoint compiled into this kernel?)")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: no field `{field}` in the tracepoint format")]
     NoField { path: String, field: String },
 }
 
 /// Whether a tracefs is reachable at one of the paths aya looks at.
 fn tracefs_present() -> bool {
-    ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
-        .iter()
-        .any(|p| Path::new(p).is_dir())
+    [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ]
+    .iter()
+    .any(|p| Path::new(p).is_dir())
 }
 
 /// Mounts tracefs at /sys/kernel/tracing unless one is already reachable. Returns whether it
@@ -38,7 +44,13 @@ pub fn ensure_mounted() -> Result<bool, TracefsError> {
     let dst = CString::new(TRACEFS).unwrap();
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; data is null.
     let rc = unsafe {
-        libc::mount(src.as_ptr(), dst.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(TracefsError::Mount(std::io::Error::last_os_error()));
@@ -76,7 +88,9 @@ impl Format {
         let mut fields = HashMap::new();
         for line in text.lines() {
             let line = line.trim();
-            let Some(rest) = line.strip_prefix("field:") else { continue };
+            let Some(rest) = line.strip_prefix("field:") else {
+                continue;
+            };
             let mut parts = rest.split(';');
             let decl = parts.next().unwrap_or("").trim();
             let Some(off) = parts
@@ -92,14 +106,20 @@ impl Format {
                 fields.insert(name.to_string(), off);
             }
         }
-        Format { path: path.to_string(), fields }
+        Format {
+            path: path.to_string(),
+            fields,
+        }
     }
 
     pub fn offset(&self, field: &str) -> Result<u32, TracefsError> {
-        self.fields.get(field).copied().ok_or_else(|| TracefsError::NoField {
-            path: self.path.clone(),
-            field: field.to_string(),
-        })
+        self.fields
+            .get(field)
+            .copied()
+            .ok_or_else(|| TracefsError::NoField {
+                path: self.path.clone(),
+                field: field.to_string(),
+            })
     }
 }
 

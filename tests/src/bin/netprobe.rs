@@ -23,7 +23,11 @@ fn sockaddr(ip: IpAddr, port: u16) -> (libc::sockaddr_storage, libc::socklen_t, 
             sin.sin_family = libc::AF_INET as u16;
             sin.sin_port = port.to_be();
             sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
-            (ss, std::mem::size_of::<libc::sockaddr_in>() as u32, libc::AF_INET)
+            (
+                ss,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+                libc::AF_INET,
+            )
         }
         IpAddr::V6(a) => {
             // SAFETY: as above, for sockaddr_in6.
@@ -31,7 +35,11 @@ fn sockaddr(ip: IpAddr, port: u16) -> (libc::sockaddr_storage, libc::socklen_t, 
             sin6.sin6_family = libc::AF_INET6 as u16;
             sin6.sin6_port = port.to_be();
             sin6.sin6_addr.s6_addr = a.octets();
-            (ss, std::mem::size_of::<libc::sockaddr_in6>() as u32, libc::AF_INET6)
+            (
+                ss,
+                std::mem::size_of::<libc::sockaddr_in6>() as u32,
+                libc::AF_INET6,
+            )
         }
     }
 }
@@ -48,7 +56,11 @@ fn connect(ip: IpAddr, port: u16, flags: i32) -> i32 {
     let fd = socket(fam, flags);
     // SAFETY: ss is a valid sockaddr of length len.
     let rc = unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
-    let err = if rc == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap() };
+    let err = if rc == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap()
+    };
     // SAFETY: closing our own fd.
     unsafe { libc::close(fd) };
     err
