@@ -24,8 +24,10 @@ pub mod kind {
     pub const CONNECT: u32 = 4;
     pub const BIND: u32 = 5;
     pub const LISTEN: u32 = 6;
+    pub const GPU_IOCTL: u32 = 7;
+    pub const GPU_OPEN: u32 = 8;
     /// One past the highest kind id: size of per-kind counter arrays.
-    pub const MAX: u32 = 7;
+    pub const MAX: u32 = 9;
 }
 
 /// Bits of [`EventHeader::flags`].
@@ -39,7 +41,18 @@ pub mod flags {
     /// Network: seen by `sock/inet_sock_set_state` outside a connect(2)/listen(2) syscall (for
     /// example a connect submitted through io_uring); `ret` and `fd` are not known.
     pub const NET_NO_SYSCALL: u32 = 1 << 8;
+    /// GPU ioctl: `NV_ESC_IOCTL_XFER_CMD` was unwrapped; `arg` holds the inner parameters.
+    pub const GPU_XFER: u32 = 1 << 12;
+    /// GPU ioctl/open: the device is a configured stand-in (tests), not a real GPU driver.
+    pub const GPU_EMULATED: u32 = 1 << 13;
+    /// GPU ioctl: the argument could not be read from user memory.
+    pub const GPU_ARG_UNREADABLE: u32 = 1 << 14;
 }
+
+/// Bytes of an ioctl argument captured for GPU ioctls.
+pub const GPU_ARG_LEN: usize = 64;
+/// Bytes of a device-file name captured for GPU opens (last two path components).
+pub const GPU_NAME_LEN: usize = 32;
 
 /// Common header of every ring-buffer record. 64 bytes.
 #[repr(C)]
@@ -120,6 +133,192 @@ pub struct NetEvent {
     pub addr: [u8; 16],
 }
 
+/// An ioctl on a GPU device file (device test done in the kernel), with its result.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GpuIoctlEvent {
+    pub hdr: EventHeader,
+    /// Syscall return value.
+    pub ret: i32,
+    pub fd: i32,
+    /// The ioctl request as passed to ioctl(2).
+    pub cmd: u32,
+    /// With `GPU_XFER`: the inner escape number of `NV_ESC_IOCTL_XFER_CMD`.
+    pub inner_cmd: u32,
+    /// The device file's real major/minor.
+    pub major: u32,
+    pub minor: u32,
+    /// One of [`gpu::dev`].
+    pub dev_kind: u32,
+    /// Device minor as reported (differs from `minor` only for configured stand-ins).
+    pub gpu_minor: u32,
+    /// Decoded operation, see [`gpu::decode`].
+    pub op: u32,
+    /// hClass (RM_ALLOC), control command (RM_CONTROL), queue type, memory flags… or 0.
+    pub object: u32,
+    pub arg_len: u32,
+    pub _pad: u32,
+    pub arg: [u8; GPU_ARG_LEN],
+}
+
+/// A successful open of a GPU device file (or a failed open of a `/dev/nvidia*`, `/dev/kfd`,
+/// `/dev/dri/*` path).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GpuOpenEvent {
+    pub hdr: EventHeader,
+    /// The new fd, or -errno.
+    pub ret: i32,
+    /// `file->f_flags` on success, the open flags on failure.
+    pub flags: u32,
+    pub major: u32,
+    pub minor: u32,
+    pub dev_kind: u32,
+    pub gpu_minor: u32,
+    /// Name of the opened dentry on success, the path given on failure; NUL-terminated.
+    pub name: [u8; GPU_NAME_LEN],
+    /// Name of the parent dentry on success (e.g. "dri", "nvidia-caps", "dev").
+    pub parent: [u8; GPU_NAME_LEN],
+}
+
+/// Value of the GPU device map: what a (major, minor) is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuDev {
+    /// One of [`gpu::dev`].
+    pub kind: u32,
+    /// `flags::GPU_EMULATED` for stand-ins.
+    pub flags: u32,
+    /// Minor number to report; `u32::MAX` = the real one.
+    pub gpu_minor: u32,
+    pub _pad: u32,
+}
+
+/// GPU ioctl decoding shared by the eBPF program (which runs it on the captured argument) and
+/// the agent's tests. Numbers and layouts: NVIDIA open-gpu-kernel-modules
+/// `kernel-open/common/inc/nv-ioctl-numbers.h`, `src/common/sdk/nvidia/inc/nvos.h`,
+/// `kernel-open/nvidia-uvm/uvm_ioctl.h`; Linux `include/uapi/linux/kfd_ioctl.h`,
+/// `include/uapi/drm/amdgpu_drm.h` (see shared/reference/detection-signals.md §4).
+pub mod gpu {
+    /// Device kinds (values of [`super::GpuDev::kind`]).
+    pub mod dev {
+        /// `/dev/nvidiaN`, `/dev/nvidiactl` (minor 255), `/dev/nvidia-modeset` (254); major 195.
+        pub const NVIDIA: u32 = 1;
+        /// `/dev/nvidia-uvm` (minor 0), `/dev/nvidia-uvm-tools` (minor 1); dynamic major.
+        pub const NVIDIA_UVM: u32 = 2;
+        /// `/dev/nvidia-caps/nvidia-capN`; dynamic major.
+        pub const NVIDIA_CAPS: u32 = 3;
+        /// `/dev/nvidia-nvswitchN`, `/dev/nvidia-nvlink`; dynamic majors.
+        pub const NVIDIA_FABRIC: u32 = 4;
+        /// `/dev/kfd` (AMD ROCm compute); dynamic major.
+        pub const KFD: u32 = 5;
+        /// `/dev/dri/card*`, `/dev/dri/renderD*`; major 226.
+        pub const DRM: u32 = 6;
+    }
+
+    /// `_IOC` field extraction (include/uapi/asm-generic/ioctl.h: nr 8 bits, type 8, size 14,
+    /// dir 2).
+    pub const fn ioc_nr(cmd: u32) -> u32 {
+        cmd & 0xff
+    }
+    pub const fn ioc_type(cmd: u32) -> u32 {
+        (cmd >> 8) & 0xff
+    }
+    pub const fn ioc_size(cmd: u32) -> u32 {
+        (cmd >> 16) & 0x3fff
+    }
+    pub const fn ioc_dir(cmd: u32) -> u32 {
+        cmd >> 30
+    }
+
+    /// `NV_IOCTL_MAGIC` 'F'.
+    pub const NV_IOCTL_MAGIC: u32 = 0x46;
+    /// `NV_ESC_RM_FREE`, `NV_ESC_RM_CONTROL`, `NV_ESC_RM_ALLOC`, `NV_ESC_IOCTL_XFER_CMD`.
+    pub const NV_ESC_RM_FREE: u32 = 0x29;
+    pub const NV_ESC_RM_CONTROL: u32 = 0x2a;
+    pub const NV_ESC_RM_ALLOC: u32 = 0x2b;
+    pub const NV_ESC_IOCTL_XFER_CMD: u32 = 0xd3;
+    /// `AMDKFD_IOCTL_BASE` 'K' and commands.
+    pub const KFD_MAGIC: u32 = 0x4b;
+    pub const KFD_CREATE_QUEUE: u32 = 0x02;
+    pub const KFD_ACQUIRE_VM: u32 = 0x15;
+    pub const KFD_ALLOC_MEMORY_OF_GPU: u32 = 0x16;
+    /// `DRM_IOCTL_BASE` 'd', `DRM_COMMAND_BASE` 0x40, `DRM_AMDGPU_CS` 0x04.
+    pub const DRM_MAGIC: u32 = 0x64;
+    pub const DRM_AMDGPU_CS: u32 = 0x44;
+
+    /// Operation codes carried in `GpuIoctlEvent::op`: the family in the high byte, the
+    /// family's own command number below.
+    pub const OP_NV: u32 = 1 << 24;
+    pub const OP_UVM: u32 = 2 << 24;
+    pub const OP_KFD: u32 = 3 << 24;
+    pub const OP_DRM: u32 = 4 << 24;
+    pub const OP_OTHER: u32 = 0xff << 24;
+
+    #[inline(always)]
+    fn u32_at(a: &[u8; super::GPU_ARG_LEN], o: usize) -> u32 {
+        u32::from_le_bytes([a[o], a[o + 1], a[o + 2], a[o + 3]])
+    }
+
+    /// Whether `cmd` on a `dev_kind` device is `NV_ESC_IOCTL_XFER_CMD` (whose argument is
+    /// `nv_ioctl_xfer_t { u32 cmd; u32 size; u64 ptr; }`, nv-ioctl.h).
+    #[inline(always)]
+    pub fn is_nv_xfer(dev_kind: u32, cmd: u32) -> bool {
+        dev_kind == dev::NVIDIA && ioc_type(cmd) == NV_IOCTL_MAGIC && ioc_nr(cmd) == NV_ESC_IOCTL_XFER_CMD
+    }
+
+    /// Decodes (op, object) from the request and the first bytes of the argument. `nv_nr` is
+    /// the NVIDIA escape number to use (the inner one after an XFER unwrap).
+    #[inline(always)]
+    pub fn decode(dev_kind: u32, cmd: u32, nv_nr: u32, arg: &[u8; super::GPU_ARG_LEN]) -> (u32, u32) {
+        match dev_kind {
+            dev::NVIDIA | dev::NVIDIA_CAPS | dev::NVIDIA_FABRIC => {
+                if ioc_type(cmd) != NV_IOCTL_MAGIC {
+                    return (OP_OTHER | (cmd & 0xffff), 0);
+                }
+                let object = match nv_nr {
+                    // NVOS21/NVOS64: hClass at +12 (escape.c ct_asserts both layouts).
+                    NV_ESC_RM_ALLOC => u32_at(arg, 12),
+                    // NVOS54: cmd at +8.
+                    NV_ESC_RM_CONTROL => u32_at(arg, 8),
+                    // NVOS00: hObjectOld at +8.
+                    NV_ESC_RM_FREE => u32_at(arg, 8),
+                    _ => 0,
+                };
+                (OP_NV | (nv_nr & 0xff), object)
+            }
+            // UVM switches on the raw request value (uvm_ioctl.h: UVM_IOCTL_BASE(i) i).
+            dev::NVIDIA_UVM => (OP_UVM | (cmd & 0xff_ffff), 0),
+            dev::KFD => {
+                if ioc_type(cmd) != KFD_MAGIC {
+                    return (OP_OTHER | (cmd & 0xffff), 0);
+                }
+                let nr = ioc_nr(cmd);
+                let object = match nr {
+                    // kfd_ioctl_create_queue_args.queue_type at +40.
+                    KFD_CREATE_QUEUE => u32_at(arg, 40),
+                    // kfd_ioctl_acquire_vm_args.gpu_id at +4.
+                    KFD_ACQUIRE_VM => u32_at(arg, 4),
+                    // kfd_ioctl_alloc_memory_of_gpu_args.flags at +36.
+                    KFD_ALLOC_MEMORY_OF_GPU => u32_at(arg, 36),
+                    _ => 0,
+                };
+                (OP_KFD | nr, object)
+            }
+            dev::DRM => {
+                if ioc_type(cmd) != DRM_MAGIC {
+                    return (OP_OTHER | (cmd & 0xffff), 0);
+                }
+                let nr = ioc_nr(cmd);
+                // drm_amdgpu_cs_in.ctx_id at +0.
+                let object = if nr == DRM_AMDGPU_CS { u32_at(arg, 0) } else { 0 };
+                (OP_DRM | nr, object)
+            }
+            _ => (OP_OTHER | (cmd & 0xffff), 0),
+        }
+    }
+}
+
 /// Kernel struct offsets and tracepoint field offsets, resolved by the agent at start-up from
 /// `/sys/kernel/btf/vmlinux` and tracefs `format` files, and handed to the programs as a global.
 /// Nothing here is compiled in. An offset of `u32::MAX` is "unavailable".
@@ -151,6 +350,12 @@ pub struct Offsets {
     pub file_inode: u32,
     pub inode_rdev: u32,
     pub socket_type: u32,
+    pub file_f_flags: u32,
+    /// `file->f_path.dentry`
+    pub file_dentry: u32,
+    /// `dentry->d_name.name`
+    pub dentry_name: u32,
+    pub dentry_parent: u32,
     /// 1 when `sched_process_exit` passes `bool group_dead` as its second argument.
     pub exit_has_group_dead: u32,
     // sys_enter_connect / sys_enter_bind: fd, sockaddr pointer, addrlen
@@ -169,6 +374,13 @@ pub struct Offsets {
     pub tp_iss_daddr: u32,
     pub tp_iss_saddr_v6: u32,
     pub tp_iss_daddr_v6: u32,
+    // sys_enter_ioctl: fd, cmd, arg
+    pub tp_ioctl_fd: u32,
+    pub tp_ioctl_cmd: u32,
+    pub tp_ioctl_arg: u32,
+    // sys_enter_openat: filename, flags
+    pub tp_openat_filename: u32,
+    pub tp_openat_flags: u32,
     pub _pad: u32,
 }
 
@@ -193,6 +405,10 @@ impl Offsets {
         file_inode: u32::MAX,
         inode_rdev: u32::MAX,
         socket_type: u32::MAX,
+        file_f_flags: u32::MAX,
+        file_dentry: u32::MAX,
+        dentry_name: u32::MAX,
+        dentry_parent: u32::MAX,
         exit_has_group_dead: 0,
         tp_sockaddr_fd: u32::MAX,
         tp_sockaddr_ptr: u32::MAX,
@@ -207,6 +423,11 @@ impl Offsets {
         tp_iss_daddr: u32::MAX,
         tp_iss_saddr_v6: u32::MAX,
         tp_iss_daddr_v6: u32::MAX,
+        tp_ioctl_fd: u32::MAX,
+        tp_ioctl_cmd: u32::MAX,
+        tp_ioctl_arg: u32::MAX,
+        tp_openat_filename: u32::MAX,
+        tp_openat_flags: u32::MAX,
         _pad: 0,
     };
 }
@@ -238,6 +459,12 @@ pub mod names {
     pub const IGNORE_CGROUPS: &str = "IGNORE_CGROUPS";
     pub const TRACE_TGIDS: &str = "TRACE_TGIDS";
     pub const CONFIG: &str = "CONFIG";
+    pub const GPU_DEVS: &str = "GPU_DEVS";
+}
+
+/// Key of the GPU device map: `major << 32 | minor`; minor `u32::MAX` matches every minor.
+pub const fn gpu_dev_key(major: u32, minor: u32) -> u64 {
+    ((major as u64) << 32) | minor as u64
 }
 
 /// Capacity of the filter hash maps.
@@ -259,8 +486,14 @@ const _: () = assert!(size_of::<NetEvent>() == 96);
 const _: () = assert!(offset_of!(NetEvent, ret) == 64);
 const _: () = assert!(offset_of!(NetEvent, family) == 72);
 const _: () = assert!(offset_of!(NetEvent, addr) == 80);
-const _: () = assert!(size_of::<Offsets>() == 34 * 4);
-const _: () = assert!(size_of::<ProgConfig>() == 34 * 4 + 8);
+const _: () = assert!(size_of::<Offsets>() == 43 * 4);
+const _: () = assert!(size_of::<ProgConfig>() == 43 * 4 + 8);
+const _: () = assert!(size_of::<GpuIoctlEvent>() == 64 + 48 + GPU_ARG_LEN);
+const _: () = assert!(offset_of!(GpuIoctlEvent, arg) == 112);
+const _: () = assert!(size_of::<GpuOpenEvent>() == 64 + 24 + 2 * GPU_NAME_LEN);
+const _: () = assert!(size_of::<GpuDev>() == 16);
+const _: () = assert!(size_of::<GpuIoctlEvent>().is_multiple_of(8));
+const _: () = assert!(size_of::<GpuOpenEvent>().is_multiple_of(8));
 const _: () = assert!(size_of::<ExecEvent>().is_multiple_of(8));
 const _: () = assert!(size_of::<NetEvent>().is_multiple_of(8));
 
@@ -271,4 +504,65 @@ mod pod {
     unsafe impl aya::Pod for super::ProgConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Offsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GpuDev {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gpu::*;
+    use super::GPU_ARG_LEN;
+
+    fn arg(words: &[(usize, u32)]) -> [u8; GPU_ARG_LEN] {
+        let mut a = [0u8; GPU_ARG_LEN];
+        for &(o, v) in words {
+            a[o..o + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        a
+    }
+
+    #[test]
+    fn nvidia_alloc_control_and_others() {
+        // RM_ALLOC NVOS64 (0xc030462b) of HOPPER_COMPUTE_A.
+        let a = arg(&[(12, 0xcbc0)]);
+        assert_eq!(decode(dev::NVIDIA, 0xc030462b, 0x2b, &a), (OP_NV | 0x2b, 0xcbc0));
+        // RM_CONTROL (0xc020462a) with cmd 0x2080014a at +8.
+        let a = arg(&[(8, 0x2080014a)]);
+        assert_eq!(decode(dev::NVIDIA, 0xc020462a, 0x2a, &a), (OP_NV | 0x2a, 0x2080014a));
+        // CHECK_VERSION_STR: no object.
+        assert_eq!(decode(dev::NVIDIA, 0xc04846d2, 0xd2, &a), (OP_NV | 0xd2, 0));
+        // A non-'F' request on an NVIDIA node is "other".
+        assert_eq!(decode(dev::NVIDIA, 0x5401, 0x01, &a).0 >> 24, OP_OTHER >> 24);
+        assert!(is_nv_xfer(dev::NVIDIA, 0xc01046d3));
+        assert!(!is_nv_xfer(dev::NVIDIA_UVM, 0xc01046d3));
+        assert!(!is_nv_xfer(dev::NVIDIA, 0xc01046d2));
+        assert_eq!((ioc_dir(0xc030462b), ioc_size(0xc030462b)), (3, 0x30));
+    }
+
+    #[test]
+    fn uvm_kfd_drm() {
+        let z = [0u8; GPU_ARG_LEN];
+        assert_eq!(decode(dev::NVIDIA_UVM, 0x30000001, 0, &z), (OP_UVM | 0x000001, 0));
+        assert_eq!(decode(dev::NVIDIA_UVM, 37, 0, &z), (OP_UVM | 37, 0));
+        let a = arg(&[(40, 2)]);
+        assert_eq!(decode(dev::KFD, 0xc0584b02, 0, &a), (OP_KFD | 2, 2));
+        let a = arg(&[(4, 0x1234)]);
+        assert_eq!(decode(dev::KFD, 0x40084b15, 0, &a), (OP_KFD | 0x15, 0x1234));
+        let a = arg(&[(0, 7)]);
+        assert_eq!(decode(dev::DRM, 0xc0186444, 0, &a), (OP_DRM | 0x44, 7));
+        assert_eq!(decode(99, 0xc0186444, 0, &a).0 >> 24, OP_OTHER >> 24);
+    }
+
+    #[test]
+    fn garbage_arguments_decode_without_panicking() {
+        let mut a = [0u8; GPU_ARG_LEN];
+        for (i, b) in a.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(151).wrapping_add(7);
+        }
+        for k in 0..8 {
+            for cmd in [0u32, u32::MAX, 0xc030462b, 0x30000001, 0xc0584b02, 0xc0186444] {
+                let _ = decode(k, cmd, cmd & 0xff, &a);
+            }
+        }
+    }
 }

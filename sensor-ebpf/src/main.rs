@@ -8,6 +8,7 @@
 #![no_main]
 
 mod filter;
+mod gpu;
 mod net;
 mod proc;
 mod task;

@@ -26,6 +26,7 @@ pub struct Config {
     pub ring: RingConfig,
     pub filter: FilterConfig,
     pub output: OutputConfig,
+    pub gpu: GpuConfig,
     /// Path of the kernel BTF used to resolve struct offsets.
     pub btf_path: PathBuf,
 }
@@ -36,6 +37,7 @@ impl Default for Config {
             ring: RingConfig::default(),
             filter: FilterConfig::default(),
             output: OutputConfig::default(),
+            gpu: GpuConfig::default(),
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
         }
     }
@@ -85,6 +87,25 @@ impl Default for OutputConfig {
         OutputConfig {
             loss_interval_secs: 10,
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuConfig {
+    /// Extra GPU device numbers (beyond NVIDIA 195, DRM 226 and the /proc/devices drivers),
+    /// e.g. a stand-in device for tests.
+    pub devices: Vec<crate::gpu::devices::DeviceSpec>,
+    /// Seconds between re-reads of /proc/devices (drivers loaded after start-up).
+    pub refresh_secs: u64,
+    /// Sample NVML when libnvidia-ml.so.1 is present.
+    pub nvml: bool,
+    pub nvml_interval_secs: u64,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        GpuConfig { devices: vec![], refresh_secs: 30, nvml: true, nvml_interval_secs: 5 }
     }
 }
 
@@ -158,6 +179,17 @@ impl Config {
         if self.ring.queue == 0 {
             return Err(bad("ring.queue must be at least 1".into()));
         }
+        if self.gpu.refresh_secs == 0 || self.gpu.nvml_interval_secs == 0 {
+            return Err(bad("gpu.refresh_secs and gpu.nvml_interval_secs must be at least 1".into()));
+        }
+        for d in &self.gpu.devices {
+            if crate::gpu::devices::kind_from_name(&d.kind).is_none() {
+                return Err(bad(format!(
+                    "gpu.devices: unknown kind {:?} (nvidia, nvidia-uvm, nvidia-caps, nvidia-fabric, kfd, drm)",
+                    d.kind
+                )));
+            }
+        }
         if self.output.loss_interval_secs == 0 {
             return Err(bad("output.loss_interval_secs must be at least 1".into()));
         }
@@ -185,6 +217,12 @@ mod tests {
         let c = Config::from_toml("c", "[ring]\nsize = \"64KiB\"\nqueue = 10\n").unwrap();
         assert_eq!(c.ring.size, 65536);
         assert_eq!(c.ring.queue, 10);
+        let c = Config::from_toml(
+            "c",
+            "[[gpu.devices]]\nmajor = 1\nminor = 3\nkind = \"nvidia\"\ngpu_minor = 255\nemulated = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.gpu.devices[0].gpu_minor, Some(255));
     }
 
     #[test]
@@ -207,6 +245,8 @@ mod tests {
             ("[filter]\nonly_pids = [\"x\"]\n", "line 2"),
             ("[output]\nloss_interval_secs = 0\n", "loss_interval"),
             ("ring = 5\n", "line 1"),
+            ("[[gpu.devices]]\nmajor = 1\nkind = \"tpu\"\n", "tpu"),
+            ("[[gpu.devices]]\nmajor = 1\nkind = \"nvidia\"\nbogus = 1\n", "bogus"),
         ] {
             let e = Config::from_toml("c", text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?} -> {e}");

@@ -7,10 +7,16 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use sensor_common::{flags, kind, EventHeader, ExecEvent, ExitEvent, ForkEvent, NetEvent};
+use sensor_common::{
+    flags, gpu, kind, EventHeader, ExecEvent, ExitEvent, ForkEvent, GpuIoctlEvent, GpuOpenEvent,
+    NetEvent,
+};
 use thiserror::Error;
 
-use crate::event::{Body, Event, Exec, Exit, Fork, Net};
+use crate::{
+    event::{Body, Event, Exec, Exit, Fork, GpuIoctl, GpuOpen, Net},
+    gpu::{classes, devices::kind_name},
+};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -173,6 +179,73 @@ fn decode_net(n: &NetEvent, k: u32) -> Net {
     }
 }
 
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Name of a decoded GPU operation (`GpuIoctlEvent::op`).
+pub fn gpu_op_name(op: u32, cmd: u32) -> String {
+    let code = op & 0xff_ffff;
+    let name = match op & 0xff00_0000 {
+        gpu::OP_NV => classes::nv_escape_name(code),
+        // UVM dispatches on the whole raw request (0x30000001 is not command 1).
+        gpu::OP_UVM => classes::uvm_name(cmd),
+        gpu::OP_KFD => classes::kfd_name(code),
+        gpu::OP_DRM => classes::drm_name(code),
+        _ => None,
+    };
+    name.map(str::to_string).unwrap_or_else(|| format!("{cmd:#010x}"))
+}
+
+fn decode_gpu_ioctl(e: &GpuIoctlEvent) -> GpuIoctl {
+    let fam = e.op & 0xff00_0000;
+    let code = e.op & 0xff_ffff;
+    let rm_alloc = fam == gpu::OP_NV && code == gpu::NV_ESC_RM_ALLOC;
+    let rm_control = fam == gpu::OP_NV && code == gpu::NV_ESC_RM_CONTROL;
+    let other = (!rm_alloc && !rm_control && e.object != 0).then_some(e.object);
+    GpuIoctl {
+        fd: e.fd,
+        device: kind_name(e.dev_kind).into(),
+        major: e.major,
+        minor: e.minor,
+        gpu_minor: e.gpu_minor,
+        cmd: format!("{:#010x}", e.cmd),
+        op: gpu_op_name(e.op, e.cmd),
+        class: rm_alloc.then(|| classes::class_name(e.object)),
+        class_id: rm_alloc.then_some(e.object),
+        control: rm_control.then(|| format!("{:#010x}", e.object)),
+        object: other,
+        ret: e.ret,
+        result: if e.ret >= 0 { "ok" } else { "error" }.into(),
+        xfer: e.hdr.flags & flags::GPU_XFER != 0,
+        emulated: e.hdr.flags & flags::GPU_EMULATED != 0,
+        arg: hex(&e.arg[..(e.arg_len as usize).min(e.arg.len())]),
+    }
+}
+
+fn decode_gpu_open(e: &GpuOpenEvent) -> GpuOpen {
+    let name = cstr(&e.name);
+    let parent = cstr(&e.parent);
+    let path = if e.ret < 0 || name.starts_with('/') {
+        name
+    } else if parent.is_empty() || parent == "dev" || parent == "/" {
+        format!("/dev/{name}")
+    } else {
+        format!("/dev/{parent}/{name}")
+    };
+    GpuOpen {
+        path,
+        device: kind_name(e.dev_kind).into(),
+        major: e.major,
+        minor: e.minor,
+        gpu_minor: e.gpu_minor,
+        flags: e.flags,
+        ret: e.ret,
+        result: if e.ret >= 0 { "ok" } else { "error" }.into(),
+        emulated: e.hdr.flags & flags::GPU_EMULATED != 0,
+    }
+}
+
 /// Decodes one ring-buffer record. `exe` is filled later by the process context.
 pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
     let hdr: EventHeader = read(buf, 0)?;
@@ -215,6 +288,8 @@ pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
                 _ => Body::Listen(n),
             }
         }
+        kind::GPU_IOCTL => Body::GpuIoctl(decode_gpu_ioctl(&read::<GpuIoctlEvent>(buf, hdr.kind)?)),
+        kind::GPU_OPEN => Body::GpuOpen(decode_gpu_open(&read::<GpuOpenEvent>(buf, hdr.kind)?)),
         k => return Err(DecodeError::UnknownKind(k)),
     };
     Ok(Event {
@@ -299,11 +374,9 @@ mod tests {
         let ev = decode(&bytes_of(&e), &Clock::fixed(0)).unwrap();
         let Body::Exec(x) = ev.body else { panic!() };
         assert!(x.args_truncated);
-        assert_eq!(
-            x.argv.len(),
-            3 + 1,
-            "trailing zero bytes of the buffer form one empty arg"
-        );
+        // The whole 4 KiB buffer is used: "ls\0-la\0" then 4089 zero bytes, i.e. 4091 pieces.
+        assert_eq!(x.argv[..3], ["ls", "-la", ""]);
+        assert_eq!(x.argv.len(), ARGS_MAX - 5);
     }
 
     #[test]
@@ -376,6 +449,74 @@ mod tests {
             panic!()
         };
         assert_eq!((x.exit_status, x.signal), (None, Some(9)));
+    }
+
+    #[test]
+    fn gpu_ioctl_record() {
+        let mut arg = [0u8; sensor_common::GPU_ARG_LEN];
+        arg[12..16].copy_from_slice(&0xcbc0u32.to_le_bytes());
+        let e = GpuIoctlEvent {
+            hdr: hdr(kind::GPU_IOCTL),
+            ret: -25,
+            fd: 4,
+            cmd: 0xc030462b,
+            inner_cmd: 0,
+            major: 1,
+            minor: 3,
+            dev_kind: gpu::dev::NVIDIA,
+            gpu_minor: 255,
+            op: gpu::OP_NV | 0x2b,
+            object: 0xcbc0,
+            arg_len: 64,
+            _pad: 0,
+            arg,
+        };
+        let Body::GpuIoctl(g) = decode(&bytes_of(&e), &Clock::fixed(0)).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(g.op, "NV_ESC_RM_ALLOC");
+        assert_eq!(g.class.as_deref(), Some("HOPPER_COMPUTE_A"));
+        assert_eq!(g.cmd, "0xc030462b");
+        assert_eq!(g.result, "error");
+        assert_eq!(g.arg.len(), 128);
+        let mut u = e;
+        u.dev_kind = gpu::dev::NVIDIA_UVM;
+        u.cmd = 0x30000001;
+        u.op = gpu::OP_UVM | 1;
+        u.arg_len = 9999; // lying length is clamped
+        let Body::GpuIoctl(g) = decode(&bytes_of(&u), &Clock::fixed(0)).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(g.op, "UVM_INITIALIZE");
+        assert_eq!(g.class, None);
+        assert_eq!(g.device, "nvidia-uvm");
+    }
+
+    #[test]
+    fn gpu_open_paths() {
+        let mut e = GpuOpenEvent {
+            hdr: hdr(kind::GPU_OPEN),
+            ret: 5,
+            flags: 2,
+            major: 226,
+            minor: 128,
+            dev_kind: gpu::dev::DRM,
+            gpu_minor: 128,
+            name: [0; sensor_common::GPU_NAME_LEN],
+            parent: [0; sensor_common::GPU_NAME_LEN],
+        };
+        e.name[..10].copy_from_slice(b"renderD128");
+        e.parent[..3].copy_from_slice(b"dri");
+        let Body::GpuOpen(o) = decode(&bytes_of(&e), &Clock::fixed(0)).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(o.path, "/dev/dri/renderD128");
+        e.parent = [0; sensor_common::GPU_NAME_LEN];
+        e.parent[..3].copy_from_slice(b"dev");
+        let Body::GpuOpen(o) = decode(&bytes_of(&e), &Clock::fixed(0)).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(o.path, "/dev/renderD128");
     }
 
     #[test]

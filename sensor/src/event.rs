@@ -34,6 +34,16 @@ pub enum Body {
     Connect(Net),
     Bind(Net),
     Listen(Net),
+    GpuIoctl(GpuIoctl),
+    GpuOpen(GpuOpen),
+    /// Derived: the process created its first compute channel/engine object.
+    GpuSessionStart(GpuSession),
+    /// Derived: a process with a compute session exited.
+    GpuSessionEnd(GpuSession),
+    /// Derived: a process that used GPU devices without ever computing (nvidia-smi) exited.
+    GpuQuery(GpuSession),
+    /// Derived: NVML utilisation joined to a running compute session.
+    GpuUsage(GpuUsage),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,4 +111,108 @@ pub struct Net {
     pub error: Option<String>,
     /// "syscall" or "sock_state" (seen by `inet_sock_set_state` only).
     pub via: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuIoctl {
+    pub fd: i32,
+    /// "nvidia", "nvidia-uvm", "nvidia-caps", "nvidia-fabric", "kfd", "drm".
+    pub device: String,
+    pub major: u32,
+    pub minor: u32,
+    pub gpu_minor: u32,
+    /// The request as passed to ioctl(2), hex.
+    pub cmd: String,
+    /// Name of the operation (NV_ESC_RM_ALLOC, UVM_INITIALIZE, AMDKFD_IOC_CREATE_QUEUE, …)
+    /// or the hex request when unknown.
+    pub op: String,
+    /// RM_ALLOC: the class allocated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_id: Option<u32>,
+    /// RM_CONTROL: the control command, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<String>,
+    /// Other decoded argument field (KFD queue type, memory flags, GPU id; DRM context id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<u32>,
+    pub ret: i32,
+    /// "ok" or "error".
+    pub result: String,
+    /// NV_ESC_IOCTL_XFER_CMD was unwrapped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub xfer: bool,
+    /// The device is a configured stand-in (tests).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub emulated: bool,
+    /// First bytes of the argument (at syscall entry), hex; empty when unreadable.
+    pub arg: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuOpen {
+    /// Device path, rebuilt from the dentry names ("/dev/nvidia0", "/dev/dri/renderD128"),
+    /// or the path given when the open failed.
+    pub path: String,
+    pub device: String,
+    pub major: u32,
+    pub minor: u32,
+    pub gpu_minor: u32,
+    pub flags: u32,
+    /// The fd, or -errno.
+    pub ret: i32,
+    pub result: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub emulated: bool,
+}
+
+/// One ancestor in a lineage chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ancestor {
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuSession {
+    /// NVIDIA GPU minors (`/dev/nvidiaN`) the process used.
+    pub gpu_minors: Vec<u32>,
+    /// RM classes allocated, by name, in first-seen order.
+    pub classes: Vec<String>,
+    /// Which allocation started the session (absent for gpu_query).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    pub uvm_initialized: bool,
+    pub ioctls: u64,
+    pub failed_ioctls: u64,
+    pub argv: Vec<String>,
+    /// Ancestors from the parent up.
+    pub lineage: Vec<Ancestor>,
+    /// Session/usage duration so far, seconds (end events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<f64>,
+    /// NVML per-process SM utilisation: max and mean over the samples seen (end events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sm_util_max: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sm_util_mean: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuUsage {
+    pub gpu_index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_minor: Option<u32>,
+    /// Per-process SM and memory utilisation, % (nvmlDeviceGetProcessUtilization).
+    pub sm_util: u32,
+    pub mem_util: u32,
+    /// Device-wide utilisation, % (nvmlDeviceGetUtilizationRates).
+    pub device_gpu_util: u32,
+    pub device_mem_util: u32,
+    /// PCIe throughput, KB/s (nvmlDeviceGetPcieThroughput).
+    pub pcie_rx_kbps: u32,
+    pub pcie_tx_kbps: u32,
 }

@@ -7,6 +7,7 @@ mod config;
 mod context;
 mod decode;
 mod event;
+mod gpu;
 mod hook;
 mod output;
 mod ring;

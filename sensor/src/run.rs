@@ -20,6 +20,7 @@ use crate::{
     config::Config,
     context::process::ProcTable,
     decode::{decode, Clock},
+    gpu::{self, session::{Sessions, UsageSample}},
     hook::{self, Hooks},
     output::JsonLines,
     ring::{self, Counters},
@@ -27,7 +28,15 @@ use crate::{
 
 /// Names of kinds for the counters in `loss` events (index = kind id; 0 = unknown).
 const KIND_NAMES: [&str; kind::MAX as usize] = [
-    "unknown", "exec", "fork", "exit", "connect", "bind", "listen",
+    "unknown",
+    "exec",
+    "fork",
+    "exit",
+    "connect",
+    "bind",
+    "listen",
+    "gpu_ioctl",
+    "gpu_open",
 ];
 
 fn by_kind(values: &[u64]) -> serde_json::Map<String, serde_json::Value> {
@@ -49,6 +58,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut hooks = Hooks::load(&cfg).context("setting up the kernel hooks")?;
     let ring = hooks.take_ring()?;
     let drops = hooks.take_drops()?;
+    let mut gpu_devs = hooks.take_gpu_devs()?;
+    let extra = cfg.gpu.devices.clone();
+    let refresh = Duration::from_secs(cfg.gpu.refresh_secs);
+    // Drivers (nvidia-uvm, kfd) may load after the sensor: re-read /proc/devices.
+    let refresher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(refresh);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = hook::sync_gpu_devs(&mut gpu_devs, &extra) {
+                tracing::warn!("refreshing GPU devices: {e}");
+            }
+        }
+    });
+    let (usage_tx, usage_rx) = std::sync::mpsc::channel();
+    if cfg.gpu.nvml {
+        gpu::nvml::spawn(Duration::from_secs(cfg.gpu.nvml_interval_secs), usage_tx);
+    } else {
+        drop(usage_tx);
+    }
     let clock = Clock::now();
     let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::channel::<Bytes>(cfg.ring.queue);
@@ -69,6 +98,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "tracefs_mounted_by_sensor": hooks.tracefs_mounted,
         "ring_size": cfg.ring.size,
         "processes_scanned": procs.len(),
+        "gpu_class_table": gpu::classes::TABLE_VERSION,
         "sensor_pid": std::process::id(),
     }))?;
     out.flush()?;
@@ -85,6 +115,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let pipeline = Pipeline {
         out,
         procs,
+        sessions: Sessions::default(),
+        usage_rx,
         clock,
         counters,
         drops,
@@ -100,6 +132,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     reader.await?.context("ring reader")?;
     pipe.await?.context("pipeline")?;
+    refresher.abort();
     drop(hooks); // detaches every program
     tracing::info!("detached; bye");
     Ok(())
@@ -118,6 +151,8 @@ fn now_boot_ns() -> u64 {
 struct Pipeline<W: std::io::Write> {
     out: JsonLines<W>,
     procs: ProcTable,
+    sessions: Sessions,
+    usage_rx: std::sync::mpsc::Receiver<UsageSample>,
     clock: Clock,
     counters: Arc<Counters>,
     drops: PerCpuArray<MapData, u64>,
@@ -133,8 +168,12 @@ impl<W: std::io::Write> Pipeline<W> {
                 Ok(b) => Some(b),
                 Err(mpsc::error::TryRecvError::Empty) => {
                     self.out.flush()?;
-                    // Wait for the next record, but wake up for the periodic loss report.
-                    let wait = next_loss.saturating_duration_since(std::time::Instant::now());
+                    self.drain_usage()?;
+                    // Wait for the next record, but wake up for the periodic loss report and
+                    // NVML samples.
+                    let wait = next_loss
+                        .saturating_duration_since(std::time::Instant::now())
+                        .min(Duration::from_secs(1));
                     match recv_timeout(&mut rx, wait) {
                         Recv::Item(b) => Some(b),
                         Recv::Timeout => None,
@@ -161,6 +200,9 @@ impl<W: std::io::Write> Pipeline<W> {
             Ok(mut ev) => {
                 self.procs.apply(&mut ev);
                 self.out.write(&ev)?;
+                if let Some(derived) = self.sessions.on_event(&ev, &self.procs) {
+                    self.out.write(&derived)?;
+                }
             }
             Err(e) => {
                 self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
@@ -170,6 +212,17 @@ impl<W: std::io::Write> Pipeline<W> {
                     "error": e.to_string(),
                     "len": b.len(),
                 }))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Joins pending NVML samples to sessions.
+    fn drain_usage(&mut self) -> anyhow::Result<()> {
+        while let Ok(s) = self.usage_rx.try_recv() {
+            let now = now_boot_ns();
+            if let Some(ev) = self.sessions.on_usage(&s, self.clock.rfc3339(now), now) {
+                self.out.write(&ev)?;
             }
         }
         Ok(())

@@ -117,7 +117,7 @@ fn test(args: Vec<String>) -> Result<ExitCode> {
     let skip_log = root().join("target/test-skips.log");
     let _ = std::fs::remove_file(&skip_log);
     let mut c = cargo();
-    c.args(["test", "--release", "--workspace"])
+    c.args(["test", "--release", "--workspace", "--no-fail-fast"])
         .args(&args)
         .env("SENSOR_BIN", &bin)
         .env("SENSOR_SKIP_LOG", &skip_log)

@@ -1,20 +1,31 @@
 //! The process table: built from `/proc` at start-up (processes older than the sensor) and kept
 //! current from exec/fork/exit events. It gives every event the process's executable.
 
-use std::{collections::HashMap, fs, sync::Arc};
+use std::{
+    collections::{HashMap, VecDeque},
+    fs,
+    sync::Arc,
+};
 
-use crate::event::{Body, Event};
+use crate::event::{Ancestor, Body, Event};
+
+/// Exited processes kept so that descendants' lineage still resolves through them.
+const TOMBSTONES: usize = 8192;
+/// Longest ancestor chain reported.
+const MAX_LINEAGE: usize = 64;
 
 #[derive(Debug, Clone, Default)]
 pub struct Proc {
     pub ppid: u32,
     pub exe: Option<Arc<str>>,
     pub argv: Arc<[String]>,
+    pub exited: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct ProcTable {
     procs: HashMap<u32, Proc>,
+    exited: VecDeque<u32>,
 }
 
 /// Parses the ppid out of `/proc/PID/stat` (field 4; the comm in field 2 may contain spaces
@@ -54,6 +65,7 @@ impl ProcTable {
                     ppid,
                     exe,
                     argv: argv.into(),
+                    exited: false,
                 },
             );
         }
@@ -69,6 +81,34 @@ impl ProcTable {
         self.procs.len()
     }
 
+    pub fn argv(&self, pid: u32) -> Vec<String> {
+        self.procs.get(&pid).map(|p| p.argv.to_vec()).unwrap_or_default()
+    }
+
+    /// Ancestors of `pid` from its parent up to init (pid 1) or the first unknown process.
+    /// Parents are the ones recorded at fork/exec time, so later re-parenting (`setsid`, `ssh
+    /// -f`, `nohup` and a dying parent) does not hide the real ancestry.
+    pub fn lineage(&self, pid: u32) -> Vec<Ancestor> {
+        let mut out = vec![];
+        let mut cur = self.procs.get(&pid).map(|p| p.ppid).unwrap_or(0);
+        while cur != 0 && out.len() < MAX_LINEAGE {
+            let Some(p) = self.procs.get(&cur) else {
+                out.push(Ancestor { pid: cur, exe: None, argv: vec![] });
+                break;
+            };
+            out.push(Ancestor {
+                pid: cur,
+                exe: p.exe.as_deref().map(str::to_string),
+                argv: p.argv.to_vec(),
+            });
+            if cur == 1 || p.ppid == cur {
+                break;
+            }
+            cur = p.ppid;
+        }
+        out
+    }
+
     /// Updates the table from `ev` and fills `ev.exe`.
     pub fn apply(&mut self, ev: &mut Event) {
         match &ev.body {
@@ -81,8 +121,16 @@ impl ProcTable {
                         .map(|p| Arc::from(p.to_string_lossy().as_ref()))
                         .unwrap_or_else(|_| Arc::from(x.filename.as_str()))
                 };
-                let p = self.procs.entry(ev.pid).or_default();
-                p.ppid = ev.ppid;
+                let p = self.procs.entry(ev.pid).or_insert_with(|| Proc {
+                    ppid: ev.ppid,
+                    ..Proc::default()
+                });
+                // Keep the parent recorded at fork time: it is the real ancestor even when the
+                // process was re-parented before this exec.
+                if p.exited || p.ppid == 0 {
+                    p.ppid = ev.ppid;
+                }
+                p.exited = false;
                 p.exe = Some(exe.clone());
                 p.argv = x.argv.clone().into();
                 ev.exe = Some(exe.to_string());
@@ -90,20 +138,21 @@ impl ProcTable {
             Body::Fork(f) => {
                 let parent = self.procs.get(&ev.pid).cloned().unwrap_or_default();
                 ev.exe = parent.exe.as_deref().map(str::to_string);
-                self.procs.insert(
-                    f.child_pid,
-                    Proc {
-                        ppid: ev.pid,
-                        ..parent
-                    },
-                );
+                let child = Proc { ppid: ev.pid, exited: false, ..parent };
+                self.procs.insert(f.child_pid, child);
             }
             Body::Exit(_) => {
-                ev.exe = self
-                    .procs
-                    .remove(&ev.pid)
-                    .and_then(|p| p.exe)
-                    .map(|e| e.to_string());
+                if let Some(p) = self.procs.get_mut(&ev.pid) {
+                    p.exited = true;
+                    ev.exe = p.exe.as_deref().map(str::to_string);
+                    self.exited.push_back(ev.pid);
+                    while self.exited.len() > TOMBSTONES {
+                        let old = self.exited.pop_front().unwrap();
+                        if self.procs.get(&old).is_some_and(|p| p.exited) {
+                            self.procs.remove(&old);
+                        }
+                    }
+                }
             }
             _ => {
                 ev.exe = self
@@ -174,7 +223,36 @@ mod tests {
         );
         t.apply(&mut x);
         assert_eq!(x.exe.as_deref(), Some("/usr/bin/python3"));
-        assert!(t.get(101).is_none());
+        assert!(t.get(101).unwrap().exited, "kept as a tombstone for lineage");
+    }
+
+    #[test]
+    fn lineage_survives_reparenting_and_parent_exit() {
+        let mut t = ProcTable::default();
+        let exec = |pid, ppid, exe: &str| {
+            let mut e = ev(pid, Body::Exec(Exec {
+                filename: exe.into(),
+                argv: vec![exe.into()],
+                args_truncated: false,
+                args_size: 1,
+                filename_truncated: false,
+                args_unreadable: false,
+            }));
+            e.ppid = ppid;
+            e
+        };
+        t.apply(&mut exec(10, 1, "/usr/bin/python3"));
+        t.apply(&mut ev(10, Body::Fork(Fork { child_pid: 11 })));
+        t.apply(&mut exec(11, 10, "/bin/sh"));
+        t.apply(&mut ev(11, Body::Fork(Fork { child_pid: 12 })));
+        // sh exits; ssh (12) is re-parented to init before it execs.
+        t.apply(&mut ev(11, Body::Exit(Exit { exit_code: 0, exit_status: Some(0), signal: None })));
+        t.apply(&mut exec(12, 1, "/usr/bin/ssh"));
+        let l = t.lineage(12);
+        let pids: Vec<u32> = l.iter().map(|a| a.pid).collect();
+        assert_eq!(pids, vec![11, 10, 1]);
+        assert_eq!(l[0].exe.as_deref(), Some("/bin/sh"));
+        assert_eq!(l[1].exe.as_deref(), Some("/usr/bin/python3"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use sensor_common::{kind, names, Offsets, ProgConfig};
+use sensor_common::{kind, names, GpuDev, Offsets, ProgConfig};
 use thiserror::Error;
 
 use crate::config::Config;
@@ -43,6 +43,8 @@ pub enum HookError {
         name: String,
         source: aya::maps::MapError,
     },
+    #[error("GPU device set: {0}")]
+    GpuDevice(String),
     #[error("map `{0}` missing from the eBPF object")]
     MissingMap(&'static str),
 }
@@ -60,6 +62,10 @@ const TPS: &[(&str, &str, &str)] = &[
     ("sys_enter_bind", "syscalls", "sys_enter_bind"),
     ("sys_exit_bind", "syscalls", "sys_exit_bind"),
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("sys_enter_ioctl", "syscalls", "sys_enter_ioctl"),
+    ("sys_exit_ioctl", "syscalls", "sys_exit_ioctl"),
+    ("sys_enter_openat", "syscalls", "sys_enter_openat"),
+    ("sys_exit_openat", "syscalls", "sys_exit_openat"),
 ];
 
 /// Resolves every offset the programs use from BTF and tracefs formats.
@@ -70,6 +76,16 @@ pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
     let exit_connect = Format::load("syscalls", "sys_exit_connect")?;
     let exit_bind = Format::load("syscalls", "sys_exit_bind")?;
     let iss = Format::load("sock", "inet_sock_set_state")?;
+    let ioctl = Format::load("syscalls", "sys_enter_ioctl")?;
+    let openat = Format::load("syscalls", "sys_enter_openat")?;
+    // One `ret` offset serves every sys_exit_* program: check that they agree.
+    let ret = exit_connect.offset("ret")?;
+    for name in ["sys_exit_ioctl", "sys_exit_openat"] {
+        let o = Format::load("syscalls", name)?.offset("ret")?;
+        if o != ret {
+            return Err(HookError::Layout(format!("{name}: ret at {o}, sys_exit_connect at {ret}")));
+        }
+    }
 
     let same = |what: &str, a: u32, b: u32| {
         if a == b {
@@ -100,6 +116,10 @@ pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
         file_inode: m("file", "f_inode")?,
         inode_rdev: m("inode", "i_rdev")?,
         socket_type: m("socket", "type")?,
+        file_f_flags: m("file", "f_flags")?,
+        file_dentry: m("file", "f_path.dentry")?,
+        dentry_name: m("dentry", "d_name.name")?,
+        dentry_parent: m("dentry", "d_parent")?,
         exit_has_group_dead: u32::from(btf.raw_tp_arg_count("sched_process_exit") == Some(2)),
         tp_sockaddr_fd: same("fd", connect.offset("fd")?, bind.offset("fd")?)?,
         tp_sockaddr_ptr: same(
@@ -122,6 +142,11 @@ pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
         tp_iss_daddr: iss.offset("daddr")?,
         tp_iss_saddr_v6: iss.offset("saddr_v6")?,
         tp_iss_daddr_v6: iss.offset("daddr_v6")?,
+        tp_ioctl_fd: ioctl.offset("fd")?,
+        tp_ioctl_cmd: ioctl.offset("cmd")?,
+        tp_ioctl_arg: ioctl.offset("arg")?,
+        tp_openat_filename: openat.offset("filename")?,
+        tp_openat_flags: openat.offset("flags")?,
         _pad: 0,
     })
 }
@@ -169,6 +194,9 @@ impl Hooks {
                 .map_err(|source| map_err(names::TRACE_TGIDS, source))?;
         }
 
+        let mut gpu: BpfHashMap<_, u64, GpuDev> = map_mut(&mut ebpf, names::GPU_DEVS)?;
+        sync_gpu_devs(&mut gpu, &cfg.gpu.devices)?;
+
         let mut attached = vec![];
         for &name in RAW_TPS {
             let prog: &mut RawTracePoint = program(&mut ebpf, name)?;
@@ -197,6 +225,13 @@ impl Hooks {
             .take_map(names::EVENTS)
             .ok_or(HookError::MissingMap(names::EVENTS))?;
         RingBuf::try_from(map).map_err(|source| map_err(names::EVENTS, source))
+    }
+
+    /// Takes the GPU device map (once).
+    pub fn take_gpu_devs(&mut self) -> Result<BpfHashMap<MapData, u64, GpuDev>, HookError> {
+        let map =
+            self.ebpf.take_map(names::GPU_DEVS).ok_or(HookError::MissingMap(names::GPU_DEVS))?;
+        BpfHashMap::try_from(map).map_err(|source| map_err(names::GPU_DEVS, source))
     }
 
     /// Takes the per-CPU kernel drop counters (once).
@@ -251,4 +286,18 @@ where
         source: aya::programs::ProgramError::UnexpectedProgramType,
     })?;
     p.try_into().map_err(|source| prog_err(name, source))
+}
+
+/// Writes the GPU device set (fixed majors, /proc/devices, configured extras) into the kernel
+/// map. Returns how many entries it holds.
+pub fn sync_gpu_devs<T: std::borrow::BorrowMut<MapData>>(
+    map: &mut BpfHashMap<T, u64, GpuDev>,
+    extra: &[crate::gpu::devices::DeviceSpec],
+) -> Result<usize, HookError> {
+    let text = std::fs::read_to_string("/proc/devices").unwrap_or_default();
+    let entries = crate::gpu::devices::entries(&text, extra).map_err(HookError::GpuDevice)?;
+    for (k, v) in &entries {
+        map.insert(k, v, 0).map_err(|source| map_err(names::GPU_DEVS, source))?;
+    }
+    Ok(entries.len())
 }

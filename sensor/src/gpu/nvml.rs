@@ -1,0 +1,63 @@
+//! NVML sampling (when `libnvidia-ml.so.1` can be loaded; nvml-wrapper dlopens it): per-process
+//! SM/memory utilisation, device utilisation and PCIe throughput every few seconds, handed to the
+//! pipeline, which joins them to compute sessions by pid. Without NVML the sampler says so once
+//! and stops; the rest of the sensor carries on.
+
+use std::{sync::mpsc, time::Duration};
+
+use nvml_wrapper::{enum_wrappers::device::PcieUtilCounter, Nvml};
+
+use crate::{event::GpuUsage, gpu::session::UsageSample};
+
+/// Starts the sampler thread. Samples go to `tx`; the thread ends when the receiver is gone.
+pub fn spawn(interval: Duration, tx: mpsc::Sender<UsageSample>) {
+    std::thread::Builder::new()
+        .name("nvml".into())
+        .spawn(move || {
+            let nvml = match Nvml::init() {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::info!(
+                        "NVML not available ({e}): GPU sessions are reported without utilisation"
+                    );
+                    return;
+                }
+            };
+            let count = nvml.device_count().unwrap_or(0);
+            tracing::info!(devices = count, "NVML sampling every {interval:?}");
+            let mut last_seen: Vec<Option<u64>> = vec![None; count as usize];
+            loop {
+                std::thread::sleep(interval);
+                for i in 0..count {
+                    let Ok(dev) = nvml.device_by_index(i) else { continue };
+                    let util = dev.utilization_rates().ok();
+                    let rx = dev.pcie_throughput(PcieUtilCounter::Receive).unwrap_or(0);
+                    let txp = dev.pcie_throughput(PcieUtilCounter::Send).unwrap_or(0);
+                    let minor = dev.minor_number().ok();
+                    // "On MIG-enabled GPUs, querying process utilization is not currently
+                    // supported" (nvml.h): then there is nothing to join.
+                    let Ok(samples) = dev.process_utilization_stats(last_seen[i as usize]) else {
+                        continue;
+                    };
+                    for s in samples {
+                        let ls = last_seen[i as usize].get_or_insert(0);
+                        *ls = (*ls).max(s.timestamp);
+                        let usage = GpuUsage {
+                            gpu_index: i,
+                            gpu_minor: minor,
+                            sm_util: s.sm_util,
+                            mem_util: s.mem_util,
+                            device_gpu_util: util.as_ref().map_or(0, |u| u.gpu),
+                            device_mem_util: util.as_ref().map_or(0, |u| u.memory),
+                            pcie_rx_kbps: rx,
+                            pcie_tx_kbps: txp,
+                        };
+                        if tx.send(UsageSample { pid: s.pid, usage }).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+        .expect("spawning the NVML thread");
+}
