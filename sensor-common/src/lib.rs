@@ -264,13 +264,20 @@ pub mod gpu {
     /// `nv_ioctl_xfer_t { u32 cmd; u32 size; u64 ptr; }`, nv-ioctl.h).
     #[inline(always)]
     pub fn is_nv_xfer(dev_kind: u32, cmd: u32) -> bool {
-        dev_kind == dev::NVIDIA && ioc_type(cmd) == NV_IOCTL_MAGIC && ioc_nr(cmd) == NV_ESC_IOCTL_XFER_CMD
+        dev_kind == dev::NVIDIA
+            && ioc_type(cmd) == NV_IOCTL_MAGIC
+            && ioc_nr(cmd) == NV_ESC_IOCTL_XFER_CMD
     }
 
     /// Decodes (op, object) from the request and the first bytes of the argument. `nv_nr` is
     /// the NVIDIA escape number to use (the inner one after an XFER unwrap).
     #[inline(always)]
-    pub fn decode(dev_kind: u32, cmd: u32, nv_nr: u32, arg: &[u8; super::GPU_ARG_LEN]) -> (u32, u32) {
+    pub fn decode(
+        dev_kind: u32,
+        cmd: u32,
+        nv_nr: u32,
+        arg: &[u8; super::GPU_ARG_LEN],
+    ) -> (u32, u32) {
         match dev_kind {
             dev::NVIDIA | dev::NVIDIA_CAPS | dev::NVIDIA_FABRIC => {
                 if ioc_type(cmd) != NV_IOCTL_MAGIC {
@@ -311,7 +318,11 @@ pub mod gpu {
                 }
                 let nr = ioc_nr(cmd);
                 // drm_amdgpu_cs_in.ctx_id at +0.
-                let object = if nr == DRM_AMDGPU_CS { u32_at(arg, 0) } else { 0 };
+                let object = if nr == DRM_AMDGPU_CS {
+                    u32_at(arg, 0)
+                } else {
+                    0
+                };
                 (OP_DRM | nr, object)
             }
             _ => (OP_OTHER | (cmd & 0xffff), 0),
@@ -525,14 +536,23 @@ mod tests {
     fn nvidia_alloc_control_and_others() {
         // RM_ALLOC NVOS64 (0xc030462b) of HOPPER_COMPUTE_A.
         let a = arg(&[(12, 0xcbc0)]);
-        assert_eq!(decode(dev::NVIDIA, 0xc030462b, 0x2b, &a), (OP_NV | 0x2b, 0xcbc0));
+        assert_eq!(
+            decode(dev::NVIDIA, 0xc030462b, 0x2b, &a),
+            (OP_NV | 0x2b, 0xcbc0)
+        );
         // RM_CONTROL (0xc020462a) with cmd 0x2080014a at +8.
         let a = arg(&[(8, 0x2080014a)]);
-        assert_eq!(decode(dev::NVIDIA, 0xc020462a, 0x2a, &a), (OP_NV | 0x2a, 0x2080014a));
+        assert_eq!(
+            decode(dev::NVIDIA, 0xc020462a, 0x2a, &a),
+            (OP_NV | 0x2a, 0x2080014a)
+        );
         // CHECK_VERSION_STR: no object.
         assert_eq!(decode(dev::NVIDIA, 0xc04846d2, 0xd2, &a), (OP_NV | 0xd2, 0));
         // A non-'F' request on an NVIDIA node is "other".
-        assert_eq!(decode(dev::NVIDIA, 0x5401, 0x01, &a).0 >> 24, OP_OTHER >> 24);
+        assert_eq!(
+            decode(dev::NVIDIA, 0x5401, 0x01, &a).0 >> 24,
+            OP_OTHER >> 24
+        );
         assert!(is_nv_xfer(dev::NVIDIA, 0xc01046d3));
         assert!(!is_nv_xfer(dev::NVIDIA_UVM, 0xc01046d3));
         assert!(!is_nv_xfer(dev::NVIDIA, 0xc01046d2));
@@ -542,7 +562,10 @@ mod tests {
     #[test]
     fn uvm_kfd_drm() {
         let z = [0u8; GPU_ARG_LEN];
-        assert_eq!(decode(dev::NVIDIA_UVM, 0x30000001, 0, &z), (OP_UVM | 0x000001, 0));
+        assert_eq!(
+            decode(dev::NVIDIA_UVM, 0x30000001, 0, &z),
+            (OP_UVM | 0x000001, 0)
+        );
         assert_eq!(decode(dev::NVIDIA_UVM, 37, 0, &z), (OP_UVM | 37, 0));
         let a = arg(&[(40, 2)]);
         assert_eq!(decode(dev::KFD, 0xc0584b02, 0, &a), (OP_KFD | 2, 2));
@@ -560,7 +583,14 @@ mod tests {
             *b = (i as u8).wrapping_mul(151).wrapping_add(7);
         }
         for k in 0..8 {
-            for cmd in [0u32, u32::MAX, 0xc030462b, 0x30000001, 0xc0584b02, 0xc0186444] {
+            for cmd in [
+                0u32,
+                u32::MAX,
+                0xc030462b,
+                0x30000001,
+                0xc0584b02,
+                0xc0186444,
+            ] {
                 let _ = decode(k, cmd, cmd & 0xff, &a);
             }
         }

@@ -73,7 +73,8 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
     // SAFETY: record reads at offsets from the tracepoint's format file.
     let (fd, cmd, arg) = unsafe {
         (
-            ctx.read_at::<u64>(o.tp_ioctl_fd as usize).unwrap_or(u64::MAX),
+            ctx.read_at::<u64>(o.tp_ioctl_fd as usize)
+                .unwrap_or(u64::MAX),
             ctx.read_at::<u64>(o.tp_ioctl_cmd as usize).unwrap_or(0) as u32,
             ctx.read_at::<u64>(o.tp_ioctl_arg as usize).unwrap_or(0),
         )
@@ -98,7 +99,11 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
         (*ev).major = major;
         (*ev).minor = minor;
         (*ev).dev_kind = dev.kind;
-        (*ev).gpu_minor = if dev.gpu_minor == u32::MAX { minor } else { dev.gpu_minor };
+        (*ev).gpu_minor = if dev.gpu_minor == u32::MAX {
+            minor
+        } else {
+            dev.gpu_minor
+        };
         (*ev)._pad = 0;
         let mut src = arg;
         let mut nv_nr = gpu::ioc_nr(cmd);
@@ -242,7 +247,11 @@ pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
             (*ev).major = major;
             (*ev).minor = minor;
             (*ev).dev_kind = dev.kind;
-            (*ev).gpu_minor = if dev.gpu_minor == u32::MAX { minor } else { dev.gpu_minor };
+            (*ev).gpu_minor = if dev.gpu_minor == u32::MAX {
+                minor
+            } else {
+                dev.gpu_minor
+            };
             (*ev).name = [0; GPU_NAME_LEN];
             (*ev).parent = [0; GPU_NAME_LEN];
             let dentry = read::<u64>(file, o.file_dentry).unwrap_or(0);

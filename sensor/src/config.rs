@@ -105,7 +105,12 @@ pub struct GpuConfig {
 
 impl Default for GpuConfig {
     fn default() -> Self {
-        GpuConfig { devices: vec![], refresh_secs: 30, nvml: true, nvml_interval_secs: 5 }
+        GpuConfig {
+            devices: vec![],
+            refresh_secs: 30,
+            nvml: true,
+            nvml_interval_secs: 5,
+        }
     }
 }
 
@@ -180,7 +185,9 @@ impl Config {
             return Err(bad("ring.queue must be at least 1".into()));
         }
         if self.gpu.refresh_secs == 0 || self.gpu.nvml_interval_secs == 0 {
-            return Err(bad("gpu.refresh_secs and gpu.nvml_interval_secs must be at least 1".into()));
+            return Err(bad(
+                "gpu.refresh_secs and gpu.nvml_interval_secs must be at least 1".into(),
+            ));
         }
         for d in &self.gpu.devices {
             if crate::gpu::devices::kind_from_name(&d.kind).is_none() {
@@ -246,7 +253,10 @@ mod tests {
             ("[output]\nloss_interval_secs = 0\n", "loss_interval"),
             ("ring = 5\n", "line 1"),
             ("[[gpu.devices]]\nmajor = 1\nkind = \"tpu\"\n", "tpu"),
-            ("[[gpu.devices]]\nmajor = 1\nkind = \"nvidia\"\nbogus = 1\n", "bogus"),
+            (
+                "[[gpu.devices]]\nmajor = 1\nkind = \"nvidia\"\nbogus = 1\n",
+                "bogus",
+            ),
         ] {
             let e = Config::from_toml("c", text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?} -> {e}");

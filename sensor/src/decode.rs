@@ -194,7 +194,8 @@ pub fn gpu_op_name(op: u32, cmd: u32) -> String {
         gpu::OP_DRM => classes::drm_name(code),
         _ => None,
     };
-    name.map(str::to_string).unwrap_or_else(|| format!("{cmd:#010x}"))
+    name.map(str::to_string)
+        .unwrap_or_else(|| format!("{cmd:#010x}"))
 }
 
 fn decode_gpu_ioctl(e: &GpuIoctlEvent) -> GpuIoctl {
@@ -230,8 +231,11 @@ fn decode_gpu_open(e: &GpuOpenEvent) -> GpuOpen {
         name
     } else if parent.is_empty() || parent == "dev" || parent == "/" {
         format!("/dev/{name}")
-    } else {
+    } else if parent == "dri" || parent == "nvidia-caps" {
         format!("/dev/{parent}/{name}")
+    } else {
+        // Only the last two components are captured in the kernel.
+        format!(".../{parent}/{name}")
     };
     GpuOpen {
         path,

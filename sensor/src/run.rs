@@ -20,7 +20,10 @@ use crate::{
     config::Config,
     context::process::ProcTable,
     decode::{decode, Clock},
-    gpu::{self, session::{Sessions, UsageSample}},
+    gpu::{
+        self,
+        session::{Sessions, UsageSample},
+    },
     hook::{self, Hooks},
     output::JsonLines,
     ring::{self, Counters},

@@ -103,10 +103,13 @@ impl Sensor {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &*self.shared;
         let mut g = m.lock().unwrap();
+        let mut seen = 0;
         loop {
-            if let Some(e) = g.events.iter().find(|e| pred(e)) {
+            // Only look at events that arrived since the last pass.
+            if let Some(e) = g.events[seen..].iter().find(|e| pred(e)) {
                 return Some(e.clone());
             }
+            seen = g.events.len();
             let now = Instant::now();
             if now >= deadline || g.closed {
                 return None;

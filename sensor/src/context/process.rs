@@ -82,7 +82,10 @@ impl ProcTable {
     }
 
     pub fn argv(&self, pid: u32) -> Vec<String> {
-        self.procs.get(&pid).map(|p| p.argv.to_vec()).unwrap_or_default()
+        self.procs
+            .get(&pid)
+            .map(|p| p.argv.to_vec())
+            .unwrap_or_default()
     }
 
     /// Ancestors of `pid` from its parent up to init (pid 1) or the first unknown process.
@@ -93,7 +96,11 @@ impl ProcTable {
         let mut cur = self.procs.get(&pid).map(|p| p.ppid).unwrap_or(0);
         while cur != 0 && out.len() < MAX_LINEAGE {
             let Some(p) = self.procs.get(&cur) else {
-                out.push(Ancestor { pid: cur, exe: None, argv: vec![] });
+                out.push(Ancestor {
+                    pid: cur,
+                    exe: None,
+                    argv: vec![],
+                });
                 break;
             };
             out.push(Ancestor {
@@ -138,7 +145,11 @@ impl ProcTable {
             Body::Fork(f) => {
                 let parent = self.procs.get(&ev.pid).cloned().unwrap_or_default();
                 ev.exe = parent.exe.as_deref().map(str::to_string);
-                let child = Proc { ppid: ev.pid, exited: false, ..parent };
+                let child = Proc {
+                    ppid: ev.pid,
+                    exited: false,
+                    ..parent
+                };
                 self.procs.insert(f.child_pid, child);
             }
             Body::Exit(_) => {
@@ -223,21 +234,27 @@ mod tests {
         );
         t.apply(&mut x);
         assert_eq!(x.exe.as_deref(), Some("/usr/bin/python3"));
-        assert!(t.get(101).unwrap().exited, "kept as a tombstone for lineage");
+        assert!(
+            t.get(101).unwrap().exited,
+            "kept as a tombstone for lineage"
+        );
     }
 
     #[test]
     fn lineage_survives_reparenting_and_parent_exit() {
         let mut t = ProcTable::default();
         let exec = |pid, ppid, exe: &str| {
-            let mut e = ev(pid, Body::Exec(Exec {
-                filename: exe.into(),
-                argv: vec![exe.into()],
-                args_truncated: false,
-                args_size: 1,
-                filename_truncated: false,
-                args_unreadable: false,
-            }));
+            let mut e = ev(
+                pid,
+                Body::Exec(Exec {
+                    filename: exe.into(),
+                    argv: vec![exe.into()],
+                    args_truncated: false,
+                    args_size: 1,
+                    filename_truncated: false,
+                    args_unreadable: false,
+                }),
+            );
             e.ppid = ppid;
             e
         };
@@ -246,7 +263,14 @@ mod tests {
         t.apply(&mut exec(11, 10, "/bin/sh"));
         t.apply(&mut ev(11, Body::Fork(Fork { child_pid: 12 })));
         // sh exits; ssh (12) is re-parented to init before it execs.
-        t.apply(&mut ev(11, Body::Exit(Exit { exit_code: 0, exit_status: Some(0), signal: None })));
+        t.apply(&mut ev(
+            11,
+            Body::Exit(Exit {
+                exit_code: 0,
+                exit_status: Some(0),
+                signal: None,
+            }),
+        ));
         t.apply(&mut exec(12, 1, "/usr/bin/ssh"));
         let l = t.lineage(12);
         let pids: Vec<u32> = l.iter().map(|a| a.pid).collect();

@@ -104,7 +104,9 @@ pub fn class(id: u32) -> Option<(&'static str, ClassRole)> {
 }
 
 pub fn class_name(id: u32) -> String {
-    class(id).map(|c| c.0.to_string()).unwrap_or_else(|| format!("CLASS_{id:#06x}"))
+    class(id)
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| format!("CLASS_{id:#06x}"))
 }
 
 /// Whether allocating `id` starts a compute session (a channel or a compute engine object).
@@ -267,10 +269,15 @@ mod tests {
         let n = ids.len();
         ids.dedup();
         assert_eq!(ids.len(), n, "duplicate class id");
-        assert_eq!(class(0xcbc0), Some(("HOPPER_COMPUTE_A", ClassRole::Compute)));
+        assert_eq!(
+            class(0xcbc0),
+            Some(("HOPPER_COMPUTE_A", ClassRole::Compute))
+        );
         assert!(starts_compute(0xc86f) && starts_compute(0xcbc0) && starts_compute(0xcec0));
         // nvidia-smi's classes (fixture README) never start a session.
-        for c in [0x0000, 0x0073, 0x0080, 0x00de, 0x2080, 0x2081, 0x90e7, 0xc639, 0xc640] {
+        for c in [
+            0x0000, 0x0073, 0x0080, 0x00de, 0x2080, 0x2081, 0x90e7, 0xc639, 0xc640,
+        ] {
             assert!(!starts_compute(c), "{c:#x}");
         }
         assert_eq!(class_name(0x1234), "CLASS_0x1234");

@@ -85,7 +85,9 @@ pub fn parse_proc_devices(text: &str) -> Vec<(u32, u32)> {
             continue;
         }
         let mut it = line.split_whitespace();
-        let (Some(maj), Some(name)) = (it.next(), it.next()) else { continue };
+        let (Some(maj), Some(name)) = (it.next(), it.next()) else {
+            continue;
+        };
         if let (Ok(maj), Some(k)) = (maj.parse::<u32>(), kind_of_driver(name)) {
             out.push((maj, k));
         }
@@ -96,7 +98,15 @@ pub fn parse_proc_devices(text: &str) -> Vec<(u32, u32)> {
 /// The full set of map entries: fixed majors, /proc/devices, configured extras (last wins).
 pub fn entries(proc_devices: &str, extra: &[DeviceSpec]) -> Result<Vec<(u64, GpuDev)>, String> {
     let wild = |major, kind| {
-        (gpu_dev_key(major, u32::MAX), GpuDev { kind, flags: 0, gpu_minor: u32::MAX, _pad: 0 })
+        (
+            gpu_dev_key(major, u32::MAX),
+            GpuDev {
+                kind,
+                flags: 0,
+                gpu_minor: u32::MAX,
+                _pad: 0,
+            },
+        )
     };
     let mut v = vec![wild(NVIDIA_MAJOR, dev::NVIDIA), wild(DRM_MAJOR, dev::DRM)];
     for (maj, k) in parse_proc_devices(proc_devices) {
@@ -154,8 +164,14 @@ mod tests {
         assert_eq!(v[0].0, gpu_dev_key(195, u32::MAX));
         let (k, d) = v.last().unwrap();
         assert_eq!(*k, gpu_dev_key(1, 3));
-        assert_eq!((d.kind, d.flags, d.gpu_minor), (dev::NVIDIA, flags::GPU_EMULATED, 255));
-        let bad = [DeviceSpec { kind: "tpu".into(), ..extra[0].clone() }];
+        assert_eq!(
+            (d.kind, d.flags, d.gpu_minor),
+            (dev::NVIDIA, flags::GPU_EMULATED, 255)
+        );
+        let bad = [DeviceSpec {
+            kind: "tpu".into(),
+            ..extra[0].clone()
+        }];
         assert!(entries("", &bad).unwrap_err().contains("tpu"));
     }
 }

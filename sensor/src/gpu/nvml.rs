@@ -29,7 +29,9 @@ pub fn spawn(interval: Duration, tx: mpsc::Sender<UsageSample>) {
             loop {
                 std::thread::sleep(interval);
                 for i in 0..count {
-                    let Ok(dev) = nvml.device_by_index(i) else { continue };
+                    let Ok(dev) = nvml.device_by_index(i) else {
+                        continue;
+                    };
                     let util = dev.utilization_rates().ok();
                     let rx = dev.pcie_throughput(PcieUtilCounter::Receive).unwrap_or(0);
                     let txp = dev.pcie_throughput(PcieUtilCounter::Send).unwrap_or(0);

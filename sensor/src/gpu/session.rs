@@ -83,8 +83,11 @@ impl Sessions {
                 let started = p.started_ns;
                 let dur = started.map(|s| ev.ts_ns.saturating_sub(s) as f64 / 1e9);
                 let s = session(&p, ev.pid, procs, dur);
-                let body =
-                    if started.is_some() { Body::GpuSessionEnd(s) } else { Body::GpuQuery(s) };
+                let body = if started.is_some() {
+                    Body::GpuSessionEnd(s)
+                } else {
+                    Body::GpuQuery(s)
+                };
                 Some(Event { body, ..ev.clone() })
             }
             _ => None,
@@ -99,7 +102,12 @@ impl Sessions {
         p.sm_max = p.sm_max.max(s.usage.sm_util);
         p.sm_sum += s.usage.sm_util as u64;
         p.sm_n += 1;
-        Some(Event { ts, ts_ns, body: Body::GpuUsage(s.usage.clone()), ..start.clone() })
+        Some(Event {
+            ts,
+            ts_ns,
+            body: Body::GpuUsage(s.usage.clone()),
+            ..start.clone()
+        })
     }
 }
 

@@ -83,7 +83,9 @@ pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
     for name in ["sys_exit_ioctl", "sys_exit_openat"] {
         let o = Format::load("syscalls", name)?.offset("ret")?;
         if o != ret {
-            return Err(HookError::Layout(format!("{name}: ret at {o}, sys_exit_connect at {ret}")));
+            return Err(HookError::Layout(format!(
+                "{name}: ret at {o}, sys_exit_connect at {ret}"
+            )));
         }
     }
 
@@ -229,8 +231,10 @@ impl Hooks {
 
     /// Takes the GPU device map (once).
     pub fn take_gpu_devs(&mut self) -> Result<BpfHashMap<MapData, u64, GpuDev>, HookError> {
-        let map =
-            self.ebpf.take_map(names::GPU_DEVS).ok_or(HookError::MissingMap(names::GPU_DEVS))?;
+        let map = self
+            .ebpf
+            .take_map(names::GPU_DEVS)
+            .ok_or(HookError::MissingMap(names::GPU_DEVS))?;
         BpfHashMap::try_from(map).map_err(|source| map_err(names::GPU_DEVS, source))
     }
 
@@ -297,7 +301,8 @@ pub fn sync_gpu_devs<T: std::borrow::BorrowMut<MapData>>(
     let text = std::fs::read_to_string("/proc/devices").unwrap_or_default();
     let entries = crate::gpu::devices::entries(&text, extra).map_err(HookError::GpuDevice)?;
     for (k, v) in &entries {
-        map.insert(k, v, 0).map_err(|source| map_err(names::GPU_DEVS, source))?;
+        map.insert(k, v, 0)
+            .map_err(|source| map_err(names::GPU_DEVS, source))?;
     }
     Ok(entries.len())
 }

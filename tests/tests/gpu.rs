@@ -1,0 +1,250 @@
+//! GPU telemetry: the three real H100 recordings replayed through real ioctl(2) calls on stand-in
+//! device nodes registered as GPU devices; O_PATH fds; non-GPU ioctl storms.
+
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+};
+
+use sensor_tests::{is, require_root, run_helper, skip, Sensor, WAIT};
+use serde_json::Value;
+
+const GPUREPLAY: &str = env!("CARGO_BIN_EXE_gpureplay");
+
+fn fixtures() -> Option<PathBuf> {
+    let p = std::env::var_os("SENSOR_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/nvidia-h100")
+        });
+    p.join("training.jsonl.gz").exists().then_some(p)
+}
+
+fn mknod(path: &Path, major: u32, minor: u32) {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid path; creating a character device node in our own temp dir (root).
+    let rc = unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            libc::S_IFCHR | 0o600,
+            libc::makedev(major, minor),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "mknod {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("sensor-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Stand-ins: harmless memory devices (drivers/char/mem.c: null 1:3, zero 1:5, full 1:7)
+/// registered as nvidiactl (reported as minor 255), nvidia0 and nvidia-uvm.
+const STANDIN_CONFIG: &str = r#"
+[gpu]
+nvml = false
+[[gpu.devices]]
+major = 1
+minor = 3
+kind = "nvidia"
+gpu_minor = 255
+emulated = true
+[[gpu.devices]]
+major = 1
+minor = 5
+kind = "nvidia"
+gpu_minor = 0
+emulated = true
+[[gpu.devices]]
+major = 1
+minor = 7
+kind = "nvidia-uvm"
+emulated = true
+"#;
+
+fn replay(s: &Sensor, fixtures: &Path, dir: &Path, name: &str) -> (u32, Vec<Value>) {
+    let fx = fixtures.join(format!("{name}.jsonl.gz"));
+    let (pid, out) = run_helper(
+        GPUREPLAY,
+        &["replay", fx.to_str().unwrap(), dir.to_str().unwrap()],
+    );
+    let n: usize = out
+        .trim()
+        .strip_prefix("replayed ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The derived event at exit comes last for the pid.
+    s.wait_for(WAIT, |e| {
+        e["pid"] == pid && (e["kind"] == "gpu_session_end" || e["kind"] == "gpu_query")
+    })
+    .unwrap_or_else(|| panic!("{name}: no gpu_session_end/gpu_query"));
+    let evs = s.events(|e| e["pid"] == pid);
+    let ioctls = evs.iter().filter(|e| e["kind"] == "gpu_ioctl").count();
+    assert_eq!(
+        ioctls, n,
+        "{name}: every replayed ioctl is one gpu_ioctl event"
+    );
+    (pid, evs)
+}
+
+fn kinds(evs: &[Value], kind: &str) -> Vec<Value> {
+    evs.iter().filter(|e| e["kind"] == kind).cloned().collect()
+}
+
+#[test]
+fn h100_recordings_replayed_give_sessions_and_queries() {
+    if !require_root("h100_recordings_replayed_give_sessions_and_queries") {
+        return;
+    }
+    let Some(fx) = fixtures() else {
+        skip(
+            "h100_recordings_replayed_give_sessions_and_queries",
+            "shared/fixtures/nvidia-h100 not found (set SENSOR_FIXTURES)",
+        );
+        return;
+    };
+    let dir = TempDir::new("gpu");
+    mknod(&dir.0.join("nvidiactl"), 1, 3);
+    mknod(&dir.0.join("nvidia0"), 1, 5);
+    mknod(&dir.0.join("nvidia-uvm"), 1, 7);
+    let cfg = dir.0.join("sensor.toml");
+    std::fs::write(&cfg, STANDIN_CONFIG).unwrap();
+    let s = Sensor::start(&["--config", cfg.to_str().unwrap()]);
+
+    // nvidia-smi: queries only (it even initialises UVM) → no compute session.
+    let (_, evs) = replay(&s, &fx, &dir.0, "nvidia-smi");
+    assert!(
+        kinds(&evs, "gpu_session_start").is_empty(),
+        "nvidia-smi must not be a compute session"
+    );
+    let q = kinds(&evs, "gpu_query");
+    assert_eq!(q.len(), 1);
+    let classes: Vec<String> = serde_json::from_value(q[0]["classes"].clone()).unwrap();
+    assert!(
+        classes.contains(&"NV20_SUBDEVICE_0".to_string()),
+        "{classes:?}"
+    );
+    assert!(!classes
+        .iter()
+        .any(|c| c.contains("COMPUTE") || c.contains("GPFIFO")));
+    let opens = kinds(&evs, "gpu_open");
+    assert_eq!(
+        opens.len(),
+        3,
+        "nvidiactl, nvidia0, nvidia-uvm opened once each"
+    );
+    assert!(opens
+        .iter()
+        .all(|o| o["result"] == "ok" && o["emulated"] == true));
+
+    for name in ["mining-like", "training"] {
+        let (pid, evs) = replay(&s, &fx, &dir.0, name);
+        let starts = kinds(&evs, "gpu_session_start");
+        assert_eq!(starts.len(), 1, "{name}: exactly one compute session");
+        let ends = kinds(&evs, "gpu_session_end");
+        assert_eq!(ends.len(), 1);
+        let end = &ends[0];
+        let classes: Vec<String> = serde_json::from_value(end["classes"].clone()).unwrap();
+        assert!(
+            classes.contains(&"HOPPER_COMPUTE_A".to_string()),
+            "{name}: {classes:?}"
+        );
+        assert!(classes.contains(&"HOPPER_CHANNEL_GPFIFO_A".to_string()));
+        assert_eq!(end["gpu_minors"], serde_json::json!([0]), "{name}");
+        assert_eq!(end["uvm_initialized"], true);
+        assert_eq!(end["exe"], GPUREPLAY);
+        assert_eq!(end["argv"][1], "replay");
+        assert_eq!(
+            end["lineage"][0]["pid"],
+            std::process::id(),
+            "parent is this test"
+        );
+        let t = starts[0]["trigger"].as_str().unwrap();
+        assert!(t.contains("GPFIFO") || t.contains("COMPUTE"), "{t}");
+        // The decoded stream names things.
+        let alloc = evs
+            .iter()
+            .find(|e| e["kind"] == "gpu_ioctl" && e["class_id"] == 0xcbc0)
+            .expect("an RM_ALLOC of HOPPER_COMPUTE_A");
+        assert_eq!(alloc["op"], "NV_ESC_RM_ALLOC");
+        assert_eq!(alloc["class"], "HOPPER_COMPUTE_A");
+        assert_eq!(alloc["gpu_minor"], 255, "RM_ALLOC goes to nvidiactl");
+        assert!(evs
+            .iter()
+            .any(|e| e["op"] == "UVM_INITIALIZE" && e["device"] == "nvidia-uvm"));
+        assert!(evs
+            .iter()
+            .any(|e| e["op"] == "NV_ESC_RM_CONTROL" && e["control"].is_string()));
+        let _ = pid;
+    }
+    s.stop();
+}
+
+#[test]
+fn o_path_fd_is_a_failed_call_not_a_session_and_non_gpu_storm_is_silent() {
+    if !require_root("o_path_fd_is_a_failed_call_not_a_session_and_non_gpu_storm_is_silent") {
+        return;
+    }
+    let dir = TempDir::new("opath");
+    // A real NVIDIA major (195) node; without the driver it cannot be opened for I/O, but an
+    // O_PATH open succeeds and the ioctl fails with EBADF.
+    let node = dir.0.join("nvidia9");
+    mknod(&node, 195, 9);
+    let s = Sensor::start(&[]);
+    let (pid, out) = run_helper(GPUREPLAY, &["opath", node.to_str().unwrap()]);
+    assert_eq!(out.trim(), format!("rc {}", -libc::EBADF));
+    let g = s
+        .wait_for(WAIT, |e| is(e, "gpu_ioctl", pid))
+        .expect("gpu_ioctl on the O_PATH fd");
+    assert_eq!(g["result"], "error");
+    assert_eq!(g["ret"], -libc::EBADF);
+    assert_eq!(
+        (g["major"].as_u64(), g["minor"].as_u64()),
+        (Some(195), Some(9))
+    );
+    assert_eq!(
+        g["class"], "HOPPER_COMPUTE_A",
+        "decoded even though it failed"
+    );
+    let q = s
+        .wait_for(WAIT, |e| is(e, "gpu_query", pid))
+        .expect("gpu_query at exit");
+    assert_eq!(q["failed_ioctls"], 1);
+    assert!(s.events(|e| is(e, "gpu_session_start", pid)).is_empty());
+    let o = s
+        .wait_for(WAIT, |e| is(e, "gpu_open", pid))
+        .expect("gpu_open of the node");
+    assert_eq!(
+        o["flags"].as_u64().unwrap() & libc::O_PATH as u64,
+        libc::O_PATH as u64
+    );
+
+    // 20k ioctls (half with NVIDIA request numbers) on /dev/urandom, not a GPU: nothing.
+    let (pid, _) = run_helper(GPUREPLAY, &["storm", "20000", "/dev/urandom"]);
+    s.wait_for(WAIT, |e| is(e, "exit", pid))
+        .expect("storm exit");
+    let gpu: Vec<Value> =
+        s.events(|e| e["pid"] == pid && e["kind"].as_str().unwrap().starts_with("gpu"));
+    assert!(
+        gpu.is_empty(),
+        "non-GPU ioctls produced GPU events: {gpu:?}"
+    );
+    s.stop();
+}
