@@ -451,14 +451,17 @@ pub struct ProgConfig {
     /// 1: report only thread groups in `TRACE_TGIDS` (and processes they fork); 0: everything
     /// not ignored.
     pub only_listed: u32,
-    pub _pad: u32,
+    /// Submit with a consumer wakeup only when at least this many bytes are waiting in the
+    /// ring; below it records are submitted with BPF_RB_NO_WAKEUP and the agent picks them up
+    /// on its poll timer. Saves an irq_work + epoll wakeup per event under load.
+    pub wakeup_bytes: u32,
 }
 
 impl ProgConfig {
     pub const DEFAULT: ProgConfig = ProgConfig {
         offsets: Offsets::UNSET,
         only_listed: 0,
-        _pad: 0,
+        wakeup_bytes: 0,
     };
 }
 
@@ -471,6 +474,7 @@ pub mod names {
     pub const TRACE_TGIDS: &str = "TRACE_TGIDS";
     pub const CONFIG: &str = "CONFIG";
     pub const GPU_DEVS: &str = "GPU_DEVS";
+    pub const GPU_TGIDS: &str = "GPU_TGIDS";
 }
 
 /// Key of the GPU device map: `major << 32 | minor`; minor `u32::MAX` matches every minor.

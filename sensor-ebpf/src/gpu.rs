@@ -5,11 +5,11 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel_str_bytes,
-        bpf_probe_read_user, bpf_probe_read_user_str_bytes, generated as gen,
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+        bpf_probe_read_user_str_bytes, generated as gen,
     },
     macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::TracePointContext,
 };
 use sensor_common::{
@@ -20,7 +20,7 @@ use sensor_common::{
 use crate::{
     config, count_drop,
     filter::current_traced,
-    task::{file_of_fd, fill_header, read},
+    task::{field, file_of_fd, fill_header, read, record},
     EVENTS,
 };
 
@@ -31,6 +31,13 @@ const MINORBITS: u32 = 20;
 /// wildcard for the whole major.
 #[map(name = "GPU_DEVS")]
 static GPU_DEVS: HashMap<u64, GpuDev> = HashMap::with_max_entries(FILTER_MAP_ENTRIES, 0);
+
+/// Processes that hold (or held) a GPU device fd: set when a GPU device file is opened,
+/// inherited by fork, seeded by the agent from /proc/*/fd at start-up. `sys_enter_ioctl` looks
+/// here first, so ioctls of every other process cost one lookup. An fd received over a unix
+/// socket (SCM_RIGHTS) or pidfd_getfd() is not seen until that process opens a GPU file itself.
+#[map(name = "GPU_TGIDS")]
+pub static GPU_TGIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(65536, 0);
 
 /// GPU ioctls between syscall entry and exit, by pid_tgid.
 #[map(name = "PENDING_IOCTL")]
@@ -66,22 +73,19 @@ fn gpu_dev_of_file(file: u64) -> Option<(GpuDev, u32, u32)> {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_ioctl")]
 pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
-    if !current_traced() {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: hash lookup with an integer key; only presence is used.
+    if unsafe { GPU_TGIDS.get(&tgid) }.is_none() || !current_traced() {
         return 0;
     }
     let o = &config().offsets;
-    // SAFETY: record reads at offsets from the tracepoint's format file.
-    let (fd, cmd, arg) = unsafe {
-        (
-            ctx.read_at::<u64>(o.tp_ioctl_fd as usize)
-                .unwrap_or(u64::MAX),
-            ctx.read_at::<u64>(o.tp_ioctl_cmd as usize).unwrap_or(0) as u32,
-            ctx.read_at::<u64>(o.tp_ioctl_arg as usize).unwrap_or(0),
-        )
-    };
-    // SAFETY: helper without arguments.
-    let task = unsafe { bpf_get_current_task() };
-    let Some((dev, major, minor)) = gpu_dev_of_file(file_of_fd(task, fd & 0xffff_ffff)) else {
+    let r = record::<48>(&ctx);
+    let (fd, cmd, arg) = (
+        field(&r, o.tp_ioctl_fd, 8),
+        field(&r, o.tp_ioctl_cmd, 8) as u32,
+        field(&r, o.tp_ioctl_arg, 8),
+    );
+    let Some((dev, major, minor)) = gpu_dev_of_file(file_of_fd(fd & 0xffff_ffff)) else {
         return 0;
     };
     let Some(ev) = SCRATCH_IOCTL.get_ptr_mut(0) else {
@@ -157,7 +161,7 @@ pub fn sys_exit_ioctl(ctx: TracePointContext) -> u32 {
                 entry.as_mut_ptr().write(*p);
                 (*entry.as_mut_ptr()).ret = ret as i32;
             }
-            entry.submit(0);
+            entry.submit(crate::submit_flags());
         }
         None => count_drop(kind::GPU_IOCTL),
     }
@@ -228,12 +232,11 @@ pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
     if pending.is_some() {
         let _ = PENDING_OPEN.remove(&id);
     }
-    // SAFETY: helper without arguments.
-    let task = unsafe { bpf_get_current_task() };
-    let file = file_of_fd(task, ret as u64);
+    let file = file_of_fd(ret as u64);
     let Some((dev, major, minor)) = gpu_dev_of_file(file) else {
         return 0;
     };
+    let _ = GPU_TGIDS.insert(&((id >> 32) as u32), &1, 0);
     if !current_traced() {
         return 0;
     }
@@ -272,7 +275,7 @@ fn emit_open(fill: impl FnOnce(*mut GpuOpenEvent)) {
     match EVENTS.reserve::<GpuOpenEvent>(0) {
         Some(mut entry) => {
             fill(entry.as_mut_ptr());
-            entry.submit(0);
+            entry.submit(crate::submit_flags());
         }
         None => count_drop(kind::GPU_OPEN),
     }

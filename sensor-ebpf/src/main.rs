@@ -53,6 +53,22 @@ pub(crate) fn config() -> &'static ProgConfig {
     unsafe { &*core::ptr::read_volatile(&(&CONFIG as *const ProgConfig)) }
 }
 
+/// `bpf_ringbuf_submit` flags (include/uapi/linux/bpf.h: BPF_RB_NO_WAKEUP 1,
+/// BPF_RB_FORCE_WAKEUP 2; `bpf_ringbuf_query` BPF_RB_AVAIL_DATA 0).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Submit flags: wake the agent only when a batch is waiting (see `ProgConfig::wakeup_bytes`).
+#[inline(always)]
+pub(crate) fn submit_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= config().wakeup_bytes as u64 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 /// Counts a failed ring-buffer reservation for `k`.
 #[inline(always)]
 pub(crate) fn count_drop(k: u32) {

@@ -5,7 +5,7 @@
 //! files via [`crate::config`].
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, tracepoint},
     maps::HashMap,
     programs::TracePointContext,
@@ -15,7 +15,7 @@ use sensor_common::{flags, kind, NetEvent};
 use crate::{
     config, count_drop,
     filter::current_traced,
-    task::{file_of_fd, fill_header, read},
+    task::{field, file_of_fd, fill_header, read, record},
     EVENTS,
 };
 
@@ -88,15 +88,13 @@ fn enter(ctx: &TracePointContext, k: u32) -> i32 {
         return 0;
     }
     let o = &config().offsets;
-    // SAFETY: reads of the tracepoint record at offsets taken from its tracefs format file.
-    let (fd, ptr, len) = unsafe {
-        (
-            ctx.read_at::<u64>(o.tp_sockaddr_fd as usize)
-                .unwrap_or(u64::MAX),
-            ctx.read_at::<u64>(o.tp_sockaddr_ptr as usize).unwrap_or(0),
-            ctx.read_at::<u64>(o.tp_sockaddr_len as usize).unwrap_or(0),
-        )
-    };
+    // Fields at the offsets of the tracepoint's format file, from one copy of the record.
+    let r = record::<48>(ctx);
+    let (fd, ptr, len) = (
+        field(&r, o.tp_sockaddr_fd, 8),
+        field(&r, o.tp_sockaddr_ptr, 8),
+        field(&r, o.tp_sockaddr_len, 8),
+    );
     let mut p = Pending {
         kind: k,
         fd: fd as i32,
@@ -109,9 +107,7 @@ fn enter(ctx: &TracePointContext, k: u32) -> i32 {
     if !read_sockaddr(ptr, len, &mut p) {
         return 0;
     }
-    // SAFETY: helper without arguments.
-    let task = unsafe { bpf_get_current_task() };
-    let file = file_of_fd(task, fd & 0xffff_ffff);
+    let file = file_of_fd(fd & 0xffff_ffff);
     if let Some(sock) = read::<u64>(file, o.file_private_data) {
         p.sock_type = read::<u16>(sock, o.socket_type).unwrap_or(0);
     }
@@ -156,7 +152,7 @@ fn emit(k: u32, fl: u32, ret: i32, fd: i32, p: &Pending) {
         (*ev).protocol = p.protocol;
         (*ev).addr = p.addr;
     }
-    entry.submit(0);
+    entry.submit(crate::submit_flags());
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
@@ -198,15 +194,14 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if newstate == TCP_SYN_SENT && unsafe { PENDING_NET.get(&id) }.is_some() {
         return 0; // inside connect(2): sys_exit_connect reports it with the result
     }
-    // SAFETY: as above, record reads at format-file offsets.
-    let (family, sport, dport, protocol) = unsafe {
-        (
-            ctx.read_at::<u16>(o.tp_iss_family as usize).unwrap_or(0),
-            ctx.read_at::<u16>(o.tp_iss_sport as usize).unwrap_or(0),
-            ctx.read_at::<u16>(o.tp_iss_dport as usize).unwrap_or(0),
-            ctx.read_at::<u16>(o.tp_iss_protocol as usize).unwrap_or(0),
-        )
-    };
+    // One copy of the record; fields at their format-file offsets.
+    let r = record::<72>(&ctx);
+    let (family, sport, dport, protocol) = (
+        field(&r, o.tp_iss_family, 2) as u16,
+        field(&r, o.tp_iss_sport, 2) as u16,
+        field(&r, o.tp_iss_dport, 2) as u16,
+        field(&r, o.tp_iss_protocol, 2) as u16,
+    );
     let listen = newstate == TCP_LISTEN;
     let mut p = Pending {
         kind: 0,
@@ -217,24 +212,21 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         protocol,
         addr: [0; 16],
     };
-    // SAFETY: as above.
-    unsafe {
-        if family == AF_INET {
-            let off = if listen {
-                o.tp_iss_saddr
-            } else {
-                o.tp_iss_daddr
-            };
-            let a = ctx.read_at::<[u8; 4]>(off as usize).unwrap_or([0; 4]);
-            p.addr[..4].copy_from_slice(&a);
+    if family == AF_INET {
+        let off = if listen {
+            o.tp_iss_saddr
         } else {
-            let off = if listen {
-                o.tp_iss_saddr_v6
-            } else {
-                o.tp_iss_daddr_v6
-            };
-            p.addr = ctx.read_at::<[u8; 16]>(off as usize).unwrap_or([0; 16]);
-        }
+            o.tp_iss_daddr
+        };
+        p.addr[..4].copy_from_slice(&(field(&r, off, 4) as u32).to_le_bytes());
+    } else {
+        let off = if listen {
+            o.tp_iss_saddr_v6
+        } else {
+            o.tp_iss_daddr_v6
+        };
+        p.addr[..8].copy_from_slice(&field(&r, off, 8).to_le_bytes());
+        p.addr[8..].copy_from_slice(&field(&r, off + 8, 8).to_le_bytes());
     }
     if listen {
         emit(kind::LISTEN, 0, 0, -1, &p);

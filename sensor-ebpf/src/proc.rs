@@ -11,7 +11,8 @@ use sensor_common::{flags, kind, ExecEvent, ExitEvent, ForkEvent, ARGS_MAX, FILE
 use crate::{
     config, count_drop,
     filter::{current_traced, inherit, tgid_traced},
-    task::{fill_header, read},
+    gpu::GPU_TGIDS,
+    task::{current_task_btf, fill_header, load, read},
     EVENTS,
 };
 
@@ -33,7 +34,8 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     // SAFETY: `ev` points at a ring-buffer reservation of size_of::<ExecEvent>() bytes that this
     // program owns until submit/discard; all accesses below stay inside it.
     unsafe {
-        let task = fill_header(&mut (*ev).hdr, kind::EXEC);
+        fill_header(&mut (*ev).hdr, kind::EXEC);
+        let task = current_task_btf();
         let mut fl = 0u32;
 
         (*ev).filename[0] = 0;
@@ -47,9 +49,9 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
             }
         }
 
-        let mm = read::<u64>(task, o.task_mm).unwrap_or(0);
-        let start = read::<u64>(mm, o.mm_arg_start).unwrap_or(0);
-        let end = read::<u64>(mm, o.mm_arg_end).unwrap_or(0);
+        let mm = load::<*const u8>(task, o.task_mm).unwrap_or(core::ptr::null());
+        let start = load::<u64>(mm, o.mm_arg_start).unwrap_or(0);
+        let end = load::<u64>(mm, o.mm_arg_end).unwrap_or(0);
         let total = end.saturating_sub(start);
         let mut len = total;
         if len > ARGS_MAX as u64 {
@@ -73,7 +75,7 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         }
         (*ev).hdr.flags = fl;
     }
-    entry.submit(0);
+    entry.submit(crate::submit_flags());
     0
 }
 
@@ -94,6 +96,10 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     }
     let parent = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
     inherit(parent, child_tgid);
+    // SAFETY: hash lookup/insert with integer keys. The child inherits the GPU fds.
+    if unsafe { GPU_TGIDS.get(&parent) }.is_some() {
+        let _ = GPU_TGIDS.insert(&child_tgid, &1, 0);
+    }
     if !tgid_traced(parent) {
         return 0;
     }
@@ -108,7 +114,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         (*ev).child_pid = child_tgid;
         (*ev)._pad = 0;
     }
-    entry.submit(0);
+    entry.submit(crate::submit_flags());
     0
 }
 
@@ -118,7 +124,6 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let o = &config().offsets;
-    let task: u64 = ctx.arg(0);
     if o.exit_has_group_dead != 0 {
         let group_dead: u64 = ctx.arg(1);
         if group_dead & 0xff == 0 {
@@ -130,7 +135,11 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
             return 0;
         }
     }
-    if !current_traced() {
+    let traced = current_traced();
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    let _ = GPU_TGIDS.remove(&tgid);
+    let _ = crate::TRACE_TGIDS.remove(&tgid);
+    if !traced {
         return 0;
     }
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
@@ -141,9 +150,10 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     // SAFETY: `ev` is a reservation of size_of::<ExitEvent>() bytes owned by this program.
     unsafe {
         fill_header(&mut (*ev).hdr, kind::EXIT);
-        (*ev).exit_code = read::<i32>(task, o.task_exit_code).unwrap_or(0);
+        // The exiting task is current.
+        (*ev).exit_code = load::<i32>(current_task_btf(), o.task_exit_code).unwrap_or(0);
         (*ev)._pad = 0;
     }
-    entry.submit(0);
+    entry.submit(crate::submit_flags());
     0
 }

@@ -2,7 +2,7 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+    bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
 };
 use sensor_common::EventHeader;
 
@@ -20,49 +20,73 @@ pub(crate) fn read<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
 }
 
+/// A plain load at `base + off` through a BTF-typed kernel pointer: `base` must come from
+/// `bpf_get_current_task_btf()` or from a pointer member loaded this way. The verifier checks
+/// the access against the kernel's BTF (the offset is a load-time constant from the read-only
+/// CONFIG) and turns it into an exception-handled load, far cheaper than a
+/// `bpf_probe_read_kernel` helper call.
+#[inline(always)]
+pub(crate) fn load<T: Copy>(base: *const u8, off: u32) -> Option<T> {
+    if base.is_null() || off == u32::MAX {
+        return None;
+    }
+    // SAFETY: see above; the JIT emits a faulting-safe load (BPF_PROBE_MEM) for BTF pointers,
+    // and `base` is non-null.
+    Some(unsafe { core::ptr::read_volatile(base.add(off as usize).cast::<T>()) })
+}
+
+/// The current task as a BTF-typed pointer.
+#[inline(always)]
+pub(crate) fn current_task_btf() -> *const u8 {
+    // SAFETY: helper without arguments; returns the current task_struct.
+    unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() as *const u8 }
+}
+
 /// `current->real_parent->tgid`.
 #[inline(always)]
-pub(crate) fn parent_tgid(task: u64) -> u32 {
+pub(crate) fn parent_tgid(task: *const u8) -> u32 {
     let o = &config().offsets;
-    read::<u64>(task, o.task_real_parent)
-        .and_then(|p| read::<u32>(p, o.task_tgid))
+    load::<*const u8>(task, o.task_real_parent)
+        .and_then(|p| load::<u32>(p, o.task_tgid))
         .unwrap_or(0)
 }
 
 /// `task->nsproxy->mnt_ns->ns.inum`.
 #[inline(always)]
-fn mnt_ns_inum(task: u64) -> u32 {
+fn mnt_ns_inum(task: *const u8) -> u32 {
     let o = &config().offsets;
-    read::<u64>(task, o.task_nsproxy)
-        .and_then(|ns| read::<u64>(ns, o.nsproxy_mnt_ns))
-        .and_then(|m| read::<u32>(m, o.mnt_ns_inum))
+    load::<*const u8>(task, o.task_nsproxy)
+        .and_then(|ns| load::<*const u8>(ns, o.nsproxy_mnt_ns))
+        .and_then(|m| load::<u32>(m, o.mnt_ns_inum))
         .unwrap_or(0)
 }
 
 /// `task->files->fdt->fd[fd]`, the `struct file *` behind a descriptor, or 0.
 #[inline(always)]
-pub(crate) fn file_of_fd(task: u64, fd: u64) -> u64 {
+pub(crate) fn file_of_fd(fd: u64) -> u64 {
     let o = &config().offsets;
-    let Some(fdt) = read::<u64>(task, o.task_files).and_then(|f| read::<u64>(f, o.files_fdt))
+    let task = current_task_btf();
+    let Some(fdt) =
+        load::<*const u8>(task, o.task_files).and_then(|f| load::<*const u8>(f, o.files_fdt))
     else {
         return 0;
     };
-    let max = read::<u32>(fdt, o.fdt_max_fds).unwrap_or(0) as u64;
+    let max = load::<u32>(fdt, o.fdt_max_fds).unwrap_or(0) as u64;
     if fd >= max {
         return 0;
     }
-    read::<u64>(fdt, o.fdt_fd)
+    // `fd` is `struct file **`: the verifier types the loaded array as a plain scalar, so the
+    // element itself needs the helper.
+    load::<u64>(fdt, o.fdt_fd)
         .and_then(|arr| read::<u64>(arr + fd * 8, 0))
         .unwrap_or(0)
 }
 
-/// Fills `hdr` for the current task. Returns the current `task_struct` pointer.
+/// Fills `hdr` for the current task.
 #[inline(always)]
-pub(crate) fn fill_header(hdr: &mut EventHeader, kind: u32) -> u64 {
+pub(crate) fn fill_header(hdr: &mut EventHeader, kind: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    // SAFETY: helper without memory arguments.
-    let task = unsafe { bpf_get_current_task() };
     hdr.kind = kind;
     hdr.flags = 0;
     // SAFETY: helper without arguments.
@@ -74,7 +98,33 @@ pub(crate) fn fill_header(hdr: &mut EventHeader, kind: u32) -> u64 {
     // SAFETY: helper without arguments.
     hdr.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     hdr.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    hdr.ppid = parent_tgid(task);
-    hdr.mntns = mnt_ns_inum(task);
-    task
+    let t = current_task_btf();
+    hdr.ppid = parent_tgid(t);
+    hdr.mntns = mnt_ns_inum(t);
+}
+
+/// The first `N` bytes of a tracepoint record, read with one helper call; fields are then
+/// picked out at their format-file offsets (load-time constants) without further calls.
+#[inline(always)]
+pub(crate) fn record<const N: usize>(ctx: &aya_ebpf::programs::TracePointContext) -> [u8; N] {
+    use aya_ebpf::EbpfContext;
+    // SAFETY: the context points at the tracepoint record in a per-CPU trace buffer; the helper
+    // copies with fault handling.
+    unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const [u8; N]) }.unwrap_or([0; N])
+}
+
+/// A little-endian field of `size` bytes (1..=8) at `off` in a record; 0 when out of range.
+#[inline(always)]
+pub(crate) fn field<const N: usize>(r: &[u8; N], off: u32, size: usize) -> u64 {
+    let off = off as usize;
+    if off + size > N {
+        return 0;
+    }
+    let mut v = 0u64;
+    let mut i = 0;
+    while i < size {
+        v |= (r[off + i] as u64) << (8 * i);
+        i += 1;
+    }
+    v
 }

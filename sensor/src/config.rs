@@ -53,6 +53,9 @@ pub struct RingConfig {
     /// Capacity of the user-side queue between the ring reader and the pipeline, in events.
     /// When it is full, events are dropped and counted (`user_dropped`).
     pub queue: usize,
+    /// Milliseconds between reads of the ring when no wakeup came: the kernel side wakes the
+    /// reader only for batches, so this bounds the latency of a lone event.
+    pub poll_interval_ms: u64,
 }
 
 impl Default for RingConfig {
@@ -60,6 +63,7 @@ impl Default for RingConfig {
         RingConfig {
             size: 8 << 20,
             queue: 65536,
+            poll_interval_ms: 2,
         }
     }
 }
@@ -180,6 +184,11 @@ impl Config {
             return Err(bad(format!(
                 "ring.size = {sz}: must be a power of two between 4KiB and 1GiB"
             )));
+        }
+        if self.ring.poll_interval_ms == 0 || self.ring.poll_interval_ms > 1000 {
+            return Err(bad(
+                "ring.poll_interval_ms must be between 1 and 1000".into()
+            ));
         }
         if self.ring.queue == 0 {
             return Err(bad("ring.queue must be at least 1".into()));

@@ -56,8 +56,11 @@ pub async fn drain(
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<Bytes>,
     counters: Arc<Counters>,
+    poll: std::time::Duration,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // SAFETY: the RingBuf owns its map fd for its whole lifetime and `as_raw_fd` always returns
     // that same fd; the AsyncFd takes ownership of the RingBuf, so the fd outlives the
     // registration.
@@ -70,6 +73,7 @@ pub async fn drain(
                 read_all(guard.get_inner_mut(), &tx, &counters);
                 guard.clear_ready();
             }
+            _ = tick.tick() => read_all(fd.get_mut(), &tx, &counters),
             _ = stop.changed() => {
                 read_all(fd.get_mut(), &tx, &counters);
                 return Ok(());

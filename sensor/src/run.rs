@@ -111,7 +111,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "sensor ready"
     );
 
-    let reader = tokio::spawn(ring::drain(ring, tx, counters.clone(), stop_rx));
+    let poll = Duration::from_millis(cfg.ring.poll_interval_ms);
+    let reader = tokio::spawn(ring::drain(ring, tx, counters.clone(), poll, stop_rx));
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;

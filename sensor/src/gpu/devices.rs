@@ -128,6 +128,44 @@ pub fn entries(proc_devices: &str, extra: &[DeviceSpec]) -> Result<Vec<(u64, Gpu
     Ok(v)
 }
 
+/// Whether (major, minor) is in the device set.
+pub fn matches(entries: &[(u64, GpuDev)], major: u32, minor: u32) -> bool {
+    entries
+        .iter()
+        .any(|(k, _)| *k == gpu_dev_key(major, minor) || *k == gpu_dev_key(major, u32::MAX))
+}
+
+/// Processes that already hold a GPU device fd (started before the sensor): every
+/// `/proc/PID/fd/N` that is a character device in the set.
+pub fn processes_with_gpu_fds(entries: &[(u64, GpuDev)]) -> Vec<u32> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = vec![];
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(m) = std::fs::metadata(fd.path()) else {
+                continue;
+            };
+            if m.file_type().is_char_device() {
+                let rdev = m.rdev();
+                if matches(entries, libc::major(rdev), libc::minor(rdev)) {
+                    out.push(pid);
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +211,6 @@ mod tests {
             ..extra[0].clone()
         }];
         assert!(entries("", &bad).unwrap_err().contains("tpu"));
+        assert!(matches(&v, 1, 3) && matches(&v, 195, 7) && !matches(&v, 1, 5));
     }
 }

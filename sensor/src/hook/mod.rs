@@ -171,7 +171,9 @@ impl Hooks {
         let prog_cfg = ProgConfig {
             offsets,
             only_listed: u32::from(!cfg.filter.only_pids.is_empty()),
-            _pad: 0,
+            // Wake the reader early when a quarter of the ring (at most 128 KiB) is waiting;
+            // otherwise its poll timer (ring.poll_interval_ms) collects the records.
+            wakeup_bytes: (cfg.ring.size / 4).min(128 << 10) as u32,
         };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, cfg.ring.size as u32)
@@ -197,7 +199,13 @@ impl Hooks {
         }
 
         let mut gpu: BpfHashMap<_, u64, GpuDev> = map_mut(&mut ebpf, names::GPU_DEVS)?;
-        sync_gpu_devs(&mut gpu, &cfg.gpu.devices)?;
+        let entries = sync_gpu_devs(&mut gpu, &cfg.gpu.devices)?;
+        // Processes that opened GPU devices before we started: their ioctls must pass the
+        // kernel's per-process pre-filter.
+        let mut gpu_tgids: BpfHashMap<_, u32, u8> = map_mut(&mut ebpf, names::GPU_TGIDS)?;
+        for pid in crate::gpu::devices::processes_with_gpu_fds(&entries) {
+            let _ = gpu_tgids.insert(pid, 1, 0);
+        }
 
         let mut attached = vec![];
         for &name in RAW_TPS {
@@ -297,12 +305,12 @@ where
 pub fn sync_gpu_devs<T: std::borrow::BorrowMut<MapData>>(
     map: &mut BpfHashMap<T, u64, GpuDev>,
     extra: &[crate::gpu::devices::DeviceSpec],
-) -> Result<usize, HookError> {
+) -> Result<Vec<(u64, GpuDev)>, HookError> {
     let text = std::fs::read_to_string("/proc/devices").unwrap_or_default();
     let entries = crate::gpu::devices::entries(&text, extra).map_err(HookError::GpuDevice)?;
     for (k, v) in &entries {
         map.insert(k, v, 0)
             .map_err(|source| map_err(names::GPU_DEVS, source))?;
     }
-    Ok(entries.len())
+    Ok(entries)
 }
