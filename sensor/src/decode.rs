@@ -308,6 +308,7 @@ pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
         cgroup_id: hdr.cgroup_id,
         mntns: hdr.mntns,
         exe: None,
+        container: None,
         body,
     })
 }

@@ -21,6 +21,9 @@ pub struct Event {
     /// The process's executable as known to the process table (exec filename or /proc).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
+    /// Container/pod identity of the cgroup, when the process runs in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::context::container::Container>,
     #[serde(flatten)]
     pub body: Body,
 }

@@ -10,7 +10,9 @@ mod event;
 mod gpu;
 mod hook;
 mod output;
+mod pipeline;
 mod ring;
+mod rules;
 mod run;
 
 use std::path::PathBuf;

@@ -1,3 +1,4 @@
 //! Process and (later) pod context attached to events.
 
+pub mod container;
 pub mod process;

@@ -20,12 +20,33 @@ pub struct Proc {
     pub exe: Option<Arc<str>>,
     pub argv: Arc<[String]>,
     pub exited: bool,
+    /// Outbound connects (ok / in progress / via io_uring), and those to external addresses.
+    pub connections: u64,
+    pub external_connections: u64,
+    /// Agent-episode tag (config `context.episode_env`), inherited by children.
+    pub episode: Option<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
 pub struct ProcTable {
     procs: HashMap<u32, Proc>,
     exited: VecDeque<u32>,
+    /// Environment variables whose value tags an agent episode (read at exec time).
+    episode_env: Vec<String>,
+}
+
+/// Reads the first of `names` set in /proc/PID/environ.
+fn episode_from_environ(pid: u32, names: &[String]) -> Option<Arc<str>> {
+    let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    for kv in env.split(|&b| b == 0) {
+        let kv = String::from_utf8_lossy(kv);
+        if let Some((k, v)) = kv.split_once('=') {
+            if names.iter().any(|n| n == k) && !v.is_empty() {
+                return Some(Arc::from(v));
+            }
+        }
+    }
+    None
 }
 
 /// Parses the ppid out of `/proc/PID/stat` (field 4; the comm in field 2 may contain spaces
@@ -65,7 +86,7 @@ impl ProcTable {
                     ppid,
                     exe,
                     argv: argv.into(),
-                    exited: false,
+                    ..Proc::default()
                 },
             );
         }
@@ -79,6 +100,48 @@ impl ProcTable {
 
     pub fn len(&self) -> usize {
         self.procs.len()
+    }
+
+    pub fn set_episode_env(&mut self, names: Vec<String>) {
+        self.episode_env = names;
+    }
+
+    /// Records `pid` (with `exe`) and its ancestors where the table does not know them yet
+    /// (rule examples, replay of streams recorded without their process history).
+    pub fn add_lineage(&mut self, pid: u32, exe: Option<&str>, lineage: &[Ancestor]) {
+        let mut child = pid;
+        let mut child_exe = exe.map(str::to_string);
+        for a in lineage.iter().chain(std::iter::once(&Ancestor { pid: 0, exe: None, argv: vec![] })) {
+            let e = self.procs.entry(child).or_default();
+            if e.exe.is_none() {
+                e.exe = child_exe.as_deref().map(Arc::from);
+            }
+            if e.ppid == 0 {
+                e.ppid = a.pid;
+            }
+            if a.pid == 0 {
+                break;
+            }
+            if e.argv.is_empty() && child != pid {
+                e.argv = Arc::from(vec![]);
+            }
+            child = a.pid;
+            child_exe = a.exe.clone();
+            let pa = self.procs.entry(a.pid).or_default();
+            if pa.argv.is_empty() {
+                pa.argv = a.argv.clone().into();
+            }
+        }
+    }
+
+    /// Facts the rules use about `pid`.
+    pub fn facts(&self, pid: u32) -> crate::rules::fields::ProcFacts {
+        self.procs.get(&pid).map_or_else(Default::default, |p| crate::rules::fields::ProcFacts {
+            connections: p.connections,
+            external_connections: p.external_connections,
+            gpu_session: false,
+            episode: p.episode.as_deref().map(str::to_string),
+        })
     }
 
     pub fn argv(&self, pid: u32) -> Vec<String> {
@@ -139,6 +202,11 @@ impl ProcTable {
                 }
                 p.exited = false;
                 p.exe = Some(exe.clone());
+                if !self.episode_env.is_empty() {
+                    if let Some(tag) = episode_from_environ(ev.pid, &self.episode_env) {
+                        p.episode = Some(tag);
+                    }
+                }
                 p.argv = x.argv.clone().into();
                 ev.exe = Some(exe.to_string());
             }
@@ -147,8 +215,10 @@ impl ProcTable {
                 ev.exe = parent.exe.as_deref().map(str::to_string);
                 let child = Proc {
                     ppid: ev.pid,
-                    exited: false,
-                    ..parent
+                    exe: parent.exe,
+                    argv: parent.argv,
+                    episode: parent.episode,
+                    ..Proc::default()
                 };
                 self.procs.insert(f.child_pid, child);
             }
@@ -165,12 +235,25 @@ impl ProcTable {
                     }
                 }
             }
+            Body::Connect(n) => {
+                if let Some(p) = self.procs.get_mut(&ev.pid) {
+                    if n.result != "error" {
+                        p.connections += 1;
+                        if n.dst_ip.as_deref().is_some_and(|ip| {
+                            crate::rules::fields::ip_class(ip) == (false, false)
+                        }) {
+                            p.external_connections += 1;
+                        }
+                    }
+                    if let Some(e) = p.exe.as_deref() {
+                        ev.exe = Some(e.to_string());
+                    }
+                }
+            }
             _ => {
-                ev.exe = self
-                    .procs
-                    .get(&ev.pid)
-                    .and_then(|p| p.exe.as_deref())
-                    .map(str::to_string);
+                if let Some(e) = self.procs.get(&ev.pid).and_then(|p| p.exe.as_deref()) {
+                    ev.exe = Some(e.to_string());
+                }
             }
         }
     }
@@ -194,6 +277,7 @@ mod tests {
             cgroup_id: 1,
             mntns: 0,
             exe: None,
+            container: None,
             body,
         }
     }

@@ -44,6 +44,11 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    /// The session-start event of `pid`'s compute session.
+    pub fn session_of(&self, pid: u32) -> Option<&Event> {
+        self.procs.get(&pid).and_then(|p| p.start.as_ref())
+    }
+
     /// Feeds one event; returns a derived session event when one starts or ends.
     pub fn on_event(&mut self, ev: &Event, procs: &ProcTable) -> Option<Event> {
         match &ev.body {

@@ -1,0 +1,424 @@
+//! The rule condition language: parsing into a compiled tree.
+//!
+//! ```text
+//! expr  := and ("or" and)*
+//! and   := unary ("and" unary)*
+//! unary := "not" unary | "(" expr ")" | MACRO | FIELD OP VALUE | FIELD "exists"
+//! OP    := = == != in contains icontains startswith endswith glob regex > >= < <= cidr
+//! VALUE := "string" | 'string' | number | true | false | (v, v, …) | (LIST) | @LIST
+//! ```
+//! A list-valued field (argv, ancestor.exe, ssh.flags, …) matches when any element does.
+
+use std::{collections::HashMap, fmt};
+
+use thiserror::Error;
+
+use super::fields::Field;
+
+#[derive(Debug, Error, PartialEq)]
+#[error("{message} (at character {pos}: {near:?})")]
+pub struct ParseError {
+    pub message: String,
+    pub pos: usize,
+    pub near: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lit {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl fmt::Display for Lit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Lit::Str(s) => write!(f, "{s:?}"),
+            Lit::Int(i) => write!(f, "{i}"),
+            Lit::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    In,
+    Contains,
+    IContains,
+    StartsWith,
+    EndsWith,
+    Glob,
+    Regex,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Cidr,
+    Exists,
+}
+
+/// A compiled comparison value.
+#[derive(Debug, Clone)]
+pub enum Pattern {
+    Lits(Vec<Lit>),
+    Regex(regex::Regex),
+    Globs(Vec<glob::Pattern>),
+    Cidrs(Vec<(std::net::IpAddr, u8)>),
+}
+
+#[derive(Debug, Clone)]
+pub enum Expr {
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
+    Not(Box<Expr>),
+    Pred { field: Field, op: Op, pat: Pattern },
+    Const(bool),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    Int(i64),
+    LParen,
+    RParen,
+    Comma,
+    At,
+    Sym(String),
+}
+
+fn lex(s: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
+    let b = s.as_bytes();
+    let mut out = vec![];
+    let mut i = 0;
+    let err = |pos: usize, m: &str| ParseError {
+        message: m.to_string(),
+        pos,
+        near: s[pos..].chars().take(20).collect(),
+    };
+    while i < b.len() {
+        let c = b[i] as char;
+        let start = i;
+        if c.is_whitespace() {
+            i += 1;
+            continue;
+        }
+        match c {
+            '(' => (out.push((i, Tok::LParen)), i += 1).1,
+            ')' => (out.push((i, Tok::RParen)), i += 1).1,
+            ',' => (out.push((i, Tok::Comma)), i += 1).1,
+            '@' => (out.push((i, Tok::At)), i += 1).1,
+            '"' | '\'' => {
+                let q = b[i];
+                i += 1;
+                let mut v = Vec::new();
+                loop {
+                    match b.get(i) {
+                        None => return Err(err(start, "unterminated string")),
+                        Some(&x) if x == q => break,
+                        Some(b'\\') if i + 1 < b.len() => {
+                            v.push(b[i + 1]);
+                            i += 2;
+                        }
+                        Some(&x) => {
+                            v.push(x);
+                            i += 1;
+                        }
+                    }
+                }
+                i += 1;
+                out.push((start, Tok::Str(String::from_utf8_lossy(&v).into_owned())));
+            }
+            '=' | '!' | '<' | '>' => {
+                let two = s.get(i..i + 2).unwrap_or("");
+                let sym = if ["==", "!=", ">=", "<="].contains(&two) { two } else { &s[i..i + 1] };
+                if sym == "!" {
+                    return Err(err(i, "unexpected '!'"));
+                }
+                i += sym.len();
+                out.push((start, Tok::Sym(sym.to_string())));
+            }
+            c if c.is_ascii_digit() || (c == '-' && b.get(i + 1).is_some_and(u8::is_ascii_digit)) => {
+                i += 1;
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+                let n = s[start..i].parse().map_err(|_| err(start, "bad number"))?;
+                out.push((start, Tok::Int(n)));
+            }
+            c if c.is_ascii_alphabetic() || c == '_' => {
+                while i < b.len()
+                    && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.' || b[i] == b'-')
+                {
+                    i += 1;
+                }
+                out.push((start, Tok::Ident(s[start..i].to_string())));
+            }
+            _ => return Err(err(i, "unexpected character")),
+        }
+    }
+    Ok(out)
+}
+
+/// Named lists and macros a condition may refer to.
+#[derive(Debug, Default, Clone)]
+pub struct Scope {
+    pub lists: HashMap<String, Vec<Lit>>,
+    pub macros: HashMap<String, Expr>,
+}
+
+struct Parser<'a> {
+    src: &'a str,
+    toks: Vec<(usize, Tok)>,
+    i: usize,
+    scope: &'a Scope,
+}
+
+impl Parser<'_> {
+    fn err(&self, m: impl Into<String>) -> ParseError {
+        let pos = self.toks.get(self.i).map_or(self.src.len(), |t| t.0);
+        ParseError { message: m.into(), pos, near: self.src[pos..].chars().take(24).collect() }
+    }
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.i).map(|t| &t.1)
+    }
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.i).map(|t| t.1.clone());
+        self.i += 1;
+        t
+    }
+    fn kw(&self, k: &str) -> bool {
+        matches!(self.peek(), Some(Tok::Ident(s)) if s == k)
+    }
+
+    fn or(&mut self) -> Result<Expr, ParseError> {
+        let mut v = vec![self.and()?];
+        while self.kw("or") {
+            self.i += 1;
+            v.push(self.and()?);
+        }
+        Ok(if v.len() == 1 { v.pop().unwrap() } else { Expr::Or(v) })
+    }
+    fn and(&mut self) -> Result<Expr, ParseError> {
+        let mut v = vec![self.unary()?];
+        while self.kw("and") {
+            self.i += 1;
+            v.push(self.unary()?);
+        }
+        Ok(if v.len() == 1 { v.pop().unwrap() } else { Expr::And(v) })
+    }
+    fn unary(&mut self) -> Result<Expr, ParseError> {
+        if self.kw("not") {
+            self.i += 1;
+            return Ok(Expr::Not(Box::new(self.unary()?)));
+        }
+        match self.next() {
+            Some(Tok::LParen) => {
+                let e = self.or()?;
+                match self.next() {
+                    Some(Tok::RParen) => Ok(e),
+                    _ => {
+                        self.i -= 1;
+                        Err(self.err("expected ')'"))
+                    }
+                }
+            }
+            Some(Tok::Ident(name)) => {
+                if let Some(m) = self.scope.macros.get(&name) {
+                    return Ok(m.clone());
+                }
+                let field = Field::parse(&name).ok_or_else(|| {
+                    self.i -= 1;
+                    self.err(format!("unknown field or macro `{name}`"))
+                })?;
+                self.predicate(field)
+            }
+            Some(Tok::Ident(_)) | None => Err(self.err("expected a condition")),
+            _ => {
+                self.i -= 1;
+                Err(self.err("expected a field, macro, 'not' or '('"))
+            }
+        }
+    }
+    fn predicate(&mut self, field: Field) -> Result<Expr, ParseError> {
+        let op = match self.next() {
+            Some(Tok::Sym(s)) => match s.as_str() {
+                "=" | "==" => Op::Eq,
+                "!=" => Op::Ne,
+                ">" => Op::Gt,
+                ">=" => Op::Ge,
+                "<" => Op::Lt,
+                "<=" => Op::Le,
+                _ => unreachable!(),
+            },
+            Some(Tok::Ident(s)) => match s.as_str() {
+                "in" => Op::In,
+                "contains" => Op::Contains,
+                "icontains" => Op::IContains,
+                "startswith" => Op::StartsWith,
+                "endswith" => Op::EndsWith,
+                "glob" => Op::Glob,
+                "regex" => Op::Regex,
+                "cidr" => Op::Cidr,
+                "exists" => {
+                    return Ok(Expr::Pred { field, op: Op::Exists, pat: Pattern::Lits(vec![]) })
+                }
+                _ => {
+                    self.i -= 1;
+                    return Err(self.err(format!("unknown operator `{s}`")));
+                }
+            },
+            _ => {
+                self.i -= 1;
+                return Err(self.err("expected an operator"));
+            }
+        };
+        let lits = self.values()?;
+        if matches!(op, Op::Gt | Op::Ge | Op::Lt | Op::Le)
+            && !(lits.len() == 1 && matches!(lits[0], Lit::Int(_)))
+        {
+            return Err(self.err("comparison needs one number"));
+        }
+        let strs = || -> Result<Vec<String>, ParseError> {
+            lits.iter()
+                .map(|l| match l {
+                    Lit::Str(s) => Ok(s.clone()),
+                    other => Ok(other.to_string()),
+                })
+                .collect()
+        };
+        let pat = match op {
+            Op::Regex => {
+                let s = strs()?;
+                let joined = s.iter().map(|r| format!("(?:{r})")).collect::<Vec<_>>().join("|");
+                Pattern::Regex(
+                    regex::Regex::new(&joined).map_err(|e| self.err(format!("bad regex: {e}")))?,
+                )
+            }
+            Op::Glob => Pattern::Globs(
+                strs()?
+                    .iter()
+                    .map(|g| glob::Pattern::new(g).map_err(|e| self.err(format!("bad glob: {e}"))))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Op::Cidr => Pattern::Cidrs(
+                strs()?
+                    .iter()
+                    .map(|c| parse_cidr(c).ok_or_else(|| self.err(format!("bad CIDR {c:?}"))))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Op::IContains => {
+                Pattern::Lits(strs()?.into_iter().map(|s| Lit::Str(s.to_lowercase())).collect())
+            }
+            _ => Pattern::Lits(lits),
+        };
+        Ok(Expr::Pred { field, op, pat })
+    }
+    fn values(&mut self) -> Result<Vec<Lit>, ParseError> {
+        match self.next() {
+            Some(Tok::Str(s)) => Ok(vec![Lit::Str(s)]),
+            Some(Tok::Int(n)) => Ok(vec![Lit::Int(n)]),
+            Some(Tok::Ident(s)) if s == "true" || s == "false" => Ok(vec![Lit::Bool(s == "true")]),
+            Some(Tok::At) => match self.next() {
+                Some(Tok::Ident(name)) => self.list(&name),
+                _ => Err(self.err("expected a list name after '@'")),
+            },
+            Some(Tok::LParen) => {
+                let mut v = vec![];
+                loop {
+                    match self.next() {
+                        Some(Tok::Str(s)) => v.push(Lit::Str(s)),
+                        Some(Tok::Int(n)) => v.push(Lit::Int(n)),
+                        Some(Tok::Ident(name)) => v.extend(self.list(&name)?),
+                        _ => {
+                            self.i -= 1;
+                            return Err(self.err("expected a value or list name"));
+                        }
+                    }
+                    match self.next() {
+                        Some(Tok::Comma) => continue,
+                        Some(Tok::RParen) => break,
+                        _ => {
+                            self.i -= 1;
+                            return Err(self.err("expected ',' or ')'"));
+                        }
+                    }
+                }
+                Ok(v)
+            }
+            _ => {
+                self.i -= 1;
+                Err(self.err("expected a value"))
+            }
+        }
+    }
+    fn list(&mut self, name: &str) -> Result<Vec<Lit>, ParseError> {
+        self.scope.lists.get(name).cloned().ok_or_else(|| {
+            self.i -= 1;
+            self.err(format!("unknown list `{name}`"))
+        })
+    }
+}
+
+pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (ip, len) = s.split_once('/').unwrap_or((s, ""));
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = if len.is_empty() { max } else { len.parse().ok()? };
+    (len <= max).then_some((ip, len))
+}
+
+/// Parses a condition against the lists and macros in `scope`.
+pub fn parse(src: &str, scope: &Scope) -> Result<Expr, ParseError> {
+    let toks = lex(src)?;
+    let mut p = Parser { src, toks, i: 0, scope };
+    let e = p.or()?;
+    if p.i < p.toks.len() {
+        return Err(p.err("unexpected text after the condition"));
+    }
+    Ok(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_precedence_lists_and_macros() {
+        let mut sc = Scope::default();
+        sc.lists.insert("ssh".into(), vec![Lit::Str("ssh".into()), Lit::Str("dbclient".into())]);
+        let m = parse("proc.name in (ssh)", &sc).unwrap();
+        sc.macros.insert("ssh_client".into(), m);
+        let e = parse(r#"kind = "exec" and ssh_client or not (dst_port in (22, 2222))"#, &sc).unwrap();
+        let Expr::Or(v) = e else { panic!("or at top: {e:?}") };
+        assert!(matches!(v[0], Expr::And(_)));
+        assert!(matches!(v[1], Expr::Not(_)));
+        let e = parse("argv contains @ssh", &sc).unwrap();
+        let Expr::Pred { pat: Pattern::Lits(l), .. } = e else { panic!() };
+        assert_eq!(l.len(), 2);
+    }
+
+    #[test]
+    fn errors_say_where() {
+        let sc = Scope::default();
+        for (src, needle) in [
+            ("kind = ", "expected a value"),
+            ("kind == \"exec", "unterminated"),
+            ("nosuchfield = 1", "unknown field"),
+            ("kind frob 1", "unknown operator"),
+            ("kind = \"exec\" and", "expected a condition"),
+            ("(kind = \"exec\"", "expected ')'"),
+            ("dst_port > \"x\"", "one number"),
+            ("argv regex \"(\"", "bad regex"),
+            ("argv in (nolist)", "unknown list"),
+            ("dst_ip cidr \"10.0.0.0/99\"", "bad CIDR"),
+            ("kind = \"exec\" )", "unexpected text"),
+            ("kind ! 3", "unexpected '!'"),
+        ] {
+            let e = parse(src, &sc).unwrap_err();
+            assert!(e.to_string().contains(needle), "{src:?} -> {e}");
+        }
+    }
+}

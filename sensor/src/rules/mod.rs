@@ -1,0 +1,542 @@
+//! The rule engine: compiled YAML rules (conditions over event, process, ancestor and container
+//! fields; exceptions; "A then B within T" sequences; thresholds over a window) evaluated on
+//! every event, producing alerts with the process lineage attached.
+
+pub mod expr;
+pub mod fields;
+pub mod load;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    context::{container::Container, process::ProcTable},
+    event::{Ancestor, Event},
+};
+use expr::Expr;
+use fields::{basename, eval, kind_name, Ctx, ProcFacts};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn raised(self) -> Severity {
+        match self {
+            Severity::Info => Severity::Low,
+            Severity::Low => Severity::Medium,
+            Severity::Medium => Severity::High,
+            _ => Severity::Critical,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// What "the same" means for sequences and thresholds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scoped {
+    #[default]
+    Process,
+    /// The process tree: keyed by the oldest known ancestor below init.
+    Tree,
+    /// The container (cgroup).
+    Container,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    pub count: usize,
+    /// Seconds.
+    pub within: f64,
+    #[serde(default)]
+    pub by: Scoped,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sequence {
+    pub after: Expr,
+    pub within_ns: u64,
+    pub by: Scoped,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    pub description: String,
+    pub severity: Severity,
+    pub tags: Vec<String>,
+    pub cond: Expr,
+    pub exceptions: Vec<Expr>,
+    pub sequence: Option<Sequence>,
+    pub threshold: Option<Threshold>,
+    pub enabled: bool,
+    pub kinds: Option<Vec<String>>,
+    pub needs_lineage: bool,
+    pub def: load::RuleDef,
+    pub source: String,
+}
+
+/// A compiled set, indexed by the event kinds its rules apply to.
+#[derive(Debug)]
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+    by_kind: HashMap<String, Vec<usize>>,
+    any_kind: Vec<usize>,
+}
+
+impl RuleSet {
+    pub fn new(rules: Vec<Rule>) -> RuleSet {
+        let mut by_kind: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut any_kind = vec![];
+        for (i, r) in rules.iter().enumerate() {
+            if !r.enabled {
+                continue;
+            }
+            // Sequence rules must also see the events of their first step.
+            match (&r.kinds, &r.sequence) {
+                (Some(k), None) => k.iter().for_each(|k| by_kind.entry(k.clone()).or_default().push(i)),
+                _ => any_kind.push(i),
+            }
+        }
+        RuleSet { rules, by_kind, any_kind }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+}
+
+/// Engine settings (config `[rules]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Load the rules compiled into the binary.
+    pub builtin: bool,
+    /// Extra rule directories (every *.yaml / *.yml file).
+    pub dirs: Vec<std::path::PathBuf>,
+    /// Identical alerts (same fingerprint) within this many seconds are counted, not repeated.
+    pub dedup_secs: u64,
+    /// Process names (globs) of agent runtimes: their presence in the lineage raises severity.
+    pub agent_runtimes: Vec<String>,
+    /// cgroup path substrings of the agent sandbox; empty: anywhere.
+    pub sandbox_cgroups: Vec<String>,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            builtin: true,
+            dirs: vec![],
+            dedup_secs: 60,
+            agent_runtimes: ["python*", "node", "nodejs", "deno", "bun"].map(String::from).to_vec(),
+            sandbox_cgroups: vec![],
+        }
+    }
+}
+
+/// An alert, printed as `{"kind": "alert", …}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Alert {
+    pub kind: String,
+    pub ts: String,
+    pub rule: String,
+    pub description: String,
+    pub severity: Severity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity_raised_by: Option<String>,
+    pub tags: Vec<String>,
+    pub fingerprint: String,
+    pub pid: u32,
+    pub comm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+    /// The triggering event.
+    pub event: Event,
+    /// Earlier events that led to it (sequence's first step).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub related: Vec<Event>,
+    /// For thresholds: how many matches in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+    pub lineage: Vec<Ancestor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub episode: Option<String>,
+    /// The process's GPU compute session, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_session: Option<Event>,
+}
+
+/// What the engine needs from the rest of the pipeline for one event.
+pub struct Input<'a> {
+    pub ev: &'a Event,
+    pub procs: &'a ProcTable,
+    pub container: Option<&'a Container>,
+    pub facts: &'a ProcFacts,
+    pub gpu_session: Option<&'a Event>,
+}
+
+pub struct Engine {
+    set: Arc<RuleSet>,
+    cfg: RulesConfig,
+    runtimes: Vec<glob::Pattern>,
+    /// (rule, scope key) → recent first-step matches (ts_ns, event).
+    seq_state: HashMap<(usize, u64), VecDeque<(u64, Event)>>,
+    /// (rule, scope key) → match timestamps in the window.
+    thr_state: HashMap<(usize, u64), VecDeque<u64>>,
+    /// fingerprint → last emitted ts_ns.
+    dedup: HashMap<String, u64>,
+    pub suppressed: u64,
+}
+
+const MAX_PENDING: usize = 64;
+
+impl Engine {
+    pub fn new(set: Arc<RuleSet>, cfg: RulesConfig) -> Engine {
+        let runtimes = cfg.agent_runtimes.iter().filter_map(|g| glob::Pattern::new(g).ok()).collect();
+        Engine {
+            set,
+            cfg,
+            runtimes,
+            seq_state: HashMap::new(),
+            thr_state: HashMap::new(),
+            dedup: HashMap::new(),
+            suppressed: 0,
+        }
+    }
+
+    pub fn set(&self) -> &Arc<RuleSet> {
+        &self.set
+    }
+
+    /// Swaps in a new rule set (hot reload); correlation state starts afresh.
+    pub fn replace(&mut self, set: Arc<RuleSet>) {
+        self.set = set;
+        self.seq_state.clear();
+        self.thr_state.clear();
+    }
+
+    fn scope_key(by: Scoped, ev: &Event, lineage: &[Ancestor]) -> u64 {
+        match by {
+            Scoped::Process => ev.pid as u64,
+            Scoped::Container => ev.cgroup_id,
+            Scoped::Tree => lineage
+                .iter()
+                .take_while(|a| a.pid != 1)
+                .last()
+                .map_or(ev.pid as u64, |a| a.pid as u64),
+        }
+    }
+
+    /// Evaluates every applicable rule on `ev`.
+    pub fn process(&mut self, inp: &Input<'_>) -> Vec<Alert> {
+        let set = self.set.clone();
+        let kind = kind_name(&inp.ev.body);
+        let idx = set.by_kind.get(kind).into_iter().flatten().chain(set.any_kind.iter());
+        let mut lineage: Option<Vec<Ancestor>> = None;
+        let mut out = vec![];
+        for &i in idx {
+            let r = &set.rules[i];
+            if r.needs_lineage && lineage.is_none() {
+                lineage = Some(inp.procs.lineage(inp.ev.pid));
+            }
+            let lin: &[Ancestor] = lineage.as_deref().unwrap_or(&[]);
+            let cx = Ctx { ev: inp.ev, procs: inp.procs, lineage: lin, container: inp.container, facts: inp.facts };
+            let hit = eval(&r.cond, &cx) && !r.exceptions.iter().any(|x| eval(x, &cx));
+            let mut related = vec![];
+            let mut count = None;
+            let mut fire = hit;
+            if let Some(sq) = &r.sequence {
+                let key = (i, Self::scope_key(sq.by, inp.ev, lin));
+                let now = inp.ev.ts_ns;
+                if hit {
+                    fire = false;
+                    if let Some(q) = self.seq_state.get_mut(&key) {
+                        q.retain(|(t, _)| now.saturating_sub(*t) <= sq.within_ns);
+                        if let Some((_, first)) = q.iter().find(|(t, e)| *t <= now && e != inp.ev) {
+                            related.push(first.clone());
+                            fire = true;
+                        }
+                    }
+                }
+                if eval(&sq.after, &cx) {
+                    let q = self.seq_state.entry(key).or_default();
+                    if q.len() >= MAX_PENDING {
+                        q.pop_front();
+                    }
+                    q.push_back((now, inp.ev.clone()));
+                }
+            }
+            if fire {
+                if let Some(t) = &r.threshold {
+                    let key = (i, Self::scope_key(t.by, inp.ev, lin));
+                    let now = inp.ev.ts_ns;
+                    let q = self.thr_state.entry(key).or_default();
+                    q.push_back(now);
+                    let win = (t.within * 1e9) as u64;
+                    while q.front().is_some_and(|&f| now.saturating_sub(f) > win) {
+                        q.pop_front();
+                    }
+                    if q.len() >= t.count {
+                        count = Some(q.len());
+                        q.clear();
+                    } else {
+                        fire = false;
+                    }
+                }
+            }
+            if !fire {
+                continue;
+            }
+            if lineage.is_none() {
+                lineage = Some(inp.procs.lineage(inp.ev.pid));
+            }
+            let lin = lineage.as_deref().unwrap_or(&[]);
+            out.extend(self.alert(r, inp, lin, related, count));
+        }
+        out
+    }
+
+    fn alert(
+        &mut self,
+        r: &Rule,
+        inp: &Input<'_>,
+        lineage: &[Ancestor],
+        related: Vec<Event>,
+        count: Option<usize>,
+    ) -> Option<Alert> {
+        let ev = inp.ev;
+        let argv = match &ev.body {
+            crate::event::Body::Exec(x) => x.argv.clone(),
+            _ => inp.procs.argv(ev.pid),
+        };
+        // Raise the severity when an agent runtime sits in the lineage inside the sandbox.
+        let mut severity = r.severity;
+        let mut raised_by = None;
+        let in_sandbox = self.cfg.sandbox_cgroups.is_empty()
+            || inp.container.is_some_and(|c| self.cfg.sandbox_cgroups.iter().any(|s| c.cgroup.contains(s.as_str())));
+        if in_sandbox {
+            if let Some(a) = lineage.iter().find(|a| {
+                a.exe.as_deref().is_some_and(|e| self.runtimes.iter().any(|g| g.matches(basename(e))))
+            }) {
+                severity = severity.raised();
+                raised_by = Some(format!(
+                    "agent runtime {} (pid {}) in the lineage",
+                    a.exe.as_deref().map(basename).unwrap_or("?"),
+                    a.pid
+                ));
+            }
+        }
+        // Fingerprint: rule, process identity, and what the process touched.
+        let mut h = Sha256::new();
+        h.update(r.id.as_bytes());
+        h.update(ev.exe.as_deref().unwrap_or(&ev.comm).as_bytes());
+        h.update(ev.pid.to_le_bytes());
+        if let crate::event::Body::Connect(n) = &ev.body {
+            h.update(n.dst_ip.as_deref().unwrap_or("").as_bytes());
+            h.update(n.dst_port.unwrap_or(0).to_le_bytes());
+        }
+        let fingerprint: String = h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect();
+        let dedup_ns = self.cfg.dedup_secs * 1_000_000_000;
+        if let Some(&last) = self.dedup.get(&fingerprint) {
+            if ev.ts_ns.saturating_sub(last) < dedup_ns {
+                self.suppressed += 1;
+                return None;
+            }
+        }
+        if self.dedup.len() > 100_000 {
+            let now = ev.ts_ns;
+            self.dedup.retain(|_, t| now.saturating_sub(*t) < dedup_ns);
+        }
+        self.dedup.insert(fingerprint.clone(), ev.ts_ns);
+        Some(Alert {
+            kind: "alert".into(),
+            ts: ev.ts.clone(),
+            rule: r.id.clone(),
+            description: r.description.clone(),
+            severity,
+            severity_raised_by: raised_by,
+            tags: r.tags.clone(),
+            fingerprint,
+            pid: ev.pid,
+            comm: ev.comm.clone(),
+            exe: ev.exe.clone(),
+            argv,
+            event: ev.clone(),
+            related,
+            count,
+            lineage: lineage.to_vec(),
+            container: inp.container.cloned(),
+            episode: inp.facts.episode.clone(),
+            gpu_session: inp.gpu_session.cloned(),
+        })
+    }
+}
+
+/// Result of running a rule's shipped examples.
+#[derive(Debug)]
+pub struct ExampleFailure {
+    pub rule: String,
+    pub source: String,
+    pub message: String,
+}
+
+/// Runs every rule's `examples` through the same per-event path as `sensor run`
+/// ([`crate::pipeline::Processor`]) with an engine holding only that rule (so other rules cannot
+/// interfere): `match` items must alert on their last event, `no_match` items never.
+pub fn test_examples(set: &RuleSet) -> (usize, Vec<ExampleFailure>) {
+    let mut checked = 0;
+    let mut failures = vec![];
+    for r in &set.rules {
+        let mut rule = r.clone();
+        rule.enabled = true;
+        let one = Arc::new(RuleSet::new(vec![rule]));
+        let cases = r.def.examples.matching.iter().map(|e| (true, e));
+        let cases = cases.chain(r.def.examples.no_match.iter().map(|e| (false, e)));
+        let mut any = false;
+        for (want, ex) in cases {
+            any = true;
+            checked += 1;
+            if let Err(m) = run_example(&one, want, ex) {
+                failures.push(ExampleFailure { rule: r.id.clone(), source: r.source.clone(), message: m });
+            }
+        }
+        if !any {
+            failures.push(ExampleFailure {
+                rule: r.id.clone(),
+                source: r.source.clone(),
+                message: "rule ships no examples".into(),
+            });
+        }
+    }
+    (checked, failures)
+}
+
+fn run_example(set: &Arc<RuleSet>, want: bool, ex: &serde_json::Value) -> Result<(), String> {
+    let events = match ex.get("events") {
+        Some(serde_json::Value::Array(a)) => a.clone(),
+        _ => vec![ex.clone()],
+    };
+    let cfg = RulesConfig { agent_runtimes: vec![], ..Default::default() };
+    let mut p = crate::pipeline::Processor::new(ProcTable::default(), None, Engine::new(set.clone(), cfg));
+    let n = events.len();
+    for (k, raw) in events.into_iter().enumerate() {
+        let (ev, lineage) = example_event(raw).map_err(|e| format!("example event does not parse: {e}"))?;
+        p.procs.add_lineage(ev.pid, ev.exe.as_deref(), &lineage);
+        let mut alerts = 0;
+        p.process(ev, &mut |o| {
+            if let crate::pipeline::Out::Alert(_) = o {
+                alerts += 1;
+            }
+            Ok::<(), ()>(())
+        })
+        .ok();
+        if alerts > 0 && (!want || k + 1 < n) {
+            return Err(format!("alerted on event {} of {n} ({})", k + 1, if want { "too early" } else { "no_match example" }));
+        }
+        if want && k + 1 == n && alerts == 0 {
+            return Err(format!("match example did not alert: {ex}"));
+        }
+    }
+    Ok(())
+}
+
+/// An example event (JSON as the sensor prints it; short forms get defaults) and its `lineage`.
+fn example_event(mut raw: serde_json::Value) -> Result<(Event, Vec<Ancestor>), serde_json::Error> {
+    // `lineage` is context for the example (the ancestors); GPU session events also carry it
+    // in their body, so it stays in the object.
+    let lineage: Vec<Ancestor> = match raw.get("lineage") {
+        Some(v) if !v.is_null() => serde_json::from_value(v.clone())?,
+        _ => vec![],
+    };
+    if let Some(o) = raw.as_object_mut() {
+        for (k, v) in [
+            ("ts", serde_json::json!("1970-01-01T00:00:00Z")),
+            ("ts_ns", 0.into()),
+            ("pid", 1000.into()),
+            ("ppid", 0.into()),
+            ("uid", 0.into()),
+            ("gid", 0.into()),
+            ("comm", "".into()),
+            ("cgroup_id", 1.into()),
+            ("mntns", 0.into()),
+        ] {
+            o.entry(k).or_insert(v);
+        }
+        let pid = o["pid"].clone();
+        o.entry("tid").or_insert(pid);
+        let session = o.get("kind").and_then(|k| k.as_str()).is_some_and(|k| {
+            k.starts_with("gpu_session") || k == "gpu_query"
+        });
+        if session {
+            o.entry("lineage").or_insert(serde_json::json!([]));
+        } else {
+            o.remove("lineage");
+        }
+    }
+    Ok((serde_json::from_value(raw)?, lineage))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_rules_compile_and_their_examples_pass() {
+        let set = load::compile(&[load::builtin()]).unwrap();
+        assert!(set.len() >= 15, "{} rules", set.len());
+        let (checked, failures) = test_examples(&set);
+        for f in &failures {
+            eprintln!("{} ({}): {}", f.rule, f.source, f.message);
+        }
+        assert!(failures.is_empty(), "{} of {checked} examples failed", failures.len());
+        assert!(checked >= 2 * set.len());
+    }
+
+    #[test]
+    fn load_errors_name_file_and_line() {
+        let bad = load::Source { name: "x.yaml".into(), text: "rules:\n  - id: a\n    description: d\n    severity: loud\n    condition: kind = \"exec\"\n".into() };
+        let e = load::compile(&[bad]).unwrap_err();
+        assert_eq!(e.file, "x.yaml");
+        assert!(e.line >= 2 && e.reason.contains("loud"), "{e}");
+        let bad = load::Source { name: "y.yaml".into(), text: "rules:\n  - id: b\n    description: d\n    severity: low\n    condition: kind = \n".into() };
+        let e = load::compile(&[bad]).unwrap_err();
+        assert_eq!((e.file.as_str(), e.line), ("y.yaml", 2), "{e}");
+        assert!(e.reason.contains("rule `b` condition"), "{e}");
+        let dup = "rules:\n  - {id: c, description: d, severity: low, condition: 'kind = \"exec\"'}\n";
+        let e = load::compile(&[load::Source { name: "z".into(), text: dup.repeat(1) }, load::Source { name: "z2".into(), text: dup.into() }]).unwrap_err();
+        assert!(e.reason.contains("duplicate"), "{e}");
+    }
+
+    #[test]
+    fn example_that_does_not_alert_is_reported() {
+        let text = "rules:\n  - id: t\n    description: d\n    severity: low\n    condition: kind = \"exec\" and comm = \"zzz\"\n    examples:\n      match:\n        - {kind: exec, comm: aaa, filename: /a, argv: [a], args_truncated: false, args_size: 2}\n";
+        let set = load::compile(&[load::Source { name: "t".into(), text: text.into() }]).unwrap();
+        let (_, f) = test_examples(&set);
+        assert_eq!(f.len(), 1);
+        assert!(f[0].message.contains("did not alert"));
+    }
+}
