@@ -27,6 +27,8 @@ pub struct Config {
     pub filter: FilterConfig,
     pub output: OutputConfig,
     pub gpu: GpuConfig,
+    pub rules: crate::rules::RulesConfig,
+    pub context: ContextConfig,
     /// Path of the kernel BTF used to resolve struct offsets.
     pub btf_path: PathBuf,
 }
@@ -38,6 +40,8 @@ impl Default for Config {
             filter: FilterConfig::default(),
             output: OutputConfig::default(),
             gpu: GpuConfig::default(),
+            rules: crate::rules::RulesConfig::default(),
+            context: ContextConfig::default(),
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
         }
     }
@@ -92,6 +96,14 @@ impl Default for OutputConfig {
             loss_interval_secs: 10,
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContextConfig {
+    /// Environment variables whose value tags an agent episode (e.g. an RL rollout id); read
+    /// from /proc/PID/environ at exec time, inherited by children, copied into alerts.
+    pub episode_env: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

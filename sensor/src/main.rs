@@ -11,6 +11,7 @@ mod gpu;
 mod hook;
 mod output;
 mod pipeline;
+mod replay;
 mod ring;
 mod rules;
 mod run;
@@ -48,9 +49,47 @@ enum Cmd {
         /// Ring buffer size, e.g. 16KiB or 8MiB (overrides ring.size).
         #[arg(long = "ring-size")]
         ring_size: Option<String>,
+        /// Also write every event (JSON lines) to FILE, for `sensor replay`.
+        #[arg(long)]
+        record: Option<PathBuf>,
+        /// Extra rules directory (repeatable; adds to rules.dirs).
+        #[arg(long = "rules")]
+        rules: Vec<PathBuf>,
     },
     /// Validate a configuration file and print the effective configuration.
     CheckConfig { file: PathBuf },
+    /// Rule files: check them or run their examples.
+    Rules {
+        #[command(subcommand)]
+        cmd: RulesCmd,
+    },
+    /// Run a recorded event stream (JSON lines) through the rules, offline; prints alerts.
+    Replay {
+        file: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Extra rules directory (repeatable).
+        #[arg(long = "rules")]
+        rules: Vec<PathBuf>,
+        /// Print only alerts (default: events and alerts, as `sensor run` does).
+        #[arg(long)]
+        alerts_only: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCmd {
+    /// Parse and compile the built-in rules plus every *.yaml in DIR.
+    Check { dir: PathBuf },
+    /// Also run every rule's examples (must / must not match).
+    Test { dir: PathBuf },
+}
+
+fn load_config(path: &Option<PathBuf>) -> anyhow::Result<config::Config> {
+    Ok(match path {
+        Some(p) => config::Config::load(p)?,
+        None => config::Config::default(),
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,16 +103,10 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run {
-            config,
-            only_pid,
-            ring_size,
-        } => {
-            let mut cfg = match &config {
-                Some(p) => config::Config::load(p)?,
-                None => config::Config::default(),
-            };
+        Cmd::Run { config, only_pid, ring_size, record, rules } => {
+            let mut cfg = load_config(&config)?;
             cfg.filter.only_pids.extend(only_pid);
+            cfg.rules.dirs.extend(rules);
             if let Some(s) = ring_size {
                 cfg.ring.size = config::parse_size(&s).map_err(anyhow::Error::msg)?;
             }
@@ -83,7 +116,45 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
-            rt.block_on(run::run(cfg))
+            rt.block_on(run::run(cfg, record))
+        }
+        Cmd::Rules { cmd } => {
+            let (dir, test) = match cmd {
+                RulesCmd::Check { dir } => (dir, false),
+                RulesCmd::Test { dir } => (dir, true),
+            };
+            let cfg = rules::RulesConfig { dirs: vec![dir], ..Default::default() };
+            let set = run::load_rules(&cfg)?;
+            println!("{} rules OK", set.len());
+            if test {
+                let (checked, failures) = rules::test_examples(&set);
+                for f in &failures {
+                    println!("FAIL {} ({}): {}", f.rule, f.source, f.message);
+                }
+                println!("{} passed, {} failed", checked - failures.len().min(checked), failures.len());
+                if !failures.is_empty() {
+                    std::process::exit(1);
+                }
+            }
+            Ok(())
+        }
+        Cmd::Replay { file, config, rules, alerts_only } => {
+            let mut cfg = load_config(&config)?;
+            cfg.rules.dirs.extend(rules);
+            let set = run::load_rules(&cfg.rules)?;
+            let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            let t = std::time::Instant::now();
+            let stdout = std::io::stdout().lock();
+            let s = replay::replay(std::io::BufReader::with_capacity(1 << 20, f), set, cfg.rules, alerts_only, stdout)?;
+            let secs = t.elapsed().as_secs_f64();
+            eprintln!(
+                "replayed {} events ({} lines, {} skipped, {} errors) in {secs:.2}s: {:.0} events/s, {} alerts",
+                s.events, s.lines, s.skipped, s.errors, s.events as f64 / secs, s.alerts
+            );
+            if s.errors > 0 {
+                std::process::exit(2);
+            }
+            Ok(())
         }
         Cmd::CheckConfig { file } => {
             let cfg = config::Config::load(&file)?;

@@ -1,9 +1,10 @@
-//! `sensor run`: hooks → ring → decode → process context → outputs, until SIGINT/SIGTERM.
+//! `sensor run`: hooks → ring → decode → [`Processor`] (process/pod context, GPU sessions,
+//! rules) → outputs, until SIGINT/SIGTERM.
 
 use std::{
     os::fd::AsFd,
-    sync::{atomic::Ordering, Arc},
-    time::Duration,
+    sync::{atomic::Ordering, mpsc as smpsc, Arc},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -18,15 +19,14 @@ use tokio::{
 
 use crate::{
     config::Config,
-    context::process::ProcTable,
+    context::{container::Containers, process::ProcTable},
     decode::{decode, Clock},
-    gpu::{
-        self,
-        session::{Sessions, UsageSample},
-    },
+    gpu::{self, session::UsageSample},
     hook::{self, Hooks},
     output::JsonLines,
+    pipeline::{Out, Processor},
     ring::{self, Counters},
+    rules::{self, Engine, RuleSet},
 };
 
 /// Names of kinds for the counters in `loss` events (index = kind id; 0 = unknown).
@@ -43,21 +43,43 @@ const KIND_NAMES: [&str; kind::MAX as usize] = [
 ];
 
 fn by_kind(values: &[u64]) -> serde_json::Map<String, serde_json::Value> {
-    KIND_NAMES
-        .iter()
-        .zip(values)
-        .map(|(k, v)| (k.to_string(), json!(v)))
-        .collect()
+    KIND_NAMES.iter().zip(values).map(|(k, v)| (k.to_string(), json!(v))).collect()
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
 }
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+/// Loads the configured rule set: the built-in file (unless disabled) and every configured dir.
+pub fn load_rules(cfg: &rules::RulesConfig) -> Result<RuleSet, rules::load::LoadError> {
+    let mut sources = vec![];
+    if cfg.builtin {
+        sources.push(rules::load::builtin());
+    }
+    for d in &cfg.dirs {
+        sources.extend(rules::load::read_dir(d)?);
+    }
+    rules::load::compile(&sources)
+}
+
+/// Newest modification time among the rule files (for hot reload).
+fn rules_mtime(cfg: &rules::RulesConfig) -> Option<std::time::SystemTime> {
+    cfg.dirs
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .chain(cfg.dirs.iter().filter_map(|d| std::fs::metadata(d).ok()?.modified().ok()))
+        .max()
+}
+
+/// Outcome of a reload attempt, for the pipeline to report.
+enum Reload {
+    Ok(Arc<RuleSet>, &'static str),
+    Failed(rules::load::LoadError, &'static str),
+}
+
+pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let set = Arc::new(load_rules(&cfg.rules).context("loading rules")?);
     let mut hooks = Hooks::load(&cfg).context("setting up the kernel hooks")?;
     let ring = hooks.take_ring()?;
     let drops = hooks.take_drops()?;
@@ -75,7 +97,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         }
     });
-    let (usage_tx, usage_rx) = std::sync::mpsc::channel();
+    let (usage_tx, usage_rx) = smpsc::channel();
     if cfg.gpu.nvml {
         gpu::nvml::spawn(Duration::from_secs(cfg.gpu.nvml_interval_secs), usage_tx);
     } else {
@@ -90,8 +112,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // buffers and flushes when the queue runs empty.
     let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
     let mut out = JsonLines::new(stdout);
-    let procs = ProcTable::scan();
-    out.write(&json!({
+    let record = match record {
+        Some(p) => Some(JsonLines::new(
+            std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut procs = ProcTable::scan();
+    procs.set_episode_env(cfg.context.episode_env.clone());
+    let start = json!({
         "kind": "sensor_start",
         "ts": clock.rfc3339(now_boot_ns()),
         "version": env!("CARGO_PKG_VERSION"),
@@ -102,25 +131,52 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "ring_size": cfg.ring.size,
         "processes_scanned": procs.len(),
         "gpu_class_table": gpu::classes::TABLE_VERSION,
+        "rules": set.len(),
         "sensor_pid": std::process::id(),
-    }))?;
+    });
+    out.write(&start)?;
     out.flush()?;
-    tracing::info!(
-        hooks = hooks.attached.len(),
-        ebpf = hook::EBPF_SHA256,
-        "sensor ready"
-    );
+    tracing::info!(hooks = hooks.attached.len(), rules = set.len(), ebpf = hook::EBPF_SHA256, "sensor ready");
 
     let poll = Duration::from_millis(cfg.ring.poll_interval_ms);
     let reader = tokio::spawn(ring::drain(ring, tx, counters.clone(), poll, stop_rx));
 
+    // Rule hot reload: file changes (polled) and SIGHUP.
+    let (reload_tx, reload_rx) = smpsc::channel::<Reload>();
+    let rcfg = cfg.rules.clone();
+    let mut sighup = signal(SignalKind::hangup())?;
+    let reloader = tokio::spawn(async move {
+        let mut last = rules_mtime(&rcfg);
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            let why = tokio::select! {
+                _ = sighup.recv() => "SIGHUP",
+                _ = tick.tick() => {
+                    let now = rules_mtime(&rcfg);
+                    if now == last { continue; }
+                    last = now;
+                    "file change"
+                }
+            };
+            let r = match load_rules(&rcfg) {
+                Ok(s) => Reload::Ok(Arc::new(s), why),
+                Err(e) => Reload::Failed(e, why),
+            };
+            if reload_tx.send(r).is_err() {
+                return;
+            }
+        }
+    });
+
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let engine = Engine::new(set, cfg.rules.clone());
     let pipeline = Pipeline {
         out,
-        procs,
-        sessions: Sessions::default(),
+        record,
+        proc: Processor::new(procs, Some(Containers::new()), engine),
         usage_rx,
+        reload_rx,
         clock,
         counters,
         drops,
@@ -137,16 +193,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     reader.await?.context("ring reader")?;
     pipe.await?.context("pipeline")?;
     refresher.abort();
+    reloader.abort();
     drop(hooks); // detaches every program
     tracing::info!("detached; bye");
     Ok(())
 }
 
 fn now_boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid, writable timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -154,29 +208,48 @@ fn now_boot_ns() -> u64 {
 
 struct Pipeline<W: std::io::Write> {
     out: JsonLines<W>,
-    procs: ProcTable,
-    sessions: Sessions,
-    usage_rx: std::sync::mpsc::Receiver<UsageSample>,
+    record: Option<JsonLines<std::fs::File>>,
+    proc: Processor,
+    usage_rx: smpsc::Receiver<UsageSample>,
+    reload_rx: smpsc::Receiver<Reload>,
     clock: Clock,
     counters: Arc<Counters>,
     drops: PerCpuArray<MapData, u64>,
     last_loss: Option<serde_json::Value>,
 }
 
+/// Writes one pipeline output to stdout (and the recording, for events).
+fn emit<W: std::io::Write>(
+    out: &mut JsonLines<W>,
+    record: &mut Option<JsonLines<std::fs::File>>,
+    o: Out<'_>,
+) -> std::io::Result<()> {
+    match o {
+        Out::Event(e) => {
+            out.write(e)?;
+            if let Some(r) = record {
+                r.write(e)?;
+            }
+            Ok(())
+        }
+        Out::Alert(a) => out.write(a),
+    }
+}
+
 impl<W: std::io::Write> Pipeline<W> {
     /// Runs on a blocking thread: decode, enrich and write until the reader closes the queue.
     fn run(mut self, mut rx: mpsc::Receiver<Bytes>, loss_every: Duration) -> anyhow::Result<()> {
-        let mut next_loss = std::time::Instant::now() + loss_every;
+        let mut next_loss = Instant::now() + loss_every;
         loop {
             let item = match rx.try_recv() {
                 Ok(b) => Some(b),
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    self.out.flush()?;
-                    self.drain_usage()?;
-                    // Wait for the next record, but wake up for the periodic loss report and
-                    // NVML samples.
+                    self.flush()?;
+                    self.side_inputs()?;
+                    // Wait for the next record, but wake up for the periodic loss report, NVML
+                    // samples and rule reloads.
                     let wait = next_loss
-                        .saturating_duration_since(std::time::Instant::now())
+                        .saturating_duration_since(Instant::now())
                         .min(Duration::from_secs(1));
                     match recv_timeout(&mut rx, wait) {
                         Recv::Item(b) => Some(b),
@@ -189,24 +262,29 @@ impl<W: std::io::Write> Pipeline<W> {
             if let Some(b) = item {
                 self.handle(&b)?;
             }
-            if std::time::Instant::now() >= next_loss {
+            if Instant::now() >= next_loss {
                 self.report_loss(false)?;
-                next_loss = std::time::Instant::now() + loss_every;
+                next_loss = Instant::now() + loss_every;
             }
         }
         self.report_loss(true)?;
+        self.flush()?;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
+        if let Some(r) = &mut self.record {
+            r.flush()?;
+        }
         Ok(())
     }
 
     fn handle(&mut self, b: &[u8]) -> anyhow::Result<()> {
         match decode(b, &self.clock) {
-            Ok(mut ev) => {
-                self.procs.apply(&mut ev);
-                self.out.write(&ev)?;
-                if let Some(derived) = self.sessions.on_event(&ev, &self.procs) {
-                    self.out.write(&derived)?;
-                }
+            Ok(ev) => {
+                let (out, record) = (&mut self.out, &mut self.record);
+                self.proc.process(ev, &mut |o| emit(out, record, o))?;
             }
             Err(e) => {
                 self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
@@ -221,12 +299,29 @@ impl<W: std::io::Write> Pipeline<W> {
         Ok(())
     }
 
-    /// Joins pending NVML samples to sessions.
-    fn drain_usage(&mut self) -> anyhow::Result<()> {
+    /// NVML samples joined to sessions, and rule reloads.
+    fn side_inputs(&mut self) -> anyhow::Result<()> {
         while let Ok(s) = self.usage_rx.try_recv() {
             let now = now_boot_ns();
-            if let Some(ev) = self.sessions.on_usage(&s, self.clock.rfc3339(now), now) {
-                self.out.write(&ev)?;
+            let (out, record) = (&mut self.out, &mut self.record);
+            self.proc.usage(&s, self.clock.rfc3339(now), now, &mut |o| emit(out, record, o))?;
+        }
+        while let Ok(r) = self.reload_rx.try_recv() {
+            let ts = self.clock.rfc3339(now_boot_ns());
+            match r {
+                Reload::Ok(set, why) => {
+                    tracing::info!(rules = set.len(), "rules reloaded ({why})");
+                    self.out.write(&json!({"kind": "rules_reload", "ts": ts, "ok": true, "trigger": why, "rules": set.len()}))?;
+                    self.proc.replace_rules(set);
+                }
+                Reload::Failed(e, why) => {
+                    tracing::error!("rules reload failed ({why}), keeping the previous set: {e}");
+                    self.out.write(&json!({
+                        "kind": "rules_reload", "ts": ts, "ok": false, "trigger": why,
+                        "file": e.file, "line": e.line, "error": e.reason,
+                        "rules": self.proc.engine.set().len(),
+                    }))?;
+                }
             }
         }
         Ok(())
@@ -245,6 +340,8 @@ impl<W: std::io::Write> Pipeline<W> {
             "user_dropped": user.iter().sum::<u64>(),
             "user_dropped_by_kind": by_kind(&user),
             "decode_errors": self.counters.decode_errors.load(Ordering::Relaxed),
+            "alerts": self.proc.alerts,
+            "alerts_deduplicated": self.proc.engine.suppressed,
         });
         let dropped = body["kernel_dropped_total"] != 0 || body["user_dropped"] != 0;
         if last || (dropped && self.last_loss.as_ref() != Some(&body)) {

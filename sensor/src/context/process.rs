@@ -218,6 +218,10 @@ impl ProcTable {
                     exe: parent.exe,
                     argv: parent.argv,
                     episode: parent.episode,
+                    // A forked child carries on the parent's sessions (ssh -f forks after
+                    // connecting; the child then serves the forwards).
+                    connections: parent.connections,
+                    external_connections: parent.external_connections,
                     ..Proc::default()
                 };
                 self.procs.insert(f.child_pid, child);

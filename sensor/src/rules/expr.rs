@@ -74,7 +74,6 @@ pub enum Expr {
     Or(Vec<Expr>),
     Not(Box<Expr>),
     Pred { field: Field, op: Op, pat: Pattern },
-    Const(bool),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -235,7 +234,7 @@ impl Parser<'_> {
                 })?;
                 self.predicate(field)
             }
-            Some(Tok::Ident(_)) | None => Err(self.err("expected a condition")),
+            None => Err(self.err("expected a condition")),
             _ => {
                 self.i -= 1;
                 Err(self.err("expected a field, macro, 'not' or '('"))

@@ -54,6 +54,8 @@ pub enum Field {
     AncestorExe,
     AncestorName,
     AncestorCmdline,
+    /// Ancestor names joined with '<', parent first: "bash<python3<containerd-shim".
+    LineageNames,
     ProcConnections,
     ProcExternalConnections,
     ProcGpuSession,
@@ -111,6 +113,7 @@ impl Field {
             "ancestor.exe" => AncestorExe,
             "ancestor.name" => AncestorName,
             "ancestor.cmdline" => AncestorCmdline,
+            "lineage.names" => LineageNames,
             "proc.connections" => ProcConnections,
             "proc.external_connections" => ProcExternalConnections,
             "proc.gpu_session" => ProcGpuSession,
@@ -133,6 +136,7 @@ impl Field {
                 | Field::AncestorExe
                 | Field::AncestorName
                 | Field::AncestorCmdline
+                | Field::LineageNames
         )
     }
 }
@@ -363,6 +367,13 @@ impl Ctx<'_> {
                     })
                     .collect(),
             ),
+            Field::LineageNames => Str(Cow::Owned(
+                self.lineage
+                    .iter()
+                    .map(|a| a.exe.as_deref().map(basename).unwrap_or("?"))
+                    .collect::<Vec<_>>()
+                    .join("<"),
+            )),
             Field::ProcConnections => Int(self.facts.connections as i64),
             Field::ProcExternalConnections => Int(self.facts.external_connections as i64),
             Field::ProcGpuSession => Bool(self.facts.gpu_session),
@@ -467,7 +478,6 @@ pub fn eval(e: &Expr, cx: &Ctx<'_>) -> bool {
         Expr::And(v) => v.iter().all(|e| eval(e, cx)),
         Expr::Or(v) => v.iter().any(|e| eval(e, cx)),
         Expr::Not(e) => !eval(e, cx),
-        Expr::Const(b) => *b,
         Expr::Pred { field, op, pat } => {
             let v = cx.get(*field);
             match (op, v) {
@@ -495,7 +505,6 @@ pub fn needs_lineage(e: &Expr) -> bool {
     match e {
         Expr::And(v) | Expr::Or(v) => v.iter().any(needs_lineage),
         Expr::Not(e) => needs_lineage(e),
-        Expr::Const(_) => false,
         Expr::Pred { field, .. } => field.needs_lineage(),
     }
 }

@@ -40,15 +40,6 @@ impl Severity {
             _ => Severity::Critical,
         }
     }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
 }
 
 /// What "the same" means for sequences and thresholds.
