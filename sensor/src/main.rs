@@ -103,7 +103,13 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { config, only_pid, ring_size, record, rules } => {
+        Cmd::Run {
+            config,
+            only_pid,
+            ring_size,
+            record,
+            rules,
+        } => {
             let mut cfg = load_config(&config)?;
             cfg.filter.only_pids.extend(only_pid);
             cfg.rules.dirs.extend(rules);
@@ -123,7 +129,10 @@ fn main() -> anyhow::Result<()> {
                 RulesCmd::Check { dir } => (dir, false),
                 RulesCmd::Test { dir } => (dir, true),
             };
-            let cfg = rules::RulesConfig { dirs: vec![dir], ..Default::default() };
+            let cfg = rules::RulesConfig {
+                dirs: vec![dir],
+                ..Default::default()
+            };
             let set = run::load_rules(&cfg)?;
             println!("{} rules OK", set.len());
             if test {
@@ -131,21 +140,37 @@ fn main() -> anyhow::Result<()> {
                 for f in &failures {
                     println!("FAIL {} ({}): {}", f.rule, f.source, f.message);
                 }
-                println!("{} passed, {} failed", checked - failures.len().min(checked), failures.len());
+                println!(
+                    "{} passed, {} failed",
+                    checked - failures.len().min(checked),
+                    failures.len()
+                );
                 if !failures.is_empty() {
                     std::process::exit(1);
                 }
             }
             Ok(())
         }
-        Cmd::Replay { file, config, rules, alerts_only } => {
+        Cmd::Replay {
+            file,
+            config,
+            rules,
+            alerts_only,
+        } => {
             let mut cfg = load_config(&config)?;
             cfg.rules.dirs.extend(rules);
             let set = run::load_rules(&cfg.rules)?;
-            let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            let f = std::fs::File::open(&file)
+                .with_context(|| format!("opening {}", file.display()))?;
             let t = std::time::Instant::now();
             let stdout = std::io::stdout().lock();
-            let s = replay::replay(std::io::BufReader::with_capacity(1 << 20, f), set, cfg.rules, alerts_only, stdout)?;
+            let s = replay::replay(
+                std::io::BufReader::with_capacity(1 << 20, f),
+                set,
+                cfg.rules,
+                alerts_only,
+                stdout,
+            )?;
             let secs = t.elapsed().as_secs_f64();
             eprintln!(
                 "replayed {} events ({} lines, {} skipped, {} errors) in {secs:.2}s: {:.0} events/s, {} alerts",

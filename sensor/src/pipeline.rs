@@ -27,7 +27,13 @@ pub struct Processor {
 
 impl Processor {
     pub fn new(procs: ProcTable, containers: Option<Containers>, engine: Engine) -> Processor {
-        Processor { procs, sessions: Sessions::default(), containers, engine, alerts: 0 }
+        Processor {
+            procs,
+            sessions: Sessions::default(),
+            containers,
+            engine,
+            alerts: 0,
+        }
     }
 
     pub fn replace_rules(&mut self, set: Arc<RuleSet>) {
@@ -35,7 +41,11 @@ impl Processor {
     }
 
     /// Enriches `ev`, emits it, derives GPU session events, and runs the rules on both.
-    pub fn process<E>(&mut self, mut ev: Event, emit: &mut dyn FnMut(Out<'_>) -> Result<(), E>) -> Result<(), E> {
+    pub fn process<E>(
+        &mut self,
+        mut ev: Event,
+        emit: &mut dyn FnMut(Out<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         self.procs.apply(&mut ev);
         if ev.container.is_none() {
             if let Some(c) = self.containers.as_mut().and_then(|c| c.get(ev.cgroup_id)) {
@@ -53,7 +63,13 @@ impl Processor {
     }
 
     /// Joins an NVML sample to its session; emits and evaluates the resulting `gpu_usage`.
-    pub fn usage<E>(&mut self, s: &UsageSample, ts: String, ts_ns: u64, emit: &mut dyn FnMut(Out<'_>) -> Result<(), E>) -> Result<(), E> {
+    pub fn usage<E>(
+        &mut self,
+        s: &UsageSample,
+        ts: String,
+        ts_ns: u64,
+        emit: &mut dyn FnMut(Out<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         if let Some(ev) = self.sessions.on_usage(s, ts, ts_ns) {
             emit(Out::Event(&ev))?;
             self.rules(&ev, emit)?;
@@ -61,7 +77,11 @@ impl Processor {
         Ok(())
     }
 
-    fn rules<E>(&mut self, ev: &Event, emit: &mut dyn FnMut(Out<'_>) -> Result<(), E>) -> Result<(), E> {
+    fn rules<E>(
+        &mut self,
+        ev: &Event,
+        emit: &mut dyn FnMut(Out<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut facts = self.procs.facts(ev.pid);
         let session = self.sessions.session_of(ev.pid);
         facts.gpu_session = session.is_some();

@@ -16,8 +16,14 @@ use crate::{
 /// Kinds that are status records or derived by the pipeline itself: skipped on input (the
 /// pipeline derives sessions again from the ioctls and exits).
 const SKIP: &[&str] = &[
-    "sensor_start", "loss", "alert", "decode_error", "rules_reload",
-    "gpu_session_start", "gpu_session_end", "gpu_query",
+    "sensor_start",
+    "loss",
+    "alert",
+    "decode_error",
+    "rules_reload",
+    "gpu_session_start",
+    "gpu_session_end",
+    "gpu_query",
 ];
 
 pub struct Summary {
@@ -37,7 +43,13 @@ pub fn replay(
 ) -> anyhow::Result<Summary> {
     let mut proc = Processor::new(ProcTable::default(), None, Engine::new(set.into(), cfg));
     let mut out = JsonLines::new(out);
-    let mut s = Summary { lines: 0, events: 0, skipped: 0, errors: 0, alerts: 0 };
+    let mut s = Summary {
+        lines: 0,
+        events: 0,
+        skipped: 0,
+        errors: 0,
+        alerts: 0,
+    };
     for (n, line) in input.lines().enumerate() {
         let line = line.context("reading the input")?;
         s.lines += 1;
@@ -52,7 +64,10 @@ pub fn replay(
                 continue;
             }
         };
-        if v.get("kind").and_then(|k| k.as_str()).is_some_and(|k| SKIP.contains(&k)) {
+        if v.get("kind")
+            .and_then(|k| k.as_str())
+            .is_some_and(|k| SKIP.contains(&k))
+        {
             s.skipped += 1;
             continue;
         }

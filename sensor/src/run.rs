@@ -43,11 +43,18 @@ const KIND_NAMES: [&str; kind::MAX as usize] = [
 ];
 
 fn by_kind(values: &[u64]) -> serde_json::Map<String, serde_json::Value> {
-    KIND_NAMES.iter().zip(values).map(|(k, v)| (k.to_string(), json!(v))).collect()
+    KIND_NAMES
+        .iter()
+        .zip(values)
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect()
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// Loads the configured rule set: the built-in file (unless disabled) and every configured dir.
@@ -68,7 +75,11 @@ fn rules_mtime(cfg: &rules::RulesConfig) -> Option<std::time::SystemTime> {
         .iter()
         .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
         .filter_map(|e| e.metadata().ok()?.modified().ok())
-        .chain(cfg.dirs.iter().filter_map(|d| std::fs::metadata(d).ok()?.modified().ok()))
+        .chain(
+            cfg.dirs
+                .iter()
+                .filter_map(|d| std::fs::metadata(d).ok()?.modified().ok()),
+        )
         .max()
 }
 
@@ -136,7 +147,12 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     });
     out.write(&start)?;
     out.flush()?;
-    tracing::info!(hooks = hooks.attached.len(), rules = set.len(), ebpf = hook::EBPF_SHA256, "sensor ready");
+    tracing::info!(
+        hooks = hooks.attached.len(),
+        rules = set.len(),
+        ebpf = hook::EBPF_SHA256,
+        "sensor ready"
+    );
 
     let poll = Duration::from_millis(cfg.ring.poll_interval_ms);
     let reader = tokio::spawn(ring::drain(ring, tx, counters.clone(), poll, stop_rx));
@@ -200,7 +216,10 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
 }
 
 fn now_boot_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid, writable timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -304,7 +323,10 @@ impl<W: std::io::Write> Pipeline<W> {
         while let Ok(s) = self.usage_rx.try_recv() {
             let now = now_boot_ns();
             let (out, record) = (&mut self.out, &mut self.record);
-            self.proc.usage(&s, self.clock.rfc3339(now), now, &mut |o| emit(out, record, o))?;
+            self.proc
+                .usage(&s, self.clock.rfc3339(now), now, &mut |o| {
+                    emit(out, record, o)
+                })?;
         }
         while let Ok(r) = self.reload_rx.try_recv() {
             let ts = self.clock.rfc3339(now_boot_ns());

@@ -178,3 +178,12 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub fn is(e: &Value, kind: &str, pid: u32) -> bool {
     e["kind"] == kind && e["pid"] == pid
 }
+
+/// The cgroup2 mount point (`/sys/fs/cgroup/unified` on v1/v2 hybrid hosts).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+    })
+}

@@ -27,10 +27,20 @@ pub struct Container {
 
 /// Parses a cgroup path into container runtime/id and pod UID.
 pub fn parse_cgroup_path(path: &str) -> Container {
-    let mut c = Container { cgroup: path.to_string(), ..Default::default() };
+    let mut c = Container {
+        cgroup: path.to_string(),
+        ..Default::default()
+    };
     for comp in path.split('/') {
-        let stem = comp.strip_suffix(".scope").or_else(|| comp.strip_suffix(".slice")).unwrap_or(comp);
-        for (prefix, rt) in [("cri-containerd-", "containerd"), ("crio-", "cri-o"), ("docker-", "docker")] {
+        let stem = comp
+            .strip_suffix(".scope")
+            .or_else(|| comp.strip_suffix(".slice"))
+            .unwrap_or(comp);
+        for (prefix, rt) in [
+            ("cri-containerd-", "containerd"),
+            ("crio-", "cri-o"),
+            ("docker-", "docker"),
+        ] {
             if let Some(id) = stem.strip_prefix(prefix) {
                 if is_hex_id(id) {
                     c.id = Some(id.to_string());
@@ -85,25 +95,39 @@ pub struct Containers {
 
 impl Containers {
     pub fn new() -> Containers {
-        let mut c = Containers { root: cgroup2_root(), by_id: HashMap::new(), last_scan: None };
+        let mut c = Containers {
+            root: cgroup2_root(),
+            by_id: HashMap::new(),
+            last_scan: None,
+        };
         c.scan();
         c
     }
 
     fn scan(&mut self) {
         self.last_scan = Some(Instant::now());
-        let Some(root) = self.root.clone() else { return };
+        let Some(root) = self.root.clone() else {
+            return;
+        };
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for e in rd.flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
                     stack.push(e.path());
                 }
             }
             if let Ok(m) = std::fs::metadata(&dir) {
-                let rel = dir.strip_prefix(&root).unwrap_or(Path::new("")).display().to_string();
-                self.by_id.entry(m.ino()).or_insert_with(|| parse_cgroup_path(&format!("/{rel}")));
+                let rel = dir
+                    .strip_prefix(&root)
+                    .unwrap_or(Path::new(""))
+                    .display()
+                    .to_string();
+                self.by_id
+                    .entry(m.ino())
+                    .or_insert_with(|| parse_cgroup_path(&format!("/{rel}")));
             }
         }
     }
@@ -114,7 +138,9 @@ impl Containers {
             return None;
         }
         if !self.by_id.contains_key(&cgroup_id)
-            && self.last_scan.is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+            && self
+                .last_scan
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
         {
             self.scan();
         }
@@ -133,18 +159,32 @@ mod tests {
         );
         assert_eq!(c.runtime.as_deref(), Some("containerd"));
         assert_eq!(c.id.as_deref().map(str::len), Some(64));
-        assert_eq!(c.pod_uid.as_deref(), Some("1b2c3d4e-0000-4000-8000-123456789abc"));
+        assert_eq!(
+            c.pod_uid.as_deref(),
+            Some("1b2c3d4e-0000-4000-8000-123456789abc")
+        );
     }
 
     #[test]
     fn crio_docker_cgroupfs_and_plain() {
         let c = parse_cgroup_path("/kubepods.slice/kubepods-pod11111111_2222_3333_4444_555555555555.slice/crio-abcdef012345.scope");
-        assert_eq!((c.runtime.as_deref(), c.id.as_deref()), (Some("cri-o"), Some("abcdef012345")));
-        assert_eq!(c.pod_uid.as_deref(), Some("11111111-2222-3333-4444-555555555555"));
+        assert_eq!(
+            (c.runtime.as_deref(), c.id.as_deref()),
+            (Some("cri-o"), Some("abcdef012345"))
+        );
+        assert_eq!(
+            c.pod_uid.as_deref(),
+            Some("11111111-2222-3333-4444-555555555555")
+        );
         let id = "f".repeat(64);
-        let c = parse_cgroup_path(&format!("/kubepods/besteffort/pod11111111-2222-3333-4444-555555555555/{id}"));
+        let c = parse_cgroup_path(&format!(
+            "/kubepods/besteffort/pod11111111-2222-3333-4444-555555555555/{id}"
+        ));
         assert_eq!(c.id.as_deref(), Some(id.as_str()));
-        assert_eq!(c.pod_uid.as_deref(), Some("11111111-2222-3333-4444-555555555555"));
+        assert_eq!(
+            c.pod_uid.as_deref(),
+            Some("11111111-2222-3333-4444-555555555555")
+        );
         let c = parse_cgroup_path(&format!("/system.slice/docker-{id}.scope"));
         assert_eq!(c.runtime.as_deref(), Some("docker"));
         let c = parse_cgroup_path("/user.slice/user-0.slice/session-1.scope");

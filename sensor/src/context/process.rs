@@ -111,7 +111,11 @@ impl ProcTable {
     pub fn add_lineage(&mut self, pid: u32, exe: Option<&str>, lineage: &[Ancestor]) {
         let mut child = pid;
         let mut child_exe = exe.map(str::to_string);
-        for a in lineage.iter().chain(std::iter::once(&Ancestor { pid: 0, exe: None, argv: vec![] })) {
+        for a in lineage.iter().chain(std::iter::once(&Ancestor {
+            pid: 0,
+            exe: None,
+            argv: vec![],
+        })) {
             let e = self.procs.entry(child).or_default();
             if e.exe.is_none() {
                 e.exe = child_exe.as_deref().map(Arc::from);
@@ -136,12 +140,14 @@ impl ProcTable {
 
     /// Facts the rules use about `pid`.
     pub fn facts(&self, pid: u32) -> crate::rules::fields::ProcFacts {
-        self.procs.get(&pid).map_or_else(Default::default, |p| crate::rules::fields::ProcFacts {
-            connections: p.connections,
-            external_connections: p.external_connections,
-            gpu_session: false,
-            episode: p.episode.as_deref().map(str::to_string),
-        })
+        self.procs
+            .get(&pid)
+            .map_or_else(Default::default, |p| crate::rules::fields::ProcFacts {
+                connections: p.connections,
+                external_connections: p.external_connections,
+                gpu_session: false,
+                episode: p.episode.as_deref().map(str::to_string),
+            })
     }
 
     pub fn argv(&self, pid: u32) -> Vec<String> {
@@ -202,6 +208,9 @@ impl ProcTable {
                 }
                 p.exited = false;
                 p.exe = Some(exe.clone());
+                // A new program: its sessions start now (a fork after exec inherits them).
+                p.connections = 0;
+                p.external_connections = 0;
                 if !self.episode_env.is_empty() {
                     if let Some(tag) = episode_from_environ(ev.pid, &self.episode_env) {
                         p.episode = Some(tag);
@@ -241,11 +250,14 @@ impl ProcTable {
             }
             Body::Connect(n) => {
                 if let Some(p) = self.procs.get_mut(&ev.pid) {
-                    if n.result != "error" {
+                    // TCP sessions only: UDP "connects" (resolver probes, getaddrinfo's
+                    // AI_ADDRCONFIG checks) open no session.
+                    if n.result != "error" && n.sock_type == "stream" {
                         p.connections += 1;
-                        if n.dst_ip.as_deref().is_some_and(|ip| {
-                            crate::rules::fields::ip_class(ip) == (false, false)
-                        }) {
+                        if n.dst_ip
+                            .as_deref()
+                            .is_some_and(|ip| crate::rules::fields::ip_class(ip) == (false, false))
+                        {
                             p.external_connections += 1;
                         }
                     }

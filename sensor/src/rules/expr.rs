@@ -132,14 +132,20 @@ fn lex(s: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
             }
             '=' | '!' | '<' | '>' => {
                 let two = s.get(i..i + 2).unwrap_or("");
-                let sym = if ["==", "!=", ">=", "<="].contains(&two) { two } else { &s[i..i + 1] };
+                let sym = if ["==", "!=", ">=", "<="].contains(&two) {
+                    two
+                } else {
+                    &s[i..i + 1]
+                };
                 if sym == "!" {
                     return Err(err(i, "unexpected '!'"));
                 }
                 i += sym.len();
                 out.push((start, Tok::Sym(sym.to_string())));
             }
-            c if c.is_ascii_digit() || (c == '-' && b.get(i + 1).is_some_and(u8::is_ascii_digit)) => {
+            c if c.is_ascii_digit()
+                || (c == '-' && b.get(i + 1).is_some_and(u8::is_ascii_digit)) =>
+            {
                 i += 1;
                 while i < b.len() && b[i].is_ascii_digit() {
                     i += 1;
@@ -149,7 +155,10 @@ fn lex(s: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
             }
             c if c.is_ascii_alphabetic() || c == '_' => {
                 while i < b.len()
-                    && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.' || b[i] == b'-')
+                    && (b[i].is_ascii_alphanumeric()
+                        || b[i] == b'_'
+                        || b[i] == b'.'
+                        || b[i] == b'-')
                 {
                     i += 1;
                 }
@@ -178,7 +187,11 @@ struct Parser<'a> {
 impl Parser<'_> {
     fn err(&self, m: impl Into<String>) -> ParseError {
         let pos = self.toks.get(self.i).map_or(self.src.len(), |t| t.0);
-        ParseError { message: m.into(), pos, near: self.src[pos..].chars().take(24).collect() }
+        ParseError {
+            message: m.into(),
+            pos,
+            near: self.src[pos..].chars().take(24).collect(),
+        }
     }
     fn peek(&self) -> Option<&Tok> {
         self.toks.get(self.i).map(|t| &t.1)
@@ -198,7 +211,11 @@ impl Parser<'_> {
             self.i += 1;
             v.push(self.and()?);
         }
-        Ok(if v.len() == 1 { v.pop().unwrap() } else { Expr::Or(v) })
+        Ok(if v.len() == 1 {
+            v.pop().unwrap()
+        } else {
+            Expr::Or(v)
+        })
     }
     fn and(&mut self) -> Result<Expr, ParseError> {
         let mut v = vec![self.unary()?];
@@ -206,7 +223,11 @@ impl Parser<'_> {
             self.i += 1;
             v.push(self.unary()?);
         }
-        Ok(if v.len() == 1 { v.pop().unwrap() } else { Expr::And(v) })
+        Ok(if v.len() == 1 {
+            v.pop().unwrap()
+        } else {
+            Expr::And(v)
+        })
     }
     fn unary(&mut self) -> Result<Expr, ParseError> {
         if self.kw("not") {
@@ -262,7 +283,11 @@ impl Parser<'_> {
                 "regex" => Op::Regex,
                 "cidr" => Op::Cidr,
                 "exists" => {
-                    return Ok(Expr::Pred { field, op: Op::Exists, pat: Pattern::Lits(vec![]) })
+                    return Ok(Expr::Pred {
+                        field,
+                        op: Op::Exists,
+                        pat: Pattern::Lits(vec![]),
+                    })
                 }
                 _ => {
                     self.i -= 1;
@@ -291,7 +316,11 @@ impl Parser<'_> {
         let pat = match op {
             Op::Regex => {
                 let s = strs()?;
-                let joined = s.iter().map(|r| format!("(?:{r})")).collect::<Vec<_>>().join("|");
+                let joined = s
+                    .iter()
+                    .map(|r| format!("(?:{r})"))
+                    .collect::<Vec<_>>()
+                    .join("|");
                 Pattern::Regex(
                     regex::Regex::new(&joined).map_err(|e| self.err(format!("bad regex: {e}")))?,
                 )
@@ -308,9 +337,12 @@ impl Parser<'_> {
                     .map(|c| parse_cidr(c).ok_or_else(|| self.err(format!("bad CIDR {c:?}"))))
                     .collect::<Result<_, _>>()?,
             ),
-            Op::IContains => {
-                Pattern::Lits(strs()?.into_iter().map(|s| Lit::Str(s.to_lowercase())).collect())
-            }
+            Op::IContains => Pattern::Lits(
+                strs()?
+                    .into_iter()
+                    .map(|s| Lit::Str(s.to_lowercase()))
+                    .collect(),
+            ),
             _ => Pattern::Lits(lits),
         };
         Ok(Expr::Pred { field, op, pat })
@@ -365,14 +397,23 @@ pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
     let (ip, len) = s.split_once('/').unwrap_or((s, ""));
     let ip: std::net::IpAddr = ip.parse().ok()?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len = if len.is_empty() { max } else { len.parse().ok()? };
+    let len = if len.is_empty() {
+        max
+    } else {
+        len.parse().ok()?
+    };
     (len <= max).then_some((ip, len))
 }
 
 /// Parses a condition against the lists and macros in `scope`.
 pub fn parse(src: &str, scope: &Scope) -> Result<Expr, ParseError> {
     let toks = lex(src)?;
-    let mut p = Parser { src, toks, i: 0, scope };
+    let mut p = Parser {
+        src,
+        toks,
+        i: 0,
+        scope,
+    };
     let e = p.or()?;
     if p.i < p.toks.len() {
         return Err(p.err("unexpected text after the condition"));
@@ -387,15 +428,30 @@ mod tests {
     #[test]
     fn parses_precedence_lists_and_macros() {
         let mut sc = Scope::default();
-        sc.lists.insert("ssh".into(), vec![Lit::Str("ssh".into()), Lit::Str("dbclient".into())]);
+        sc.lists.insert(
+            "ssh".into(),
+            vec![Lit::Str("ssh".into()), Lit::Str("dbclient".into())],
+        );
         let m = parse("proc.name in (ssh)", &sc).unwrap();
         sc.macros.insert("ssh_client".into(), m);
-        let e = parse(r#"kind = "exec" and ssh_client or not (dst_port in (22, 2222))"#, &sc).unwrap();
-        let Expr::Or(v) = e else { panic!("or at top: {e:?}") };
+        let e = parse(
+            r#"kind = "exec" and ssh_client or not (dst_port in (22, 2222))"#,
+            &sc,
+        )
+        .unwrap();
+        let Expr::Or(v) = e else {
+            panic!("or at top: {e:?}")
+        };
         assert!(matches!(v[0], Expr::And(_)));
         assert!(matches!(v[1], Expr::Not(_)));
         let e = parse("argv contains @ssh", &sc).unwrap();
-        let Expr::Pred { pat: Pattern::Lits(l), .. } = e else { panic!() };
+        let Expr::Pred {
+            pat: Pattern::Lits(l),
+            ..
+        } = e
+        else {
+            panic!()
+        };
         assert_eq!(l.len(), 2);
     }
 

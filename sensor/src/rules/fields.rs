@@ -181,7 +181,10 @@ pub fn ip_class(ip: &str) -> (bool, bool) {
                 return (v4.is_loopback(), v4.is_private() || v4.is_link_local());
             }
             let seg = a.segments()[0];
-            (a.is_loopback(), (seg & 0xfe00) == 0xfc00 || (seg & 0xffc0) == 0xfe80)
+            (
+                a.is_loopback(),
+                (seg & 0xfe00) == 0xfc00 || (seg & 0xffc0) == 0xfe80,
+            )
         }
         Err(_) => (false, false),
     }
@@ -215,7 +218,12 @@ pub fn ssh_parse(argv: &[String]) -> (Vec<String>, Vec<String>) {
                     argv.get(i).cloned().unwrap_or_default()
                 };
                 if c == 'o' {
-                    let key = val.split(['=', ' ']).next().unwrap_or("").trim().to_lowercase();
+                    let key = val
+                        .split(['=', ' '])
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_lowercase();
                     opts.push(key);
                 }
                 break;
@@ -228,7 +236,10 @@ pub fn ssh_parse(argv: &[String]) -> (Vec<String>, Vec<String>) {
 }
 
 fn is_ssh_client(name: &str) -> bool {
-    matches!(name, "ssh" | "dbclient" | "autossh" | "plink" | "dropbearmulti")
+    matches!(
+        name,
+        "ssh" | "dbclient" | "autossh" | "plink" | "dropbearmulti"
+    )
 }
 
 impl Ctx<'_> {
@@ -262,9 +273,7 @@ impl Ctx<'_> {
             Field::Uid => Int(ev.uid as i64),
             Field::Comm => Str(Cow::Borrowed(&ev.comm)),
             Field::Exe => opt(self.exe()),
-            Field::ExeName => {
-                opt(self.exe().map(basename).or(Some(ev.comm.as_str())))
-            }
+            Field::ExeName => opt(self.exe().map(basename).or(Some(ev.comm.as_str()))),
             Field::CgroupId => Int(ev.cgroup_id as i64),
             Field::Filename => match &ev.body {
                 Body::Exec(x) => s(&x.filename),
@@ -278,11 +287,15 @@ impl Ctx<'_> {
                 _ => Null,
             },
             Field::DstIp => opt(self.net().and_then(|n| n.dst_ip.as_deref())),
-            Field::DstPort => self.net().and_then(|n| n.dst_port).map_or(Null, |p| Int(p as i64)),
+            Field::DstPort => self
+                .net()
+                .and_then(|n| n.dst_port)
+                .map_or(Null, |p| Int(p as i64)),
             Field::LocalIp => opt(self.net().and_then(|n| n.local_ip.as_deref())),
-            Field::LocalPort => {
-                self.net().and_then(|n| n.local_port).map_or(Null, |p| Int(p as i64))
-            }
+            Field::LocalPort => self
+                .net()
+                .and_then(|n| n.local_port)
+                .map_or(Null, |p| Int(p as i64)),
             Field::Family => opt(self.net().map(|n| n.family.as_str())),
             Field::SockType => opt(self.net().map(|n| n.sock_type.as_str())),
             Field::Protocol => opt(self.net().and_then(|n| n.protocol.as_deref())),
@@ -294,7 +307,9 @@ impl Ctx<'_> {
             },
             Field::Via => opt(self.net().map(|n| n.via.as_str())),
             Field::DstLoopback | Field::DstPrivate | Field::DstExternal => {
-                let Some(ip) = self.net().and_then(|n| n.dst_ip.as_deref()) else { return Null };
+                let Some(ip) = self.net().and_then(|n| n.dst_ip.as_deref()) else {
+                    return Null;
+                };
                 let (lo, private) = ip_class(ip);
                 Bool(match f {
                     Field::DstLoopback => lo,
@@ -349,20 +364,24 @@ impl Ctx<'_> {
                 }
             }
             Field::ParentExe => opt(self.lineage.first().and_then(|a| a.exe.as_deref())),
-            Field::ParentName => {
-                opt(self.lineage.first().and_then(|a| a.exe.as_deref()).map(basename))
-            }
-            Field::ParentCmdline => {
-                self.lineage.first().map_or(Null, |a| Str(Cow::Owned(a.argv.join(" "))))
-            }
+            Field::ParentName => opt(self
+                .lineage
+                .first()
+                .and_then(|a| a.exe.as_deref())
+                .map(basename)),
+            Field::ParentCmdline => self
+                .lineage
+                .first()
+                .map_or(Null, |a| Str(Cow::Owned(a.argv.join(" ")))),
             Field::AncestorExe | Field::AncestorName | Field::AncestorCmdline => List(
                 self.lineage
                     .iter()
                     .filter_map(|a| match f {
                         Field::AncestorExe => a.exe.clone().map(Cow::Owned),
-                        Field::AncestorName => {
-                            a.exe.as_deref().map(|e| Cow::Owned(basename(e).to_string()))
-                        }
+                        Field::AncestorName => a
+                            .exe
+                            .as_deref()
+                            .map(|e| Cow::Owned(basename(e).to_string())),
                         _ => Some(Cow::Owned(a.argv.join(" "))),
                     })
                     .collect(),
@@ -390,7 +409,12 @@ impl Ctx<'_> {
                 // autossh passes its own options first and the ssh ones after; parsing as
                 // ssh still finds -R/-L/-D and -o.
                 let (flags, opts) = ssh_parse(&argv);
-                List(if f == Field::SshFlags { flags } else { opts }.into_iter().map(Cow::Owned).collect())
+                List(
+                    if f == Field::SshFlags { flags } else { opts }
+                        .into_iter()
+                        .map(Cow::Owned)
+                        .collect(),
+                )
             }
         }
     }
@@ -433,9 +457,9 @@ fn str_match(v: &str, op: Op, pat: &Pattern) -> bool {
         (Op::EndsWith, Pattern::Lits(l)) => l.iter().any(|x| v.ends_with(lit_str(x).as_ref())),
         (Op::Glob, Pattern::Globs(g)) => g.iter().any(|p| p.matches(v)),
         (Op::Regex, Pattern::Regex(r)) => r.is_match(v),
-        (Op::Cidr, Pattern::Cidrs(c)) => v.parse::<IpAddr>().is_ok_and(|ip| {
-            c.iter().any(|&(net, len)| cidr_contains(net, len, ip))
-        }),
+        (Op::Cidr, Pattern::Cidrs(c)) => v
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| c.iter().any(|&(net, len)| cidr_contains(net, len, ip))),
         _ => false,
     }
 }
@@ -447,11 +471,19 @@ fn cidr_contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
     };
     match (net, ip) {
         (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let m = if len == 0 { 0 } else { u32::MAX << (32 - len as u32) };
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - len as u32)
+            };
             u32::from(n) & m == u32::from(a) & m
         }
         (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let m = if len == 0 { 0 } else { u128::MAX << (128 - len as u32) };
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len as u32)
+            };
             u128::from(n) & m == u128::from(a) & m
         }
         _ => false,
@@ -460,7 +492,10 @@ fn cidr_contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
 
 fn int_match(v: i64, op: Op, pat: &Pattern) -> bool {
     let Pattern::Lits(l) = pat else { return false };
-    let ints = || l.iter().filter_map(|x| if let Lit::Int(i) = x { Some(*i) } else { None });
+    let ints = || {
+        l.iter()
+            .filter_map(|x| if let Lit::Int(i) = x { Some(*i) } else { None })
+    };
     match op {
         Op::Eq | Op::In => ints().any(|i| i == v) || str_match(&v.to_string(), op, pat),
         Op::Ne => ints().all(|i| i != v),
@@ -491,7 +526,11 @@ pub fn eval(e: &Expr, cx: &Ctx<'_>) -> bool {
                 (_, Val::Bool(b)) => {
                     let Pattern::Lits(l) = pat else { return false };
                     let hit = l.iter().any(|x| *x == Lit::Bool(b));
-                    if *op == Op::Ne { !hit } else { matches!(op, Op::Eq | Op::In) && hit }
+                    if *op == Op::Ne {
+                        !hit
+                    } else {
+                        matches!(op, Op::Eq | Op::In) && hit
+                    }
                 }
                 (Op::Ne, Val::List(l)) => l.iter().all(|s| str_match(s, Op::Ne, pat)),
                 (_, Val::List(l)) => l.iter().any(|s| str_match(s, *op, pat)),
@@ -522,7 +561,15 @@ mod tests {
         let (f, o) = ssh_parse(&sv(&["ssh", "-fNR", "8080:localhost:80", "user@host"]));
         assert_eq!(f, vec!["f", "N", "R"]);
         assert!(o.is_empty());
-        let (f, o) = ssh_parse(&sv(&["ssh", "-p", "2222", "-oRemoteForward=9000 127.0.0.1:22", "-o", "ProxyCommand=nc %h %p", "h"]));
+        let (f, o) = ssh_parse(&sv(&[
+            "ssh",
+            "-p",
+            "2222",
+            "-oRemoteForward=9000 127.0.0.1:22",
+            "-o",
+            "ProxyCommand=nc %h %p",
+            "h",
+        ]));
         assert_eq!(f, vec!["p", "o", "o"]);
         assert_eq!(o, vec!["remoteforward", "proxycommand"]);
         // -R inside a port argument is not a flag; arguments after the host are the command.

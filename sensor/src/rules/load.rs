@@ -92,12 +92,19 @@ pub struct Source {
 
 /// The built-in rule set, compiled into the binary.
 pub fn builtin() -> Source {
-    Source { name: "<builtin>/default.yaml".into(), text: include_str!("../../rules/default.yaml").into() }
+    Source {
+        name: "<builtin>/default.yaml".into(),
+        text: include_str!("../../rules/default.yaml").into(),
+    }
 }
 
 /// Reads every `*.yaml`/`*.yml` file of `dir`, sorted by name.
 pub fn read_dir(dir: &Path) -> Result<Vec<Source>, LoadError> {
-    let err = |reason: String| LoadError { file: dir.display().to_string(), line: 0, reason };
+    let err = |reason: String| LoadError {
+        file: dir.display().to_string(),
+        line: 0,
+        reason,
+    };
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| err(format!("reading rules directory: {e}")))?
         .flatten()
@@ -113,13 +120,18 @@ pub fn read_dir(dir: &Path) -> Result<Vec<Source>, LoadError> {
                 line: 0,
                 reason: e.to_string(),
             })?;
-            Ok(Source { name: p.display().to_string(), text })
+            Ok(Source {
+                name: p.display().to_string(),
+                text,
+            })
         })
         .collect()
 }
 
 fn line_of(text: &str, needle: &str) -> usize {
-    text.lines().position(|l| l.contains(needle)).map_or(0, |i| i + 1)
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map_or(0, |i| i + 1)
 }
 
 fn lit(v: &serde_yaml_ng::Value) -> Option<Lit> {
@@ -135,7 +147,11 @@ fn lit(v: &serde_yaml_ng::Value) -> Option<Lit> {
 fn kinds_of(e: &Expr) -> Option<Vec<String>> {
     use super::{expr::Op, expr::Pattern, fields::Field};
     let one = |e: &Expr| match e {
-        Expr::Pred { field: Field::Kind, op: Op::Eq | Op::In, pat: Pattern::Lits(l) } => Some(
+        Expr::Pred {
+            field: Field::Kind,
+            op: Op::Eq | Op::In,
+            pat: Pattern::Lits(l),
+        } => Some(
             l.iter()
                 .map(|x| match x {
                     Lit::Str(s) => s.clone(),
@@ -165,11 +181,15 @@ pub fn compile(sources: &[Source]) -> Result<RuleSet, LoadError> {
     let mut scope = Scope::default();
     for (s, f) in &parsed {
         for (name, vals) in &f.lists {
-            let lits = vals.iter().map(lit).collect::<Option<Vec<_>>>().ok_or_else(|| LoadError {
-                file: s.name.clone(),
-                line: line_of(&s.text, &format!("{name}:")),
-                reason: format!("list `{name}`: items must be strings, numbers or booleans"),
-            })?;
+            let lits = vals
+                .iter()
+                .map(lit)
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| LoadError {
+                    file: s.name.clone(),
+                    line: line_of(&s.text, &format!("{name}:")),
+                    reason: format!("list `{name}`: items must be strings, numbers or booleans"),
+                })?;
             scope.lists.entry(name.clone()).or_default().extend(lits);
         }
     }
@@ -188,7 +208,11 @@ pub fn compile(sources: &[Source]) -> Result<RuleSet, LoadError> {
     for (s, f) in &parsed {
         for d in &f.rules {
             let line = line_of(&s.text, &format!("id: {}", d.id));
-            let err = |reason: String| LoadError { file: s.name.clone(), line, reason };
+            let err = |reason: String| LoadError {
+                file: s.name.clone(),
+                line,
+                reason,
+            };
             if !seen.insert(d.id.clone()) {
                 return Err(err(format!("duplicate rule id `{}`", d.id)));
             }
@@ -207,13 +231,20 @@ pub fn compile(sources: &[Source]) -> Result<RuleSet, LoadError> {
                     if sq.within <= 0.0 {
                         return Err(err(format!("rule `{}`: sequence.within must be > 0", d.id)));
                     }
-                    Some(Sequence { after, within_ns: (sq.within * 1e9) as u64, by: sq.by })
+                    Some(Sequence {
+                        after,
+                        within_ns: (sq.within * 1e9) as u64,
+                        by: sq.by,
+                    })
                 }
                 None => None,
             };
             if let Some(t) = &d.threshold {
                 if t.count == 0 || t.within <= 0.0 {
-                    return Err(err(format!("rule `{}`: threshold needs count ≥ 1, within > 0", d.id)));
+                    return Err(err(format!(
+                        "rule `{}`: threshold needs count ≥ 1, within > 0",
+                        d.id
+                    )));
                 }
             }
             let lineage = needs_lineage(&cond)

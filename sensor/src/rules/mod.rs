@@ -106,11 +106,17 @@ impl RuleSet {
             }
             // Sequence rules must also see the events of their first step.
             match (&r.kinds, &r.sequence) {
-                (Some(k), None) => k.iter().for_each(|k| by_kind.entry(k.clone()).or_default().push(i)),
+                (Some(k), None) => k
+                    .iter()
+                    .for_each(|k| by_kind.entry(k.clone()).or_default().push(i)),
                 _ => any_kind.push(i),
             }
         }
-        RuleSet { rules, by_kind, any_kind }
+        RuleSet {
+            rules,
+            by_kind,
+            any_kind,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -140,7 +146,9 @@ impl Default for RulesConfig {
             builtin: true,
             dirs: vec![],
             dedup_secs: 60,
-            agent_runtimes: ["python*", "node", "nodejs", "deno", "bun"].map(String::from).to_vec(),
+            agent_runtimes: ["python*", "node", "nodejs", "deno", "bun"]
+                .map(String::from)
+                .to_vec(),
             sandbox_cgroups: vec![],
         }
     }
@@ -207,7 +215,11 @@ const MAX_PENDING: usize = 64;
 
 impl Engine {
     pub fn new(set: Arc<RuleSet>, cfg: RulesConfig) -> Engine {
-        let runtimes = cfg.agent_runtimes.iter().filter_map(|g| glob::Pattern::new(g).ok()).collect();
+        let runtimes = cfg
+            .agent_runtimes
+            .iter()
+            .filter_map(|g| glob::Pattern::new(g).ok())
+            .collect();
         Engine {
             set,
             cfg,
@@ -246,7 +258,12 @@ impl Engine {
     pub fn process(&mut self, inp: &Input<'_>) -> Vec<Alert> {
         let set = self.set.clone();
         let kind = kind_name(&inp.ev.body);
-        let idx = set.by_kind.get(kind).into_iter().flatten().chain(set.any_kind.iter());
+        let idx = set
+            .by_kind
+            .get(kind)
+            .into_iter()
+            .flatten()
+            .chain(set.any_kind.iter());
         let mut lineage: Option<Vec<Ancestor>> = None;
         let mut out = vec![];
         for &i in idx {
@@ -255,7 +272,13 @@ impl Engine {
                 lineage = Some(inp.procs.lineage(inp.ev.pid));
             }
             let lin: &[Ancestor] = lineage.as_deref().unwrap_or(&[]);
-            let cx = Ctx { ev: inp.ev, procs: inp.procs, lineage: lin, container: inp.container, facts: inp.facts };
+            let cx = Ctx {
+                ev: inp.ev,
+                procs: inp.procs,
+                lineage: lin,
+                container: inp.container,
+                facts: inp.facts,
+            };
             let hit = eval(&r.cond, &cx) && !r.exceptions.iter().any(|x| eval(x, &cx));
             let mut related = vec![];
             let mut count = None;
@@ -328,10 +351,17 @@ impl Engine {
         let mut severity = r.severity;
         let mut raised_by = None;
         let in_sandbox = self.cfg.sandbox_cgroups.is_empty()
-            || inp.container.is_some_and(|c| self.cfg.sandbox_cgroups.iter().any(|s| c.cgroup.contains(s.as_str())));
+            || inp.container.is_some_and(|c| {
+                self.cfg
+                    .sandbox_cgroups
+                    .iter()
+                    .any(|s| c.cgroup.contains(s.as_str()))
+            });
         if in_sandbox {
             if let Some(a) = lineage.iter().find(|a| {
-                a.exe.as_deref().is_some_and(|e| self.runtimes.iter().any(|g| g.matches(basename(e))))
+                a.exe
+                    .as_deref()
+                    .is_some_and(|e| self.runtimes.iter().any(|g| g.matches(basename(e))))
             }) {
                 severity = severity.raised();
                 raised_by = Some(format!(
@@ -350,7 +380,10 @@ impl Engine {
             h.update(n.dst_ip.as_deref().unwrap_or("").as_bytes());
             h.update(n.dst_port.unwrap_or(0).to_le_bytes());
         }
-        let fingerprint: String = h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect();
+        let fingerprint: String = h.finalize()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let dedup_ns = self.cfg.dedup_secs * 1_000_000_000;
         if let Some(&last) = self.dedup.get(&fingerprint) {
             if ev.ts_ns.saturating_sub(last) < dedup_ns {
@@ -412,7 +445,11 @@ pub fn test_examples(set: &RuleSet) -> (usize, Vec<ExampleFailure>) {
             any = true;
             checked += 1;
             if let Err(m) = run_example(&one, want, ex) {
-                failures.push(ExampleFailure { rule: r.id.clone(), source: r.source.clone(), message: m });
+                failures.push(ExampleFailure {
+                    rule: r.id.clone(),
+                    source: r.source.clone(),
+                    message: m,
+                });
             }
         }
         if !any {
@@ -431,11 +468,16 @@ fn run_example(set: &Arc<RuleSet>, want: bool, ex: &serde_json::Value) -> Result
         Some(serde_json::Value::Array(a)) => a.clone(),
         _ => vec![ex.clone()],
     };
-    let cfg = RulesConfig { agent_runtimes: vec![], ..Default::default() };
-    let mut p = crate::pipeline::Processor::new(ProcTable::default(), None, Engine::new(set.clone(), cfg));
+    let cfg = RulesConfig {
+        agent_runtimes: vec![],
+        ..Default::default()
+    };
+    let mut p =
+        crate::pipeline::Processor::new(ProcTable::default(), None, Engine::new(set.clone(), cfg));
     let n = events.len();
     for (k, raw) in events.into_iter().enumerate() {
-        let (ev, lineage) = example_event(raw).map_err(|e| format!("example event does not parse: {e}"))?;
+        let (ev, lineage) =
+            example_event(raw).map_err(|e| format!("example event does not parse: {e}"))?;
         p.procs.add_lineage(ev.pid, ev.exe.as_deref(), &lineage);
         let mut alerts = 0;
         p.process(ev, &mut |o| {
@@ -446,7 +488,15 @@ fn run_example(set: &Arc<RuleSet>, want: bool, ex: &serde_json::Value) -> Result
         })
         .ok();
         if alerts > 0 && (!want || k + 1 < n) {
-            return Err(format!("alerted on event {} of {n} ({})", k + 1, if want { "too early" } else { "no_match example" }));
+            return Err(format!(
+                "alerted on event {} of {n} ({})",
+                k + 1,
+                if want {
+                    "too early"
+                } else {
+                    "no_match example"
+                }
+            ));
         }
         if want && k + 1 == n && alerts == 0 {
             return Err(format!("match example did not alert: {ex}"));
@@ -479,9 +529,10 @@ fn example_event(mut raw: serde_json::Value) -> Result<(Event, Vec<Ancestor>), s
         }
         let pid = o["pid"].clone();
         o.entry("tid").or_insert(pid);
-        let session = o.get("kind").and_then(|k| k.as_str()).is_some_and(|k| {
-            k.starts_with("gpu_session") || k == "gpu_query"
-        });
+        let session = o
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .is_some_and(|k| k.starts_with("gpu_session") || k == "gpu_query");
         if session {
             o.entry("lineage").or_insert(serde_json::json!([]));
         } else {
@@ -503,7 +554,11 @@ mod tests {
         for f in &failures {
             eprintln!("{} ({}): {}", f.rule, f.source, f.message);
         }
-        assert!(failures.is_empty(), "{} of {checked} examples failed", failures.len());
+        assert!(
+            failures.is_empty(),
+            "{} of {checked} examples failed",
+            failures.len()
+        );
         assert!(checked >= 2 * set.len());
     }
 
@@ -513,19 +568,39 @@ mod tests {
         let e = load::compile(&[bad]).unwrap_err();
         assert_eq!(e.file, "x.yaml");
         assert!(e.line >= 2 && e.reason.contains("loud"), "{e}");
-        let bad = load::Source { name: "y.yaml".into(), text: "rules:\n  - id: b\n    description: d\n    severity: low\n    condition: kind = \n".into() };
+        let bad = load::Source {
+            name: "y.yaml".into(),
+            text:
+                "rules:\n  - id: b\n    description: d\n    severity: low\n    condition: kind = \n"
+                    .into(),
+        };
         let e = load::compile(&[bad]).unwrap_err();
         assert_eq!((e.file.as_str(), e.line), ("y.yaml", 2), "{e}");
         assert!(e.reason.contains("rule `b` condition"), "{e}");
-        let dup = "rules:\n  - {id: c, description: d, severity: low, condition: 'kind = \"exec\"'}\n";
-        let e = load::compile(&[load::Source { name: "z".into(), text: dup.repeat(1) }, load::Source { name: "z2".into(), text: dup.into() }]).unwrap_err();
+        let dup =
+            "rules:\n  - {id: c, description: d, severity: low, condition: 'kind = \"exec\"'}\n";
+        let e = load::compile(&[
+            load::Source {
+                name: "z".into(),
+                text: dup.repeat(1),
+            },
+            load::Source {
+                name: "z2".into(),
+                text: dup.into(),
+            },
+        ])
+        .unwrap_err();
         assert!(e.reason.contains("duplicate"), "{e}");
     }
 
     #[test]
     fn example_that_does_not_alert_is_reported() {
         let text = "rules:\n  - id: t\n    description: d\n    severity: low\n    condition: kind = \"exec\" and comm = \"zzz\"\n    examples:\n      match:\n        - {kind: exec, comm: aaa, filename: /a, argv: [a], args_truncated: false, args_size: 2}\n";
-        let set = load::compile(&[load::Source { name: "t".into(), text: text.into() }]).unwrap();
+        let set = load::compile(&[load::Source {
+            name: "t".into(),
+            text: text.into(),
+        }])
+        .unwrap();
         let (_, f) = test_examples(&set);
         assert_eq!(f.len(), 1);
         assert!(f[0].message.contains("did not alert"));

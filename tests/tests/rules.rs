@@ -1,0 +1,494 @@
+//! Detections with real tools on loopback: a throwaway OpenSSH server on 127.0.0.1:2222 and
+//! real ssh/autossh/dbclient/socat/ncat clients, a miner-named process speaking Stratum to a
+//! local "pool" on 3333, a pod emulated with a kubepods cgroup, and benign traffic that must stay
+//! silent. One test function: the scenarios share the sshd port and run in order.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sensor_tests::{require_root, skip, Sensor, WAIT};
+use serde_json::Value;
+
+const SSHD_PORT: u16 = 2222;
+
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Kills a child and its whole process group (autossh's ssh, ssh -f) when dropped.
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process group this test created (see `group`).
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGTERM) };
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Puts the command in its own process group, so that `Kill` reaches its descendants.
+fn group(c: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    c.process_group(0)
+}
+
+fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+fn wait_port(port: u16) {
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "port {port} never opened"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts sshd on 127.0.0.1:2222 with throwaway host and client keys.
+fn sshd(dir: &Path) -> Kill {
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let d = dir.display();
+    sh(&format!(
+        "ssh-keygen -q -t ed25519 -N '' -f {d}/host && ssh-keygen -q -t ed25519 -N '' -f {d}/id && \
+         cp {d}/id.pub {d}/authorized_keys && chmod 600 {d}/authorized_keys && \
+         dropbearconvert openssh dropbear {d}/id {d}/id.dropbear >/dev/null 2>&1"
+    ));
+    std::fs::write(
+        dir.join("sshd_config"),
+        format!(
+            "Port {SSHD_PORT}\nListenAddress 127.0.0.1\nHostKey {d}/host\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PidFile {d}/sshd.pid\nUsePAM no\nStrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\n\
+             AllowTcpForwarding yes\nGatewayPorts no\nPermitTunnel no\nX11Forwarding no\nPrintMotd no\n"
+        ),
+    )
+    .unwrap();
+    let child = group(&mut Command::new("/usr/sbin/sshd"))
+        .args(["-D", "-e", "-f"])
+        .arg(dir.join("sshd_config"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting sshd");
+    wait_port(SSHD_PORT);
+    Kill(child)
+}
+
+fn ssh_opts(dir: &Path) -> Vec<String> {
+    [
+        "-i",
+        &dir.join("id").display().to_string(),
+        "-p",
+        &SSHD_PORT.to_string(),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn alert_for(s: &Sensor, rule: &str, pid: u32) -> Value {
+    s.wait_for(WAIT, |e| {
+        e["kind"] == "alert" && e["rule"] == rule && e["pid"] == pid
+    })
+    .unwrap_or_else(|| panic!("no alert {rule} for pid {pid}"))
+}
+
+fn rules_of(s: &Sensor, pid: u32) -> Vec<String> {
+    s.events(|e| e["kind"] == "alert" && e["pid"] == pid)
+        .iter()
+        .map(|a| a["rule"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A local target that accepts and echoes a line, counting connections.
+fn echo_listener() -> (u16, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        for c in l.incoming().take(8) {
+            let Ok(mut c) = c else { break };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                if let Ok(n) = c.read(&mut buf) {
+                    let _ = c.write_all(&buf[..n]);
+                }
+            });
+        }
+    });
+    (port, h)
+}
+
+/// Connects through a forward (sshd listens on `port`) until the echo comes back.
+fn use_forward(port: u16) {
+    let t = Instant::now();
+    loop {
+        if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c.write_all(b"ping\n").unwrap();
+            let mut buf = [0u8; 5];
+            if c.read_exact(&mut buf).is_ok() {
+                assert_eq!(&buf, b"ping\n");
+                return;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "forward on {port} never worked"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn tunnels_miners_pods_and_benign_traffic() {
+    let name = "tunnels_miners_pods_and_benign_traffic";
+    if !require_root(name) {
+        return;
+    }
+    for tool in [
+        "/usr/sbin/sshd",
+        "/usr/bin/autossh",
+        "/usr/bin/dbclient",
+        "/usr/bin/socat",
+        "/usr/bin/ncat",
+    ] {
+        if !Path::new(tool).exists() {
+            skip(
+                name,
+                &format!("{tool} not installed (scripts/setup.sh installs it)"),
+            );
+            return;
+        }
+    }
+    if TcpStream::connect(("127.0.0.1", SSHD_PORT)).is_ok()
+        || TcpStream::connect(("127.0.0.1", 3333)).is_ok()
+    {
+        skip(name, "127.0.0.1:2222 or :3333 already in use");
+        return;
+    }
+    let dir = Dir(std::env::temp_dir().join(format!("sensor-rules-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let d = &dir.0;
+
+    // An emulated pod: kubepods slice + containerd scope in the cgroup2 hierarchy.
+    let pod_uid = "1b2c3d4e-0000-4000-8000-123456789abc";
+    let cid = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let cg_root = sensor_tests::cgroup2_root();
+    let scope = cg_root.as_ref().map(|r| {
+        r.join("kubepods.slice")
+            .join(format!("kubepods-pod{}.slice", pod_uid.replace('-', "_")))
+            .join(format!("cri-containerd-{cid}.scope"))
+    });
+    if let Some(sc) = &scope {
+        std::fs::create_dir_all(sc).unwrap();
+    }
+
+    let _sshd = sshd(d);
+    let s = Sensor::start(&[]);
+    let me = std::process::id();
+    let opts = ssh_opts(d);
+
+    // 1. ssh -N -R, then use the remote forward: the client connects to the local target.
+    let (target, _t) = echo_listener();
+    let fport = free_port();
+    let ssh = Kill(
+        group(&mut Command::new("ssh"))
+            .args(&opts)
+            .args([
+                "-N",
+                "-R",
+                &format!("127.0.0.1:{fport}:127.0.0.1:{target}"),
+                "root@127.0.0.1",
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    let pid = ssh.0.id();
+    let a = alert_for(&s, "ssh-forwarding-flags", pid);
+    assert_eq!(a["severity"], "high");
+    assert_eq!(
+        a["lineage"][0]["pid"], me,
+        "lineage starts at the test process: {a}"
+    );
+    assert!(a["argv"].as_array().unwrap().iter().any(|x| x == "-R"));
+    assert!(a["tags"].as_array().unwrap().iter().any(|x| x == "T1572"));
+    use_forward(fport);
+    let a = alert_for(&s, "ssh-remote-forward-in-use", pid);
+    assert_eq!(a["event"]["dst_port"], target);
+    assert_eq!(a["event"]["dst_ip"], "127.0.0.1");
+    drop(ssh);
+
+    // 2. -o RemoteForward=… (option form), backgrounded with -f from a python "agent" via
+    //    bash: the ROME shape. Lineage is kept through the re-parenting, severity raised.
+    let fport2 = free_port();
+    let cmd = format!(
+        // "; true": bash forks for a list instead of exec'ing ssh, so the shell is in the chain.
+        "ssh {} -f -N -o 'RemoteForward=127.0.0.1:{fport2} 127.0.0.1:{target}' root@127.0.0.1; true",
+        opts.iter().map(|o| format!("'{o}'")).collect::<Vec<_>>().join(" ")
+    );
+    let agent = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import subprocess,sys; subprocess.run(['bash','-c',sys.argv[1]], check=True)",
+            &cmd,
+        ])
+        .spawn()
+        .unwrap();
+    let agent_pid = agent.id();
+    let a = s
+        .wait_for(WAIT, |e| {
+            e["kind"] == "alert"
+                && e["rule"] == "ssh-forwarding-options"
+                && e["lineage"][1]["pid"] == agent_pid
+        })
+        .expect("ssh -o RemoteForward alert with python → bash lineage");
+    let names: Vec<&str> = a["lineage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["exe"].as_str().unwrap_or(""))
+        .collect();
+    assert!(names[0].ends_with("bash"), "{names:?}");
+    assert!(names[1].contains("python"), "{names:?}");
+    assert_eq!(
+        a["severity"], "critical",
+        "raised from high by the python agent in the lineage"
+    );
+    assert!(a["severity_raised_by"].as_str().unwrap().contains("python"));
+    let ssh_f_pid = a["pid"].as_u64().unwrap() as u32;
+    agent.wait_with_output().unwrap();
+    use_forward(fport2);
+    // The forwarding is served by the backgrounded child (a fork of the exec'd ssh).
+    let inuse = s
+        .wait_for(WAIT, |e| {
+            e["kind"] == "alert"
+                && e["rule"] == "ssh-remote-forward-in-use"
+                && e["event"]["dst_port"] == target
+                && e["pid"] != pid
+        })
+        .expect("remote forward in use by the ssh -f child");
+    let lin: Vec<u64> = inuse["lineage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["pid"].as_u64().unwrap())
+        .collect();
+    assert!(
+        lin.contains(&(ssh_f_pid as u64)) && lin.contains(&(agent_pid as u64)),
+        "exec-time lineage kept after -f: {lin:?}"
+    );
+    // SAFETY: terminating the backgrounded ssh this test started.
+    unsafe { libc::kill(inuse["pid"].as_u64().unwrap() as i32, libc::SIGTERM) };
+
+    // 3. autossh keeping a -R tunnel up.
+    let fport3 = free_port();
+    let auto = Kill(
+        group(&mut Command::new("autossh"))
+            .env("AUTOSSH_GATETIME", "0")
+            .args(["-M", "0"])
+            .args(&opts)
+            .args([
+                "-N",
+                "-R",
+                &format!("127.0.0.1:{fport3}:127.0.0.1:{target}"),
+                "root@127.0.0.1",
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    let apid = auto.0.id();
+    alert_for(&s, "autossh-started", apid);
+    let child = s
+        .wait_for(WAIT, |e| {
+            e["kind"] == "alert"
+                && e["rule"] == "ssh-forwarding-flags"
+                && e["lineage"][0]["pid"] == apid
+        })
+        .expect("ssh started by autossh");
+    assert!(child["lineage"][0]["exe"]
+        .as_str()
+        .unwrap()
+        .contains("autossh"));
+    drop(auto);
+
+    // 4. dropbear's client with -R.
+    let fport4 = free_port();
+    let db = Kill(
+        group(&mut Command::new("dbclient"))
+            .args([
+                "-y",
+                "-y",
+                "-i",
+                &d.join("id.dropbear").display().to_string(),
+                "-p",
+                &SSHD_PORT.to_string(),
+            ])
+            .args([
+                "-N",
+                "-R",
+                &format!("127.0.0.1:{fport4}:127.0.0.1:{target}"),
+                "root@127.0.0.1",
+            ])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let a = alert_for(&s, "ssh-forwarding-flags", db.0.id());
+    assert_eq!(a["comm"], "dbclient");
+    drop(db);
+
+    // 5. socat EXEC and ncat -e (connecting to a local listener), inside the emulated pod.
+    let (lport, _l) = echo_listener();
+    let pod_prefix = scope
+        .as_ref()
+        .map(|sc| format!("echo $$ > {}/cgroup.procs; ", sc.display()))
+        .unwrap_or_default();
+    let socat = Command::new("sh")
+        .args([
+            "-c",
+            &format!("{pod_prefix}exec socat -T1 TCP:127.0.0.1:{lport} EXEC:/bin/cat"),
+        ])
+        .spawn()
+        .unwrap();
+    let spid = socat.id();
+    let a = alert_for(&s, "socat-exec-or-listen", spid);
+    if scope.is_some() {
+        assert_eq!(a["container"]["id"], cid, "pod attribution: {a}");
+        assert_eq!(a["container"]["pod_uid"], pod_uid);
+        assert_eq!(a["container"]["runtime"], "containerd");
+    }
+    let _ = Kill(socat);
+    let nc = Command::new("ncat")
+        .args(["-e", "/bin/cat", "127.0.0.1", &lport.to_string()])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let npid = nc.id();
+    alert_for(&s, "netcat-exec", npid);
+    let _ = Kill(nc);
+
+    // 6. A miner-named process with stratum argv connecting to a local "pool" on 3333 that
+    //    speaks Stratum.
+    let pool = TcpListener::bind("127.0.0.1:3333").unwrap();
+    let pool_t = std::thread::spawn(move || {
+        let (c, _) = pool.accept().unwrap();
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let mut c = c;
+        c.write_all(
+            b"{\"id\":1,\"result\":[[\"mining.notify\",\"ae68\"],\"08000002\",4],\"error\":null}\n",
+        )
+        .unwrap();
+        line
+    });
+    let xmrig = d.join("xmrig");
+    std::fs::write(
+        &xmrig,
+        "#!/usr/bin/python3\nimport socket\ns=socket.create_connection(('127.0.0.1',3333))\n\
+         s.sendall(b'{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[\"xmrig/6.21\"]}\\n')\ns.recv(512)\n",
+    )
+    .unwrap();
+    sh(&format!("chmod +x {}", xmrig.display()));
+    let out = Command::new(&xmrig)
+        .args([
+            "-o",
+            "stratum+tcp://127.0.0.1:3333",
+            "-u",
+            "wallet",
+            "--donate-level=0",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(pool_t.join().unwrap().contains("mining.subscribe"));
+    let m = s
+        .wait_for(WAIT, |e| {
+            e["kind"] == "alert" && e["rule"] == "miner-exec" && e["comm"] == "xmrig"
+        })
+        .expect("miner exec alert");
+    let mpid = m["pid"].as_u64().unwrap() as u32;
+    assert_eq!(m["severity"], "critical");
+    let seq = alert_for(&s, "miner-exec-then-connect", mpid);
+    assert_eq!(
+        seq["related"][0]["kind"], "exec",
+        "the sequence carries its first step"
+    );
+    assert_eq!(seq["event"]["dst_port"], 3333);
+    alert_for(&s, "miner-pool-port-connect", mpid);
+
+    // 7. Benign: ssh without forwarding, git over ssh, an HTTPS-style connect.
+    let plain = Command::new("ssh")
+        .args(&opts)
+        .args(["root@127.0.0.1", "true"])
+        .status()
+        .unwrap();
+    assert!(plain.success());
+    let repo = d.join("repo.git");
+    sh(&format!("git init -q --bare {}", repo.display()));
+    let git = Command::new("git")
+        .env("GIT_SSH_COMMAND", format!("ssh {}", opts.join(" ")))
+        .args([
+            "ls-remote",
+            &format!("ssh://root@127.0.0.1:{SSHD_PORT}{}", repo.display()),
+        ])
+        .status()
+        .unwrap();
+    assert!(git.success());
+    let (https, _h) = echo_listener();
+    let curlish = Command::new("/usr/bin/python3")
+        .args(["-c", &format!("import socket; s=socket.create_connection(('127.0.0.1',{https})); s.sendall(b'GET'); s.recv(3)")])
+        .spawn()
+        .unwrap();
+    let cpid = curlish.id();
+    curlish.wait_with_output().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        rules_of(&s, cpid).is_empty(),
+        "HTTPS-style connect alerted: {:?}",
+        rules_of(&s, cpid)
+    );
+    let benign: Vec<Value> = s.events(|e| {
+        e["kind"] == "alert"
+            && (e["comm"] == "ssh" || e["comm"] == "git")
+            && !e["argv"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "-R" || x == "-N" || x == "-f"))
+    });
+    assert!(benign.is_empty(), "benign ssh/git alerted: {benign:?}");
+
+    let all = s.stop();
+    if let Some(sc) = &scope {
+        let _ = std::fs::remove_dir(sc);
+        let _ = std::fs::remove_dir(sc.parent().unwrap());
+    }
+    let n = all.iter().filter(|e| e["kind"] == "alert").count();
+    println!("{n} alerts in total");
+}
