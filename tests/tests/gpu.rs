@@ -78,10 +78,10 @@ kind = "nvidia-uvm"
 emulated = true
 "#;
 
-fn replay(s: &Sensor, fixtures: &Path, dir: &Path, name: &str) -> (u32, Vec<Value>) {
+fn replay(s: &Sensor, fixtures: &Path, dir: &Path, name: &str, bin: &str) -> (u32, Vec<Value>) {
     let fx = fixtures.join(format!("{name}.jsonl.gz"));
     let (pid, out) = run_helper(
-        GPUREPLAY,
+        bin,
         &["replay", fx.to_str().unwrap(), dir.to_str().unwrap()],
     );
     let n: usize = out
@@ -126,10 +126,48 @@ fn h100_recordings_replayed_give_sessions_and_queries() {
     mknod(&dir.0.join("nvidia-uvm"), 1, 7);
     let cfg = dir.0.join("sensor.toml");
     std::fs::write(&cfg, STANDIN_CONFIG).unwrap();
+    // The replayer runs from a system directory, as an installed workload would: a binary in
+    // the build tree (maybe under /tmp or /root) would rightly match the writable-dir rule.
+    let bin_dir = PathBuf::from("/usr/local/libexec");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let bin = bin_dir.join(format!("sensor-test-gpureplay-{}", std::process::id()));
+    std::fs::copy(GPUREPLAY, &bin).unwrap();
+    let bin_s = bin.to_str().unwrap().to_string();
+    // A process that opened the GPU devices before the sensor started.
+    let mut early = std::process::Command::new(&bin)
+        .args([
+            "replay-after-line",
+            fx.join("training.jsonl.gz").to_str().unwrap(),
+            dir.0.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(early.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready");
     let s = Sensor::start(&["--config", cfg.to_str().unwrap()]);
+    std::io::Write::write_all(early.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    let early_pid = early.id();
+    assert!(early.wait().unwrap().success());
+    let e = s
+        .wait_for(WAIT, |e| is(e, "gpu_session_end", early_pid))
+        .expect("session of a process older than the sensor");
+    let n = s.events(|e| is(e, "gpu_ioctl", early_pid)).len();
+    assert_eq!(n, 565, "every ioctl of the pre-existing process is seen");
+    assert!(e["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c == "HOPPER_COMPUTE_A"));
 
     // nvidia-smi: queries only (it even initialises UVM) → no compute session.
-    let (_, evs) = replay(&s, &fx, &dir.0, "nvidia-smi");
+    let (_, evs) = replay(&s, &fx, &dir.0, "nvidia-smi", &bin_s);
     assert!(
         kinds(&evs, "gpu_session_start").is_empty(),
         "nvidia-smi must not be a compute session"
@@ -155,7 +193,7 @@ fn h100_recordings_replayed_give_sessions_and_queries() {
         .all(|o| o["result"] == "ok" && o["emulated"] == true));
 
     for name in ["mining-like", "training"] {
-        let (pid, evs) = replay(&s, &fx, &dir.0, name);
+        let (pid, evs) = replay(&s, &fx, &dir.0, name, &bin_s);
         let starts = kinds(&evs, "gpu_session_start");
         assert_eq!(starts.len(), 1, "{name}: exactly one compute session");
         let ends = kinds(&evs, "gpu_session_end");
@@ -169,7 +207,7 @@ fn h100_recordings_replayed_give_sessions_and_queries() {
         assert!(classes.contains(&"HOPPER_CHANNEL_GPFIFO_A".to_string()));
         assert_eq!(end["gpu_minors"], serde_json::json!([0]), "{name}");
         assert_eq!(end["uvm_initialized"], true);
-        assert_eq!(end["exe"], GPUREPLAY);
+        assert_eq!(end["exe"], bin_s.as_str());
         assert_eq!(end["argv"][1], "replay");
         assert_eq!(
             end["lineage"][0]["pid"],
@@ -192,9 +230,17 @@ fn h100_recordings_replayed_give_sessions_and_queries() {
         assert!(evs
             .iter()
             .any(|e| e["op"] == "NV_ESC_RM_CONTROL" && e["control"].is_string()));
-        let _ = pid;
+        if name == "training" {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let alerts = s.events(|e| e["kind"] == "alert" && e["pid"] == pid);
+            assert!(
+                alerts.is_empty(),
+                "the training recording must stay silent: {alerts:?}"
+            );
+        }
     }
     s.stop();
+    let _ = std::fs::remove_file(&bin);
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //!
 //!   gpureplay replay FIXTURE.jsonl.gz DIR   re-issue every recorded ioctl (same request, same
 //!                                           first 64 argument bytes) on DIR/<basename of path>
+//!   gpureplay replay-after-line FIXTURE DIR open the nodes, print "ready", wait for a line on
+//!                                           stdin, then replay
 //!   gpureplay opath NODE                    open NODE with O_PATH, then an RM_ALLOC ioctl on it
 //!   gpureplay storm N NODE                  N non-GPU-looking and GPU-looking ioctls on NODE
 use std::{
@@ -53,10 +55,20 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     match a.get(1).map(String::as_str) {
-        Some("replay") => {
+        Some(mode @ ("replay" | "replay-after-line")) => {
             let f = std::fs::File::open(&a[2]).expect("fixture");
             let dir = Path::new(&a[3]);
             let mut fds: HashMap<String, i32> = HashMap::new();
+            if mode == "replay-after-line" {
+                // Open the devices first, then wait: the ioctls come from a process that held
+                // GPU fds before the sensor started.
+                for base in ["nvidiactl", "nvidia0", "nvidia-uvm"] {
+                    fds.insert(base.to_string(), open(&dir.join(base), libc::O_RDWR));
+                }
+                println!("ready");
+                let mut l = String::new();
+                std::io::stdin().read_line(&mut l).unwrap();
+            }
             let mut n = 0;
             let mut buf = vec![0u8; 16384];
             for line in BufReader::new(flate2::read::GzDecoder::new(f)).lines() {
