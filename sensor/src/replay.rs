@@ -56,29 +56,35 @@ pub fn replay(
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
+        // Straight into the typed event; only a line that does not parse is looked at as
+        // generic JSON (a status record to skip, or an error to report).
+        let ev: Event = match serde_json::from_str(&line) {
+            Ok(e) => e,
             Err(e) => {
-                s.errors += 1;
-                eprintln!("line {}: not JSON: {e}", n + 1);
+                match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(v)
+                        if v.get("kind")
+                            .and_then(|k| k.as_str())
+                            .is_some_and(|k| SKIP.contains(&k)) =>
+                    {
+                        s.skipped += 1;
+                    }
+                    Ok(_) => {
+                        s.errors += 1;
+                        eprintln!("line {}: not a sensor event: {e}", n + 1);
+                    }
+                    Err(e) => {
+                        s.errors += 1;
+                        eprintln!("line {}: not JSON: {e}", n + 1);
+                    }
+                }
                 continue;
             }
         };
-        if v.get("kind")
-            .and_then(|k| k.as_str())
-            .is_some_and(|k| SKIP.contains(&k))
-        {
+        if SKIP.contains(&crate::rules::fields::kind_name(&ev.body)) {
             s.skipped += 1;
             continue;
         }
-        let ev: Event = match serde_json::from_value(v) {
-            Ok(e) => e,
-            Err(e) => {
-                s.errors += 1;
-                eprintln!("line {}: not a sensor event: {e}", n + 1);
-                continue;
-            }
-        };
         s.events += 1;
         proc.process(ev, &mut |o| match o {
             Out::Event(e) if !alerts_only => out.write(e),

@@ -263,8 +263,12 @@ impl Ctx<'_> {
 
     pub fn get(&self, f: Field) -> Val<'_> {
         use Val::*;
-        let s = |v: &str| Str(Cow::Owned(v.to_string()));
-        let opt = |v: Option<&str>| v.map_or(Null, |v| Str(Cow::Owned(v.to_string())));
+        fn s(v: &str) -> Val<'_> {
+            Val::Str(Cow::Borrowed(v))
+        }
+        fn opt(v: Option<&str>) -> Val<'_> {
+            v.map_or(Val::Null, |v| Val::Str(Cow::Borrowed(v)))
+        }
         let ev = self.ev;
         match f {
             Field::Kind => Str(Cow::Borrowed(kind_name(&ev.body))),
@@ -279,7 +283,16 @@ impl Ctx<'_> {
                 Body::Exec(x) => s(&x.filename),
                 _ => Null,
             },
-            Field::Argv => List(self.argv().iter().map(|a| Cow::Owned(a.clone())).collect()),
+            Field::Argv => match &ev.body {
+                Body::Exec(x) => List(x.argv.iter().map(|a| Cow::Borrowed(a.as_str())).collect()),
+                _ => List(
+                    self.procs
+                        .argv(ev.pid)
+                        .into_iter()
+                        .map(Cow::Owned)
+                        .collect(),
+                ),
+            },
             Field::Argc => Int(self.argv().len() as i64),
             Field::Cmdline => Str(Cow::Owned(self.argv().join(" "))),
             Field::ArgsTruncated => match &ev.body {
@@ -525,7 +538,7 @@ pub fn eval(e: &Expr, cx: &Ctx<'_>) -> bool {
                 (_, Val::Int(i)) => int_match(i, *op, pat),
                 (_, Val::Bool(b)) => {
                     let Pattern::Lits(l) = pat else { return false };
-                    let hit = l.iter().any(|x| *x == Lit::Bool(b));
+                    let hit = l.contains(&Lit::Bool(b));
                     if *op == Op::Ne {
                         !hit
                     } else {

@@ -582,7 +582,7 @@ mod tests {
         let e = load::compile(&[
             load::Source {
                 name: "z".into(),
-                text: dup.repeat(1),
+                text: dup.to_string(),
             },
             load::Source {
                 name: "z2".into(),
