@@ -26,8 +26,9 @@ pub mod kind {
     pub const LISTEN: u32 = 6;
     pub const GPU_IOCTL: u32 = 7;
     pub const GPU_OPEN: u32 = 8;
+    pub const NET_PAYLOAD: u32 = 9;
     /// One past the highest kind id: size of per-kind counter arrays.
-    pub const MAX: u32 = 9;
+    pub const MAX: u32 = 10;
 }
 
 /// Bits of [`EventHeader::flags`].
@@ -48,6 +49,9 @@ pub mod flags {
     /// GPU ioctl: the argument could not be read from user memory.
     pub const GPU_ARG_UNREADABLE: u32 = 1 << 14;
 }
+
+/// Bytes captured of the first payload written to a freshly connected TCP socket.
+pub const PAYLOAD_LEN: usize = 64;
 
 /// Bytes of an ioctl argument captured for GPU ioctls.
 pub const GPU_ARG_LEN: usize = 64;
@@ -131,6 +135,23 @@ pub struct NetEvent {
     pub protocol: u16,
     /// IPv4 address in the first 4 bytes, or the IPv6 address; network byte order.
     pub addr: [u8; 16],
+}
+
+/// The first bytes written (write/sendto) to a TCP socket after its connect(2): enough to see a
+/// plaintext protocol greeting such as Stratum's `mining.subscribe`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NetPayloadEvent {
+    pub hdr: EventHeader,
+    pub fd: i32,
+    /// Length the caller asked to write.
+    pub len: u32,
+    pub family: u16,
+    pub port: u16,
+    pub data_len: u32,
+    /// Destination (as for `NetEvent::addr`).
+    pub addr: [u8; 16],
+    pub data: [u8; PAYLOAD_LEN],
 }
 
 /// An ioctl on a GPU device file (device test done in the kernel), with its result.
@@ -392,7 +413,10 @@ pub struct Offsets {
     // sys_enter_openat: filename, flags
     pub tp_openat_filename: u32,
     pub tp_openat_flags: u32,
-    pub _pad: u32,
+    // sys_enter_write / sys_enter_sendto: fd, buffer, length (same positions in both)
+    pub tp_payload_fd: u32,
+    pub tp_payload_buf: u32,
+    pub tp_payload_len: u32,
 }
 
 impl Offsets {
@@ -439,7 +463,9 @@ impl Offsets {
         tp_ioctl_arg: u32::MAX,
         tp_openat_filename: u32::MAX,
         tp_openat_flags: u32::MAX,
-        _pad: 0,
+        tp_payload_fd: u32::MAX,
+        tp_payload_buf: u32::MAX,
+        tp_payload_len: u32::MAX,
     };
 }
 
@@ -501,8 +527,10 @@ const _: () = assert!(size_of::<NetEvent>() == 96);
 const _: () = assert!(offset_of!(NetEvent, ret) == 64);
 const _: () = assert!(offset_of!(NetEvent, family) == 72);
 const _: () = assert!(offset_of!(NetEvent, addr) == 80);
-const _: () = assert!(size_of::<Offsets>() == 43 * 4);
-const _: () = assert!(size_of::<ProgConfig>() == 43 * 4 + 8);
+const _: () = assert!(size_of::<Offsets>() == 45 * 4);
+const _: () = assert!(size_of::<ProgConfig>() == 45 * 4 + 8);
+const _: () = assert!(size_of::<NetPayloadEvent>() == 64 + 16 + 16 + PAYLOAD_LEN);
+const _: () = assert!(offset_of!(NetPayloadEvent, data) == 96);
 const _: () = assert!(size_of::<GpuIoctlEvent>() == 64 + 48 + GPU_ARG_LEN);
 const _: () = assert!(offset_of!(GpuIoctlEvent, arg) == 112);
 const _: () = assert!(size_of::<GpuOpenEvent>() == 64 + 24 + 2 * GPU_NAME_LEN);

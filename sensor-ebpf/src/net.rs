@@ -7,10 +7,10 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, tracepoint},
-    maps::HashMap,
+    maps::{HashMap, LruHashMap},
     programs::TracePointContext,
 };
-use sensor_common::{flags, kind, NetEvent};
+use sensor_common::{flags, kind, NetEvent, NetPayloadEvent, PAYLOAD_LEN};
 
 use crate::{
     config, count_drop,
@@ -40,6 +40,14 @@ pub struct Pending {
     protocol: u16,
     addr: [u8; 16],
 }
+
+/// TCP sockets connected (ok or in progress) whose first payload has not been seen yet, by
+/// `tgid << 32 | fd`, with their destination. LRU: a socket that never writes ages out.
+#[map(name = "FRESH_SOCKS")]
+static FRESH_SOCKS: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
+
+/// EINPROGRESS (include/uapi/asm-generic/errno.h).
+const EINPROGRESS: i64 = 115;
 
 /// In-flight connect/bind syscalls by pid_tgid (a thread is in at most one syscall).
 #[map(name = "PENDING_NET")]
@@ -130,7 +138,66 @@ fn exit(ctx: &TracePointContext, k: u32) -> i32 {
     // SAFETY: read of the tracepoint record at the format-file offset of `ret`.
     let ret = unsafe { ctx.read_at::<i64>(o.tp_exit_ret as usize) }.unwrap_or(0);
     emit(k, 0, ret as i32, p.fd, &p);
+    if k == kind::CONNECT && p.sock_type == SOCK_STREAM && (ret == 0 || ret == -EINPROGRESS) {
+        let key = (id & 0xffff_ffff_0000_0000) | (p.fd as u32 as u64);
+        let _ = FRESH_SOCKS.insert(&key, &p, 0);
+    }
     0
+}
+
+/// First write/sendto on a fresh TCP socket: capture its first bytes.
+#[inline(always)]
+fn first_payload(ctx: &TracePointContext) -> u32 {
+    let o = &config().offsets;
+    let r = record::<48>(ctx);
+    let fd = field(&r, o.tp_payload_fd, 8) as u32;
+    let key = (bpf_get_current_pid_tgid() & 0xffff_ffff_0000_0000) | fd as u64;
+    // SAFETY: LRU lookup; the value is copied out before the entry is removed.
+    let Some(p) = (unsafe { FRESH_SOCKS.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = FRESH_SOCKS.remove(&key);
+    let buf = field(&r, o.tp_payload_buf, 8);
+    let len = field(&r, o.tp_payload_len, 8);
+    let Some(mut entry) = EVENTS.reserve::<NetPayloadEvent>(0) else {
+        count_drop(kind::NET_PAYLOAD);
+        return 0;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is a reservation of size_of::<NetPayloadEvent>() owned by this program; the
+    // user buffer is read with the fault-handling helper and a bounded size.
+    unsafe {
+        fill_header(&mut (*ev).hdr, kind::NET_PAYLOAD);
+        (*ev).fd = fd as i32;
+        (*ev).len = len as u32;
+        (*ev).family = p.family;
+        (*ev).port = p.port;
+        (*ev).addr = p.addr;
+        (*ev).data = [0; PAYLOAD_LEN];
+        let n = if len > PAYLOAD_LEN as u64 { PAYLOAD_LEN as u64 } else { len };
+        (*ev).data_len = 0;
+        if buf != 0
+            && aya_ebpf::helpers::generated::bpf_probe_read_user(
+                (*ev).data.as_mut_ptr().cast(),
+                (n as u32) & (2 * PAYLOAD_LEN as u32 - 1),
+                buf as *const _,
+            ) == 0
+        {
+            (*ev).data_len = n as u32;
+        }
+    }
+    entry.submit(crate::submit_flags());
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_write")]
+pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+    first_payload(&ctx)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
+pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
+    first_payload(&ctx)
 }
 
 #[inline(always)]

@@ -29,6 +29,7 @@ pub struct Config {
     pub gpu: GpuConfig,
     pub rules: crate::rules::RulesConfig,
     pub context: ContextConfig,
+    pub net: NetConfig,
     /// Path of the kernel BTF used to resolve struct offsets.
     pub btf_path: PathBuf,
 }
@@ -42,6 +43,7 @@ impl Default for Config {
             gpu: GpuConfig::default(),
             rules: crate::rules::RulesConfig::default(),
             context: ContextConfig::default(),
+            net: NetConfig::default(),
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
         }
     }
@@ -95,6 +97,20 @@ impl Default for OutputConfig {
         OutputConfig {
             loss_interval_secs: 10,
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetConfig {
+    /// Capture the first 64 bytes written to each new outbound TCP connection (Stratum and
+    /// other plaintext greetings). Adds a tracepoint on write(2) and sendto(2).
+    pub first_payload: bool,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig { first_payload: true }
     }
 }
 

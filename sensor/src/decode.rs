@@ -9,12 +9,12 @@ use std::{
 
 use sensor_common::{
     flags, gpu, kind, EventHeader, ExecEvent, ExitEvent, ForkEvent, GpuIoctlEvent, GpuOpenEvent,
-    NetEvent,
+    NetEvent, NetPayloadEvent,
 };
 use thiserror::Error;
 
 use crate::{
-    event::{Body, Event, Exec, Exit, Fork, GpuIoctl, GpuOpen, Net},
+    event::{Body, Event, Exec, Exit, Fork, GpuIoctl, GpuOpen, Net, NetPayload},
     gpu::{classes, devices::kind_name},
 };
 
@@ -291,6 +291,19 @@ pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
                 kind::BIND => Body::Bind(n),
                 _ => Body::Listen(n),
             }
+        }
+        kind::NET_PAYLOAD => {
+            let e: NetPayloadEvent = read(buf, hdr.kind)?;
+            let d = &e.data[..(e.data_len as usize).min(e.data.len())];
+            Body::NetPayload(NetPayload {
+                fd: e.fd,
+                family: family_name(e.family).into(),
+                dst_ip: ip_string(e.family, &e.addr),
+                dst_port: e.port,
+                len: e.len,
+                data: hex(d),
+                text: String::from_utf8_lossy(d).into_owned(),
+            })
         }
         kind::GPU_IOCTL => Body::GpuIoctl(decode_gpu_ioctl(&read::<GpuIoctlEvent>(buf, hdr.kind)?)),
         kind::GPU_OPEN => Body::GpuOpen(decode_gpu_open(&read::<GpuOpenEvent>(buf, hdr.kind)?)),

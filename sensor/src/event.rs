@@ -37,6 +37,8 @@ pub enum Body {
     Connect(Net),
     Bind(Net),
     Listen(Net),
+    /// First bytes written to a new outbound TCP connection.
+    NetPayload(NetPayload),
     GpuIoctl(GpuIoctl),
     GpuOpen(GpuOpen),
     /// Derived: the process created its first compute channel/engine object.
@@ -218,4 +220,18 @@ pub struct GpuUsage {
     /// PCIe throughput, KB/s (nvmlDeviceGetPcieThroughput).
     pub pcie_rx_kbps: u32,
     pub pcie_tx_kbps: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetPayload {
+    pub fd: i32,
+    pub family: String,
+    pub dst_ip: String,
+    pub dst_port: u16,
+    /// Bytes the write asked for.
+    pub len: u32,
+    /// The captured bytes (at most 64), hex.
+    pub data: String,
+    /// The captured bytes as text (invalid UTF-8 replaced), for rules.
+    pub text: String,
 }

@@ -40,6 +40,7 @@ const KIND_NAMES: [&str; kind::MAX as usize] = [
     "listen",
     "gpu_ioctl",
     "gpu_open",
+    "net_payload",
 ];
 
 fn by_kind(values: &[u64]) -> serde_json::Map<String, serde_json::Value> {

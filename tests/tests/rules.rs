@@ -443,6 +443,10 @@ fn tunnels_miners_pods_and_benign_traffic() {
     );
     assert_eq!(seq["event"]["dst_port"], 3333);
     alert_for(&s, "miner-pool-port-connect", mpid);
+    // The Stratum greeting itself, captured in the kernel from the first sendto().
+    let st = alert_for(&s, "stratum-handshake", mpid);
+    assert!(st["event"]["text"].as_str().unwrap().contains("mining.subscribe"), "{st}");
+    assert_eq!(st["event"]["dst_port"], 3333);
 
     // 7. Benign: ssh without forwarding, git over ssh, an HTTPS-style connect.
     let plain = Command::new("ssh")
@@ -475,6 +479,10 @@ fn tunnels_miners_pods_and_benign_traffic() {
         "HTTPS-style connect alerted: {:?}",
         rules_of(&s, cpid)
     );
+    let greet = s
+        .wait_for(WAIT, |e| e["kind"] == "net_payload" && e["pid"] == cpid)
+        .expect("first payload captured");
+    assert_eq!(greet["text"], "GET");
     let benign: Vec<Value> = s.events(|e| {
         e["kind"] == "alert"
             && (e["comm"] == "ssh" || e["comm"] == "git")

@@ -67,6 +67,11 @@ const TPS: &[(&str, &str, &str)] = &[
     ("sys_enter_openat", "syscalls", "sys_enter_openat"),
     ("sys_exit_openat", "syscalls", "sys_exit_openat"),
 ];
+/// First-payload capture (config `net.first_payload`): fires on every write(2)/sendto(2).
+const PAYLOAD_TPS: &[(&str, &str, &str)] = &[
+    ("sys_enter_write", "syscalls", "sys_enter_write"),
+    ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
+];
 
 /// Resolves every offset the programs use from BTF and tracefs formats.
 pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
@@ -77,6 +82,15 @@ pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
     let exit_bind = Format::load("syscalls", "sys_exit_bind")?;
     let iss = Format::load("sock", "inet_sock_set_state")?;
     let ioctl = Format::load("syscalls", "sys_enter_ioctl")?;
+    let write = Format::load("syscalls", "sys_enter_write")?;
+    let sendto = Format::load("syscalls", "sys_enter_sendto")?;
+    let same2 = |what: &str, a: u32, b: u32| {
+        if a == b {
+            Ok(a)
+        } else {
+            Err(HookError::Layout(format!("{what}: write at {a}, sendto at {b}")))
+        }
+    };
     let openat = Format::load("syscalls", "sys_enter_openat")?;
     // One `ret` offset serves every sys_exit_* program: check that they agree.
     let ret = exit_connect.offset("ret")?;
@@ -149,7 +163,9 @@ pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
         tp_ioctl_arg: ioctl.offset("arg")?,
         tp_openat_filename: openat.offset("filename")?,
         tp_openat_flags: openat.offset("flags")?,
-        _pad: 0,
+        tp_payload_fd: same2("fd", write.offset("fd")?, sendto.offset("fd")?)?,
+        tp_payload_buf: same2("buffer", write.offset("buf")?, sendto.offset("buff")?)?,
+        tp_payload_len: same2("length", write.offset("count")?, sendto.offset("len")?)?,
     })
 }
 
@@ -214,7 +230,8 @@ impl Hooks {
             prog.attach(name).map_err(|source| prog_err(name, source))?;
             attached.push(format!("raw_tp/{name}"));
         }
-        for &(name, cat, tp) in TPS {
+        let payload: &[(&str, &str, &str)] = if cfg.net.first_payload { PAYLOAD_TPS } else { &[] };
+        for &(name, cat, tp) in TPS.iter().chain(payload) {
             let prog: &mut TracePoint = program(&mut ebpf, name)?;
             prog.load().map_err(|source| prog_err(name, source))?;
             prog.attach(cat, tp)

@@ -64,6 +64,7 @@ pub enum Field {
     PodUid,
     SshFlags,
     SshOptions,
+    Payload,
 }
 
 impl Field {
@@ -122,6 +123,7 @@ impl Field {
             "pod.uid" => PodUid,
             "ssh.flags" => SshFlags,
             "ssh.options" => SshOptions,
+            "payload" => Payload,
             _ => return None,
         })
     }
@@ -299,11 +301,18 @@ impl Ctx<'_> {
                 Body::Exec(x) => Bool(x.args_truncated),
                 _ => Null,
             },
-            Field::DstIp => opt(self.net().and_then(|n| n.dst_ip.as_deref())),
-            Field::DstPort => self
-                .net()
-                .and_then(|n| n.dst_port)
-                .map_or(Null, |p| Int(p as i64)),
+            Field::DstIp => match &ev.body {
+                Body::NetPayload(p) => s(&p.dst_ip),
+                _ => opt(self.net().and_then(|n| n.dst_ip.as_deref())),
+            },
+            Field::DstPort => match &ev.body {
+                Body::NetPayload(p) => Int(p.dst_port as i64),
+                _ => self.net().and_then(|n| n.dst_port).map_or(Null, |p| Int(p as i64)),
+            },
+            Field::Payload => match &ev.body {
+                Body::NetPayload(p) => s(&p.text),
+                _ => Null,
+            },
             Field::LocalIp => opt(self.net().and_then(|n| n.local_ip.as_deref())),
             Field::LocalPort => self
                 .net()
@@ -441,6 +450,7 @@ pub fn kind_name(b: &Body) -> &'static str {
         Body::Connect(_) => "connect",
         Body::Bind(_) => "bind",
         Body::Listen(_) => "listen",
+        Body::NetPayload(_) => "net_payload",
         Body::GpuIoctl(_) => "gpu_ioctl",
         Body::GpuOpen(_) => "gpu_open",
         Body::GpuSessionStart(_) => "gpu_session_start",
