@@ -235,6 +235,8 @@ pub mod gpu {
         pub const KFD: u32 = 5;
         /// `/dev/dri/card*`, `/dev/dri/renderD*`; major 226.
         pub const DRM: u32 = 6;
+        /// Not a GPU: `/dev/net/tun` (misc 10:200), watched for opens only (tunnels).
+        pub const TUN: u32 = 7;
     }
 
     /// `_IOC` field extraction (include/uapi/asm-generic/ioctl.h: nr 8 bits, type 8, size 14,

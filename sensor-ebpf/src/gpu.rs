@@ -88,6 +88,9 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
     let Some((dev, major, minor)) = gpu_dev_of_file(file_of_fd(fd & 0xffff_ffff)) else {
         return 0;
     };
+    if dev.kind == gpu::dev::TUN {
+        return 0; // watched for opens only
+    }
     let Some(ev) = SCRATCH_IOCTL.get_ptr_mut(0) else {
         return 0;
     };
@@ -172,7 +175,10 @@ pub fn sys_exit_ioctl(ctx: TracePointContext) -> u32 {
 /// Whether a user path names a GPU device node by its standard location.
 #[inline(always)]
 fn gpu_path(p: &[u8]) -> bool {
-    p.starts_with(b"/dev/nvidia") || p.starts_with(b"/dev/kfd") || p.starts_with(b"/dev/dri/")
+    p.starts_with(b"/dev/nvidia")
+        || p.starts_with(b"/dev/kfd")
+        || p.starts_with(b"/dev/dri/")
+        || p.starts_with(b"/dev/net/tun")
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_openat")]
@@ -236,7 +242,9 @@ pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
     let Some((dev, major, minor)) = gpu_dev_of_file(file) else {
         return 0;
     };
-    let _ = GPU_TGIDS.insert(&((id >> 32) as u32), &1, 0);
+    if dev.kind != gpu::dev::TUN {
+        let _ = GPU_TGIDS.insert(&((id >> 32) as u32), &1, 0);
+    }
     if !current_traced() {
         return 0;
     }

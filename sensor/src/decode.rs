@@ -231,7 +231,7 @@ fn decode_gpu_open(e: &GpuOpenEvent) -> GpuOpen {
         name
     } else if parent.is_empty() || parent == "dev" || parent == "/" {
         format!("/dev/{name}")
-    } else if parent == "dri" || parent == "nvidia-caps" {
+    } else if parent == "dri" || parent == "nvidia-caps" || parent == "net" {
         format!("/dev/{parent}/{name}")
     } else {
         // Only the last two components are captured in the kernel.
@@ -306,7 +306,14 @@ pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
             })
         }
         kind::GPU_IOCTL => Body::GpuIoctl(decode_gpu_ioctl(&read::<GpuIoctlEvent>(buf, hdr.kind)?)),
-        kind::GPU_OPEN => Body::GpuOpen(decode_gpu_open(&read::<GpuOpenEvent>(buf, hdr.kind)?)),
+        kind::GPU_OPEN => {
+            let o = decode_gpu_open(&read::<GpuOpenEvent>(buf, hdr.kind)?);
+            if o.device == "tun" || o.path.starts_with("/dev/net/tun") {
+                Body::TunOpen(GpuOpen { device: "tun".into(), ..o })
+            } else {
+                Body::GpuOpen(o)
+            }
+        }
         k => return Err(DecodeError::UnknownKind(k)),
     };
     Ok(Event {

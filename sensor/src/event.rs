@@ -41,6 +41,8 @@ pub enum Body {
     NetPayload(NetPayload),
     GpuIoctl(GpuIoctl),
     GpuOpen(GpuOpen),
+    /// An open of /dev/net/tun (same fields as `gpu_open`, `device` = "tun").
+    TunOpen(GpuOpen),
     /// Derived: the process created its first compute channel/engine object.
     GpuSessionStart(GpuSession),
     /// Derived: a process with a compute session exited.

@@ -448,6 +448,19 @@ fn tunnels_miners_pods_and_benign_traffic() {
     assert!(st["event"]["text"].as_str().unwrap().contains("mining.subscribe"), "{st}");
     assert_eq!(st["event"]["dst_port"], 3333);
 
+    // 6b. A TUN device open (ssh -w style tunnelling needs one).
+    if Path::new("/dev/net/tun").exists() {
+        let tun = Command::new("/usr/bin/python3")
+            .args(["-c", "import os; os.close(os.open('/dev/net/tun', os.O_RDWR))"])
+            .spawn()
+            .unwrap();
+        let tpid = tun.id();
+        assert!(tun.wait_with_output().unwrap().status.success());
+        let a = alert_for(&s, "tun-device-open", tpid);
+        assert_eq!(a["event"]["path"], "/dev/net/tun");
+        assert_eq!(a["event"]["device"], "tun");
+    }
+
     // 7. Benign: ssh without forwarding, git over ssh, an HTTPS-style connect.
     let plain = Command::new("ssh")
         .args(&opts)

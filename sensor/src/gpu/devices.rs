@@ -10,6 +10,10 @@ use serde::Deserialize;
 pub const NVIDIA_MAJOR: u32 = 195;
 /// `DRM_MAJOR` (include/drm/drm_device.h / drm_drv.c registers "drm" on 226).
 pub const DRM_MAJOR: u32 = 226;
+/// `MISC_MAJOR` 10 (include/uapi/linux/major.h) and `TUN_MINOR` 200
+/// (include/linux/miscdevice.h): /dev/net/tun.
+pub const TUN_MAJOR: u32 = 10;
+pub const TUN_MINOR: u32 = 200;
 
 /// A configured GPU device (config `[[gpu.devices]]`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -48,6 +52,7 @@ pub fn kind_name(kind: u32) -> &'static str {
         dev::NVIDIA_FABRIC => "nvidia-fabric",
         dev::KFD => "kfd",
         dev::DRM => "drm",
+        dev::TUN => "tun",
         _ => "unknown",
     }
 }
@@ -108,7 +113,14 @@ pub fn entries(proc_devices: &str, extra: &[DeviceSpec]) -> Result<Vec<(u64, Gpu
             },
         )
     };
-    let mut v = vec![wild(NVIDIA_MAJOR, dev::NVIDIA), wild(DRM_MAJOR, dev::DRM)];
+    let mut v = vec![
+        wild(NVIDIA_MAJOR, dev::NVIDIA),
+        wild(DRM_MAJOR, dev::DRM),
+        (
+            gpu_dev_key(TUN_MAJOR, TUN_MINOR),
+            GpuDev { kind: dev::TUN, flags: 0, gpu_minor: u32::MAX, _pad: 0 },
+        ),
+    ];
     for (maj, k) in parse_proc_devices(proc_devices) {
         v.push(wild(maj, k));
     }

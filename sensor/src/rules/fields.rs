@@ -324,7 +324,7 @@ impl Ctx<'_> {
             Field::Result => match &ev.body {
                 Body::Connect(n) | Body::Bind(n) | Body::Listen(n) => s(&n.result),
                 Body::GpuIoctl(g) => s(&g.result),
-                Body::GpuOpen(g) => s(&g.result),
+                Body::GpuOpen(g) | Body::TunOpen(g) => s(&g.result),
                 _ => Null,
             },
             Field::Via => opt(self.net().map(|n| n.via.as_str())),
@@ -349,7 +349,7 @@ impl Ctx<'_> {
             },
             Field::Device => match &ev.body {
                 Body::GpuIoctl(g) => s(&g.device),
-                Body::GpuOpen(g) => s(&g.device),
+                Body::GpuOpen(g) | Body::TunOpen(g) => s(&g.device),
                 _ => Null,
             },
             Field::Op => match &ev.body {
@@ -361,7 +361,7 @@ impl Ctx<'_> {
                 _ => Null,
             },
             Field::Path => match &ev.body {
-                Body::GpuOpen(g) => s(&g.path),
+                Body::GpuOpen(g) | Body::TunOpen(g) => s(&g.path),
                 _ => Null,
             },
             Field::Trigger | Field::Classes => match &ev.body {
@@ -453,6 +453,7 @@ pub fn kind_name(b: &Body) -> &'static str {
         Body::NetPayload(_) => "net_payload",
         Body::GpuIoctl(_) => "gpu_ioctl",
         Body::GpuOpen(_) => "gpu_open",
+        Body::TunOpen(_) => "tun_open",
         Body::GpuSessionStart(_) => "gpu_session_start",
         Body::GpuSessionEnd(_) => "gpu_session_end",
         Body::GpuQuery(_) => "gpu_query",
