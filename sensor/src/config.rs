@@ -110,7 +110,9 @@ pub struct NetConfig {
 
 impl Default for NetConfig {
     fn default() -> Self {
-        NetConfig { first_payload: true }
+        NetConfig {
+            first_payload: true,
+        }
     }
 }
 
@@ -120,6 +122,14 @@ pub struct ContextConfig {
     /// Environment variables whose value tags an agent episode (e.g. an RL rollout id); read
     /// from /proc/PID/environ at exec time, inherited by children, copied into alerts.
     pub episode_env: Vec<String>,
+    /// Pod annotations that tag an agent episode; copied into the container info of events and
+    /// used as the alert's `episode` when no environment tag is set.
+    pub episode_annotations: Vec<String>,
+    /// Kubernetes API base URL; default: in-cluster (KUBERNETES_SERVICE_HOST/PORT + service
+    /// account). Unset outside a cluster: containers carry ids only.
+    pub kube_api: Option<String>,
+    /// This node's name for the pod field selector; default: env NODE_NAME.
+    pub node_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

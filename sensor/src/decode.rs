@@ -309,7 +309,10 @@ pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
         kind::GPU_OPEN => {
             let o = decode_gpu_open(&read::<GpuOpenEvent>(buf, hdr.kind)?);
             if o.device == "tun" || o.path.starts_with("/dev/net/tun") {
-                Body::TunOpen(GpuOpen { device: "tun".into(), ..o })
+                Body::TunOpen(GpuOpen {
+                    device: "tun".into(),
+                    ..o
+                })
             } else {
                 Body::GpuOpen(o)
             }

@@ -83,6 +83,13 @@ impl Processor {
         emit: &mut dyn FnMut(Out<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut facts = self.procs.facts(ev.pid);
+        if facts.episode.is_none() {
+            // A pod annotation tags the episode when no environment variable did.
+            facts.episode = ev
+                .container
+                .as_ref()
+                .and_then(|c| c.annotations.values().next().cloned());
+        }
         let session = self.sessions.session_of(ev.pid);
         facts.gpu_session = session.is_some();
         let alerts = self.engine.process(&Input {

@@ -185,13 +185,24 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
         }
     });
 
+    let pods = match crate::context::kube::Endpoint::discover(
+        cfg.context.kube_api.as_deref(),
+        cfg.context.node_name.as_deref(),
+    ) {
+        Some(ep) => Some(crate::context::kube::spawn(ep)),
+        None => {
+            tracing::info!("no Kubernetes API (not in a cluster, context.kube_api unset): containers carry ids only");
+            None
+        }
+    };
+    let containers = Containers::new(pods, cfg.context.episode_annotations.clone());
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let engine = Engine::new(set, cfg.rules.clone());
     let pipeline = Pipeline {
         out,
         record,
-        proc: Processor::new(procs, Some(Containers::new()), engine),
+        proc: Processor::new(procs, Some(containers), engine),
         usage_rx,
         reload_rx,
         clock,

@@ -118,6 +118,46 @@ fn rules_of(s: &Sensor, pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// Serves `GET /api/v1/pods…` with one pod (plain HTTP); watch requests get an empty stream.
+fn fake_kube_api(pod_uid: &str) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let body = serde_json::json!({
+        "kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "100"},
+        "items": [{
+            "metadata": {"uid": pod_uid, "name": "agent-sandbox-7", "namespace": "rl-rollouts",
+                         "resourceVersion": "99", "labels": {"app": "rollout-worker"},
+                         "annotations": {"rl.example.com/episode": "ep-annot-42", "other": "x"}},
+            "spec": {"nodeName": "gpu-node-1"}
+        }]
+    })
+    .to_string();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { break };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&req);
+            let ok =
+                head.starts_with("GET /api/v1/pods") && head.contains("spec.nodeName%3Dgpu-node-1");
+            let b = if head.contains("watch=1") || !ok {
+                ""
+            } else {
+                body.as_str()
+            };
+            let status = if ok { "200 OK" } else { "404 Not Found" };
+            let _ = write!(c, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}", b.len());
+        }
+    });
+    port
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -210,7 +250,18 @@ fn tunnels_miners_pods_and_benign_traffic() {
     }
 
     let _sshd = sshd(d);
-    let s = Sensor::start(&[]);
+    // A stand-in Kubernetes API (plain HTTP on loopback) that knows the emulated pod.
+    let api = fake_kube_api(pod_uid);
+    let cfg = d.join("sensor.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[context]\nkube_api = \"http://127.0.0.1:{api}\"\nnode_name = \"gpu-node-1\"\n\
+             episode_env = [\"ROLLOUT_ID\"]\nepisode_annotations = [\"rl.example.com/episode\"]\n"
+        ),
+    )
+    .unwrap();
+    let s = Sensor::start(&["--config", cfg.to_str().unwrap()]);
     let me = std::process::id();
     let opts = ssh_opts(d);
 
@@ -383,15 +434,26 @@ fn tunnels_miners_pods_and_benign_traffic() {
         assert_eq!(a["container"]["id"], cid, "pod attribution: {a}");
         assert_eq!(a["container"]["pod_uid"], pod_uid);
         assert_eq!(a["container"]["runtime"], "containerd");
+        // From the Kubernetes API.
+        assert_eq!(a["container"]["pod"], "agent-sandbox-7", "{a}");
+        assert_eq!(a["container"]["namespace"], "rl-rollouts");
+        assert_eq!(a["container"]["node"], "gpu-node-1");
+        assert_eq!(a["container"]["labels"]["app"], "rollout-worker");
+        assert_eq!(
+            a["episode"], "ep-annot-42",
+            "episode from the pod annotation"
+        );
     }
     let _ = Kill(socat);
     let nc = Command::new("ncat")
+        .env("ROLLOUT_ID", "ep-env-7")
         .args(["-e", "/bin/cat", "127.0.0.1", &lport.to_string()])
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
     let npid = nc.id();
-    alert_for(&s, "netcat-exec", npid);
+    let a = alert_for(&s, "netcat-exec", npid);
+    assert_eq!(a["episode"], "ep-env-7", "episode from the environment");
     let _ = Kill(nc);
 
     // 6. A miner-named process with stratum argv connecting to a local "pool" on 3333 that
@@ -445,13 +507,22 @@ fn tunnels_miners_pods_and_benign_traffic() {
     alert_for(&s, "miner-pool-port-connect", mpid);
     // The Stratum greeting itself, captured in the kernel from the first sendto().
     let st = alert_for(&s, "stratum-handshake", mpid);
-    assert!(st["event"]["text"].as_str().unwrap().contains("mining.subscribe"), "{st}");
+    assert!(
+        st["event"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("mining.subscribe"),
+        "{st}"
+    );
     assert_eq!(st["event"]["dst_port"], 3333);
 
     // 6b. A TUN device open (ssh -w style tunnelling needs one).
     if Path::new("/dev/net/tun").exists() {
         let tun = Command::new("/usr/bin/python3")
-            .args(["-c", "import os; os.close(os.open('/dev/net/tun', os.O_RDWR))"])
+            .args([
+                "-c",
+                "import os; os.close(os.open('/dev/net/tun', os.O_RDWR))",
+            ])
             .spawn()
             .unwrap();
         let tpid = tun.id();

@@ -23,6 +23,18 @@ pub struct Container {
     pub runtime: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
+    /// From the Kubernetes API (when available).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Configured annotations (`context.episode_annotations`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// Parses a cgroup path into container runtime/id and pod UID.
@@ -91,14 +103,18 @@ pub struct Containers {
     root: Option<PathBuf>,
     by_id: HashMap<u64, Container>,
     last_scan: Option<Instant>,
+    pods: Option<super::kube::Pods>,
+    annotations: Vec<String>,
 }
 
 impl Containers {
-    pub fn new() -> Containers {
+    pub fn new(pods: Option<super::kube::Pods>, annotations: Vec<String>) -> Containers {
         let mut c = Containers {
             root: cgroup2_root(),
             by_id: HashMap::new(),
             last_scan: None,
+            pods,
+            annotations,
         };
         c.scan();
         c
@@ -144,7 +160,23 @@ impl Containers {
         {
             self.scan();
         }
-        self.by_id.get(&cgroup_id)
+        let pods = self.pods.as_ref();
+        let c = self.by_id.get_mut(&cgroup_id)?;
+        // Pod metadata may arrive after the cgroup was first seen: fill it in once known.
+        if c.pod.is_none() {
+            if let Some(meta) = c.pod_uid.as_deref().and_then(|u| pods?.get(u)) {
+                c.pod = Some(meta.name);
+                c.namespace = Some(meta.namespace);
+                c.node = meta.node;
+                c.labels = meta.labels;
+                c.annotations = meta
+                    .annotations
+                    .into_iter()
+                    .filter(|(k, _)| self.annotations.contains(k))
+                    .collect();
+            }
+        }
+        Some(c)
     }
 }
 

@@ -1,4 +1,5 @@
 //! Process and (later) pod context attached to events.
 
 pub mod container;
+pub mod kube;
 pub mod process;

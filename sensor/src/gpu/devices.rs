@@ -118,7 +118,12 @@ pub fn entries(proc_devices: &str, extra: &[DeviceSpec]) -> Result<Vec<(u64, Gpu
         wild(DRM_MAJOR, dev::DRM),
         (
             gpu_dev_key(TUN_MAJOR, TUN_MINOR),
-            GpuDev { kind: dev::TUN, flags: 0, gpu_minor: u32::MAX, _pad: 0 },
+            GpuDev {
+                kind: dev::TUN,
+                flags: 0,
+                gpu_minor: u32::MAX,
+                _pad: 0,
+            },
         ),
     ];
     for (maj, k) in parse_proc_devices(proc_devices) {

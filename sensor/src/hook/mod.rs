@@ -88,7 +88,9 @@ pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
         if a == b {
             Ok(a)
         } else {
-            Err(HookError::Layout(format!("{what}: write at {a}, sendto at {b}")))
+            Err(HookError::Layout(format!(
+                "{what}: write at {a}, sendto at {b}"
+            )))
         }
     };
     let openat = Format::load("syscalls", "sys_enter_openat")?;
@@ -230,7 +232,11 @@ impl Hooks {
             prog.attach(name).map_err(|source| prog_err(name, source))?;
             attached.push(format!("raw_tp/{name}"));
         }
-        let payload: &[(&str, &str, &str)] = if cfg.net.first_payload { PAYLOAD_TPS } else { &[] };
+        let payload: &[(&str, &str, &str)] = if cfg.net.first_payload {
+            PAYLOAD_TPS
+        } else {
+            &[]
+        };
         for &(name, cat, tp) in TPS.iter().chain(payload) {
             let prog: &mut TracePoint = program(&mut ebpf, name)?;
             prog.load().map_err(|source| prog_err(name, source))?;

@@ -307,7 +307,10 @@ impl Ctx<'_> {
             },
             Field::DstPort => match &ev.body {
                 Body::NetPayload(p) => Int(p.dst_port as i64),
-                _ => self.net().and_then(|n| n.dst_port).map_or(Null, |p| Int(p as i64)),
+                _ => self
+                    .net()
+                    .and_then(|n| n.dst_port)
+                    .map_or(Null, |p| Int(p as i64)),
             },
             Field::Payload => match &ev.body {
                 Body::NetPayload(p) => s(&p.text),
