@@ -27,8 +27,11 @@ pub mod kind {
     pub const GPU_IOCTL: u32 = 7;
     pub const GPU_OPEN: u32 = 8;
     pub const NET_PAYLOAD: u32 = 9;
+    /// A tracked TCP connection reached TCP_CLOSE (`NetEvent`; only `hdr.pid`, the owner recorded
+    /// at connect, is meaningful in the header: closes may run in softirq context).
+    pub const TCP_CLOSE: u32 = 10;
     /// One past the highest kind id: size of per-kind counter arrays.
-    pub const MAX: u32 = 10;
+    pub const MAX: u32 = 11;
 }
 
 /// Bits of [`EventHeader::flags`].
@@ -135,6 +138,10 @@ pub struct NetEvent {
     pub protocol: u16,
     /// IPv4 address in the first 4 bytes, or the IPv6 address; network byte order.
     pub addr: [u8; 16],
+    /// Connection id: the kernel `struct sock *` XOR a per-run random key (`ProgConfig::
+    /// cookie_key`), so connect and close can be paired without exposing kernel addresses.
+    /// 0 when unknown.
+    pub cookie: u64,
 }
 
 /// The first bytes written (write/sendto) to a TCP socket after its connect(2): enough to see a
@@ -384,6 +391,8 @@ pub struct Offsets {
     pub file_inode: u32,
     pub inode_rdev: u32,
     pub socket_type: u32,
+    /// `socket->sk`
+    pub socket_sk: u32,
     pub file_f_flags: u32,
     /// `file->f_path.dentry`
     pub file_dentry: u32,
@@ -399,6 +408,7 @@ pub struct Offsets {
     /// sys_exit_*: `long ret`
     pub tp_exit_ret: u32,
     // sock/inet_sock_set_state
+    pub tp_iss_skaddr: u32,
     pub tp_iss_newstate: u32,
     pub tp_iss_sport: u32,
     pub tp_iss_dport: u32,
@@ -419,6 +429,8 @@ pub struct Offsets {
     pub tp_payload_fd: u32,
     pub tp_payload_buf: u32,
     pub tp_payload_len: u32,
+    /// Explicit padding: keeps `ProgConfig` free of implicit padding bytes.
+    pub _pad: u32,
 }
 
 impl Offsets {
@@ -442,6 +454,7 @@ impl Offsets {
         file_inode: u32::MAX,
         inode_rdev: u32::MAX,
         socket_type: u32::MAX,
+        socket_sk: u32::MAX,
         file_f_flags: u32::MAX,
         file_dentry: u32::MAX,
         dentry_name: u32::MAX,
@@ -451,6 +464,7 @@ impl Offsets {
         tp_sockaddr_ptr: u32::MAX,
         tp_sockaddr_len: u32::MAX,
         tp_exit_ret: u32::MAX,
+        tp_iss_skaddr: u32::MAX,
         tp_iss_newstate: u32::MAX,
         tp_iss_sport: u32::MAX,
         tp_iss_dport: u32::MAX,
@@ -468,6 +482,7 @@ impl Offsets {
         tp_payload_fd: u32::MAX,
         tp_payload_buf: u32::MAX,
         tp_payload_len: u32::MAX,
+        _pad: 0,
     };
 }
 
@@ -483,6 +498,8 @@ pub struct ProgConfig {
     /// ring; below it records are submitted with BPF_RB_NO_WAKEUP and the agent picks them up
     /// on its poll timer. Saves an irq_work + epoll wakeup per event under load.
     pub wakeup_bytes: u32,
+    /// Random per run; see `NetEvent::cookie`.
+    pub cookie_key: u64,
 }
 
 impl ProgConfig {
@@ -490,6 +507,7 @@ impl ProgConfig {
         offsets: Offsets::UNSET,
         only_listed: 0,
         wakeup_bytes: 0,
+        cookie_key: 0,
     };
 }
 
@@ -525,12 +543,14 @@ const _: () = assert!(offset_of!(ExecEvent, filename) == 72);
 const _: () = assert!(offset_of!(ExecEvent, args) == 72 + FILENAME_MAX);
 const _: () = assert!(size_of::<ForkEvent>() == 72);
 const _: () = assert!(size_of::<ExitEvent>() == 72);
-const _: () = assert!(size_of::<NetEvent>() == 96);
+const _: () = assert!(size_of::<NetEvent>() == 104);
+const _: () = assert!(offset_of!(NetEvent, cookie) == 96);
 const _: () = assert!(offset_of!(NetEvent, ret) == 64);
 const _: () = assert!(offset_of!(NetEvent, family) == 72);
 const _: () = assert!(offset_of!(NetEvent, addr) == 80);
-const _: () = assert!(size_of::<Offsets>() == 45 * 4);
-const _: () = assert!(size_of::<ProgConfig>() == 45 * 4 + 8);
+const _: () = assert!(size_of::<Offsets>() == 48 * 4);
+const _: () = assert!(size_of::<ProgConfig>() == 48 * 4 + 16);
+const _: () = assert!(offset_of!(ProgConfig, cookie_key) == 48 * 4 + 8);
 const _: () = assert!(size_of::<NetPayloadEvent>() == 64 + 16 + 16 + PAYLOAD_LEN);
 const _: () = assert!(offset_of!(NetPayloadEvent, data) == 96);
 const _: () = assert!(size_of::<GpuIoctlEvent>() == 64 + 48 + GPU_ARG_LEN);

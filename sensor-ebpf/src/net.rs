@@ -39,12 +39,22 @@ pub struct Pending {
     sock_type: u16,
     protocol: u16,
     addr: [u8; 16],
+    /// `struct sock *` of the socket (0 when unknown).
+    sk: u64,
 }
 
 /// TCP sockets connected (ok or in progress) whose first payload has not been seen yet, by
 /// `tgid << 32 | fd`, with their destination. LRU: a socket that never writes ages out.
 #[map(name = "FRESH_SOCKS")]
 static FRESH_SOCKS: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
+
+/// Outbound TCP connections being followed until TCP_CLOSE, by `struct sock *`; the value's
+/// `fd` field holds the owning tgid (closes often run in softirq context).
+#[map(name = "TRACKED_SOCKS")]
+static TRACKED_SOCKS: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(65536, 0);
+
+/// TCP_CLOSE (include/net/tcp_states.h).
+const TCP_CLOSE: i32 = 7;
 
 /// EINPROGRESS (include/uapi/asm-generic/errno.h).
 const EINPROGRESS: i64 = 115;
@@ -111,6 +121,7 @@ fn enter(ctx: &TracePointContext, k: u32) -> i32 {
         sock_type: 0,
         protocol: 0,
         addr: [0; 16],
+        sk: 0,
     };
     if !read_sockaddr(ptr, len, &mut p) {
         return 0;
@@ -118,6 +129,7 @@ fn enter(ctx: &TracePointContext, k: u32) -> i32 {
     let file = file_of_fd(fd & 0xffff_ffff);
     if let Some(sock) = read::<u64>(file, o.file_private_data) {
         p.sock_type = read::<u16>(sock, o.socket_type).unwrap_or(0);
+        p.sk = read::<u64>(sock, o.socket_sk).unwrap_or(0);
     }
     let _ = PENDING_NET.insert(&bpf_get_current_pid_tgid(), &p, 0);
     0
@@ -141,6 +153,13 @@ fn exit(ctx: &TracePointContext, k: u32) -> i32 {
     if k == kind::CONNECT && p.sock_type == SOCK_STREAM && (ret == 0 || ret == -EINPROGRESS) {
         let key = (id & 0xffff_ffff_0000_0000) | (p.fd as u32 as u64);
         let _ = FRESH_SOCKS.insert(&key, &p, 0);
+        if p.sk != 0 {
+            let owner = Pending {
+                fd: (id >> 32) as i32,
+                ..p
+            };
+            let _ = TRACKED_SOCKS.insert(&p.sk, &owner, 0);
+        }
     }
     0
 }
@@ -174,7 +193,11 @@ fn first_payload(ctx: &TracePointContext) -> u32 {
         (*ev).port = p.port;
         (*ev).addr = p.addr;
         (*ev).data = [0; PAYLOAD_LEN];
-        let n = if len > PAYLOAD_LEN as u64 { PAYLOAD_LEN as u64 } else { len };
+        let n = if len > PAYLOAD_LEN as u64 {
+            PAYLOAD_LEN as u64
+        } else {
+            len
+        };
         (*ev).data_len = 0;
         if buf != 0
             && aya_ebpf::helpers::generated::bpf_probe_read_user(
@@ -218,6 +241,11 @@ fn emit(k: u32, fl: u32, ret: i32, fd: i32, p: &Pending) {
         (*ev).sock_type = p.sock_type;
         (*ev).protocol = p.protocol;
         (*ev).addr = p.addr;
+        (*ev).cookie = if p.sk == 0 {
+            0
+        } else {
+            p.sk ^ config().cookie_key
+        };
     }
     entry.submit(crate::submit_flags());
 }
@@ -250,6 +278,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let o = &config().offsets;
     // SAFETY: reads of the tracepoint record at offsets taken from its tracefs format file.
     let newstate = unsafe { ctx.read_at::<i32>(o.tp_iss_newstate as usize) }.unwrap_or(0);
+    if newstate == TCP_CLOSE {
+        return tcp_close(&ctx);
+    }
     if newstate != TCP_SYN_SENT && newstate != TCP_LISTEN {
         return 0;
     }
@@ -270,6 +301,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         field(&r, o.tp_iss_protocol, 2) as u16,
     );
     let listen = newstate == TCP_LISTEN;
+    let sk = field(&r, o.tp_iss_skaddr, 8);
     let mut p = Pending {
         kind: 0,
         fd: -1,
@@ -278,6 +310,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         sock_type: SOCK_STREAM,
         protocol,
         addr: [0; 16],
+        sk: 0,
     };
     if family == AF_INET {
         let off = if listen {
@@ -299,6 +332,48 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         emit(kind::LISTEN, 0, 0, -1, &p);
     } else {
         emit(kind::CONNECT, flags::NET_NO_SYSCALL, 0, -1, &p);
+        let owner = Pending {
+            fd: (id >> 32) as i32,
+            ..p
+        };
+        let _ = TRACKED_SOCKS.insert(&sk, &owner, 0);
     }
+    0
+}
+
+/// A followed connection reached TCP_CLOSE: report it for its owner (recorded at connect).
+#[inline(always)]
+fn tcp_close(ctx: &TracePointContext) -> u32 {
+    let o = &config().offsets;
+    let r = record::<16>(ctx);
+    let sk = field(&r, o.tp_iss_skaddr, 8);
+    // SAFETY: LRU lookup; the value is copied out before removal.
+    let Some(p) = (unsafe { TRACKED_SOCKS.get(&sk) }).copied() else {
+        return 0;
+    };
+    let _ = TRACKED_SOCKS.remove(&sk);
+    let Some(mut entry) = EVENTS.reserve::<NetEvent>(0) else {
+        count_drop(kind::TCP_CLOSE);
+        return 0;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is a reservation of size_of::<NetEvent>() owned by this program.
+    unsafe {
+        fill_header(&mut (*ev).hdr, kind::TCP_CLOSE);
+        // The owner recorded at connect; the current task may be anyone (softirq).
+        (*ev).hdr.pid = p.fd as u32;
+        (*ev).hdr.tid = p.fd as u32;
+        (*ev).hdr.ppid = 0;
+        (*ev).hdr.comm = [0; 16];
+        (*ev).ret = 0;
+        (*ev).fd = -1;
+        (*ev).family = p.family;
+        (*ev).port = p.port;
+        (*ev).sock_type = SOCK_STREAM;
+        (*ev).protocol = p.protocol;
+        (*ev).addr = p.addr;
+        (*ev).cookie = sk ^ config().cookie_key;
+    }
+    entry.submit(crate::submit_flags());
     0
 }

@@ -157,7 +157,7 @@ fn decode_net(n: &NetEvent, k: u32) -> Net {
         let e = std::io::Error::from_raw_os_error(-n.ret).to_string();
         ("error", Some(n.ret), Some(e))
     };
-    let connect = k == kind::CONNECT;
+    let connect = k == kind::CONNECT || k == kind::TCP_CLOSE;
     Net {
         family: family_name(n.family).into(),
         sock_type: sock_type_name(n.sock_type).into(),
@@ -170,12 +170,14 @@ fn decode_net(n: &NetEvent, k: u32) -> Net {
         result: result.into(),
         errno,
         error,
-        via: if via_sock_state {
+        via: if via_sock_state || k == kind::TCP_CLOSE {
             "sock_state"
         } else {
             "syscall"
         }
         .into(),
+        conn_id: (n.cookie != 0).then(|| format!("{:016x}", n.cookie)),
+        duration_s: None,
     }
 }
 
@@ -283,12 +285,16 @@ pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
                 signal: (sig != 0).then_some(sig),
             })
         }
-        kind::CONNECT | kind::BIND | kind::LISTEN => {
+        kind::CONNECT | kind::BIND | kind::LISTEN | kind::TCP_CLOSE => {
             let e: NetEvent = read(buf, hdr.kind)?;
-            let n = decode_net(&e, hdr.kind);
+            let mut n = decode_net(&e, hdr.kind);
             match hdr.kind {
                 kind::CONNECT => Body::Connect(n),
                 kind::BIND => Body::Bind(n),
+                kind::TCP_CLOSE => {
+                    n.result = "closed".into();
+                    Body::TcpClose(n)
+                }
                 _ => Body::Listen(n),
             }
         }

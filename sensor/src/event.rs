@@ -37,6 +37,8 @@ pub enum Body {
     Connect(Net),
     Bind(Net),
     Listen(Net),
+    /// A TCP connection the sensor saw being opened reached TCP_CLOSE.
+    TcpClose(Net),
     /// First bytes written to a new outbound TCP connection.
     NetPayload(NetPayload),
     GpuIoctl(GpuIoctl),
@@ -118,6 +120,12 @@ pub struct Net {
     pub error: Option<String>,
     /// "syscall" or "sock_state" (seen by `inet_sock_set_state` only).
     pub via: String,
+    /// Connection id pairing a TCP connect with its `tcp_close`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conn_id: Option<String>,
+    /// `tcp_close`: seconds since the connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

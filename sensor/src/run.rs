@@ -41,6 +41,7 @@ const KIND_NAMES: [&str; kind::MAX as usize] = [
     "gpu_ioctl",
     "gpu_open",
     "net_payload",
+    "tcp_close",
 ];
 
 fn by_kind(values: &[u64]) -> serde_json::Map<String, serde_json::Value> {

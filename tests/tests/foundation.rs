@@ -128,6 +128,38 @@ fn connect_results_v4_v6() {
 }
 
 #[test]
+fn tcp_close_pairs_with_its_connect_and_has_a_duration() {
+    if !require_root("tcp_close_pairs_with_its_connect_and_has_a_duration") {
+        return;
+    }
+    let s = Sensor::start(&[]);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let acc = std::thread::spawn(move || l.accept().map(|(c, _)| c));
+    let (pid, _) = run_helper(
+        NETPROBE,
+        &["connect-hold", "127.0.0.1", &port.to_string(), "700"],
+    );
+    let _server_side = acc.join().unwrap();
+    let c = s
+        .wait_for(WAIT, |e| is(e, "connect", pid))
+        .expect("connect");
+    let id = c["conn_id"]
+        .as_str()
+        .expect("conn_id on the connect")
+        .to_string();
+    let x = s
+        .wait_for(WAIT, |e| is(e, "tcp_close", pid))
+        .expect("tcp_close attributed to the connecting process");
+    assert_eq!(x["conn_id"], id.as_str());
+    assert_eq!(x["dst_port"], port);
+    assert_eq!(x["exe"], NETPROBE);
+    let d = x["duration_s"].as_f64().expect("duration");
+    assert!((0.6..5.0).contains(&d), "duration {d}");
+    s.stop();
+}
+
+#[test]
 fn io_uring_connect_is_seen_without_connect_syscall() {
     if !require_root("io_uring_connect_is_seen_without_connect_syscall") {
         return;

@@ -25,7 +25,12 @@ pub struct Proc {
     pub external_connections: u64,
     /// Agent-episode tag (config `context.episode_env`), inherited by children.
     pub episode: Option<Arc<str>>,
+    /// Open outbound TCP connections: (conn_id, start ts_ns, external), oldest first.
+    pub open_conns: Vec<(Arc<str>, u64, bool)>,
 }
+
+/// Open connections remembered per process (the oldest are dropped beyond it).
+const MAX_OPEN_CONNS: usize = 256;
 
 #[derive(Debug, Default)]
 pub struct ProcTable {
@@ -147,6 +152,7 @@ impl ProcTable {
                 external_connections: p.external_connections,
                 gpu_session: false,
                 episode: p.episode.as_deref().map(str::to_string),
+                oldest_external_start_ns: p.open_conns.iter().find(|c| c.2).map(|c| c.1),
             })
     }
 
@@ -187,7 +193,7 @@ impl ProcTable {
 
     /// Updates the table from `ev` and fills `ev.exe`.
     pub fn apply(&mut self, ev: &mut Event) {
-        match &ev.body {
+        match &mut ev.body {
             Body::Exec(x) => {
                 let exe: Arc<str> = if x.filename.starts_with('/') {
                     Arc::from(x.filename.as_str())
@@ -254,11 +260,32 @@ impl ProcTable {
                     // AI_ADDRCONFIG checks) open no session.
                     if n.result != "error" && n.sock_type == "stream" {
                         p.connections += 1;
-                        if n.dst_ip
+                        let external = n
+                            .dst_ip
                             .as_deref()
-                            .is_some_and(|ip| crate::rules::fields::ip_class(ip) == (false, false))
-                        {
+                            .is_some_and(|ip| crate::rules::fields::ip_class(ip) == (false, false));
+                        if external {
                             p.external_connections += 1;
+                        }
+                        if let Some(id) = &n.conn_id {
+                            if p.open_conns.len() >= MAX_OPEN_CONNS {
+                                p.open_conns.remove(0);
+                            }
+                            p.open_conns
+                                .push((Arc::from(id.as_str()), ev.ts_ns, external));
+                        }
+                    }
+                    if let Some(e) = p.exe.as_deref() {
+                        ev.exe = Some(e.to_string());
+                    }
+                }
+            }
+            Body::TcpClose(n) => {
+                if let Some(p) = self.procs.get_mut(&ev.pid) {
+                    if let Some(id) = &n.conn_id {
+                        if let Some(i) = p.open_conns.iter().position(|c| &*c.0 == id.as_str()) {
+                            let (_, start, _) = p.open_conns.remove(i);
+                            n.duration_s = Some(ev.ts_ns.saturating_sub(start) as f64 / 1e9);
                         }
                     }
                     if let Some(e) = p.exe.as_deref() {

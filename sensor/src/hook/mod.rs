@@ -134,6 +134,7 @@ pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
         file_inode: m("file", "f_inode")?,
         inode_rdev: m("inode", "i_rdev")?,
         socket_type: m("socket", "type")?,
+        socket_sk: m("socket", "sk")?,
         file_f_flags: m("file", "f_flags")?,
         file_dentry: m("file", "f_path.dentry")?,
         dentry_name: m("dentry", "d_name.name")?,
@@ -151,6 +152,7 @@ pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
             bind.offset("addrlen")?,
         )?,
         tp_exit_ret: same("ret", exit_connect.offset("ret")?, exit_bind.offset("ret")?)?,
+        tp_iss_skaddr: iss.offset("skaddr")?,
         tp_iss_newstate: iss.offset("newstate")?,
         tp_iss_sport: iss.offset("sport")?,
         tp_iss_dport: iss.offset("dport")?,
@@ -168,6 +170,7 @@ pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
         tp_payload_fd: same2("fd", write.offset("fd")?, sendto.offset("fd")?)?,
         tp_payload_buf: same2("buffer", write.offset("buf")?, sendto.offset("buff")?)?,
         tp_payload_len: same2("length", write.offset("count")?, sendto.offset("len")?)?,
+        _pad: 0,
     })
 }
 
@@ -192,6 +195,7 @@ impl Hooks {
             // Wake the reader early when a quarter of the ring (at most 128 KiB) is waiting;
             // otherwise its poll timer (ring.poll_interval_ms) collects the records.
             wakeup_bytes: (cfg.ring.size / 4).min(128 << 10) as u32,
+            cookie_key: random_u64(),
         };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, cfg.ring.size as u32)
@@ -336,4 +340,18 @@ pub fn sync_gpu_devs<T: std::borrow::BorrowMut<MapData>>(
             .map_err(|source| map_err(names::GPU_DEVS, source))?;
     }
     Ok(entries)
+}
+
+/// A random per-run key (getrandom(2)) for connection ids.
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: b is a valid, writable 8-byte buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 8 {
+        // Not secret, only opaque: fall back to the clock.
+        return std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+    }
+    u64::from_ne_bytes(b)
 }

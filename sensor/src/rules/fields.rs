@@ -65,6 +65,8 @@ pub enum Field {
     SshFlags,
     SshOptions,
     Payload,
+    DurationS,
+    ProcOldestExternalConnectionS,
 }
 
 impl Field {
@@ -124,6 +126,8 @@ impl Field {
             "ssh.flags" => SshFlags,
             "ssh.options" => SshOptions,
             "payload" => Payload,
+            "duration_s" => DurationS,
+            "proc.oldest_external_connection_s" => ProcOldestExternalConnectionS,
             _ => return None,
         })
     }
@@ -160,6 +164,8 @@ pub struct ProcFacts {
     pub external_connections: u64,
     pub gpu_session: bool,
     pub episode: Option<String>,
+    /// Start (ts_ns) of the oldest still-open outbound TCP connection to an external address.
+    pub oldest_external_start_ns: Option<u64>,
 }
 
 /// Everything a condition is evaluated against.
@@ -258,7 +264,7 @@ impl Ctx<'_> {
 
     fn net(&self) -> Option<&crate::event::Net> {
         match &self.ev.body {
-            Body::Connect(n) | Body::Bind(n) | Body::Listen(n) => Some(n),
+            Body::Connect(n) | Body::Bind(n) | Body::Listen(n) | Body::TcpClose(n) => Some(n),
             _ => None,
         }
     }
@@ -312,6 +318,15 @@ impl Ctx<'_> {
                     .and_then(|n| n.dst_port)
                     .map_or(Null, |p| Int(p as i64)),
             },
+            Field::DurationS => match &ev.body {
+                Body::TcpClose(n) => n.duration_s.map_or(Null, |d| Int(d as i64)),
+                _ => Null,
+            },
+            Field::ProcOldestExternalConnectionS => {
+                self.facts.oldest_external_start_ns.map_or(Int(0), |t| {
+                    Int((ev.ts_ns.saturating_sub(t) / 1_000_000_000) as i64)
+                })
+            }
             Field::Payload => match &ev.body {
                 Body::NetPayload(p) => s(&p.text),
                 _ => Null,
@@ -325,7 +340,9 @@ impl Ctx<'_> {
             Field::SockType => opt(self.net().map(|n| n.sock_type.as_str())),
             Field::Protocol => opt(self.net().and_then(|n| n.protocol.as_deref())),
             Field::Result => match &ev.body {
-                Body::Connect(n) | Body::Bind(n) | Body::Listen(n) => s(&n.result),
+                Body::Connect(n) | Body::Bind(n) | Body::Listen(n) | Body::TcpClose(n) => {
+                    s(&n.result)
+                }
                 Body::GpuIoctl(g) => s(&g.result),
                 Body::GpuOpen(g) | Body::TunOpen(g) => s(&g.result),
                 _ => Null,
@@ -454,6 +471,7 @@ pub fn kind_name(b: &Body) -> &'static str {
         Body::Bind(_) => "bind",
         Body::Listen(_) => "listen",
         Body::NetPayload(_) => "net_payload",
+        Body::TcpClose(_) => "tcp_close",
         Body::GpuIoctl(_) => "gpu_ioctl",
         Body::GpuOpen(_) => "gpu_open",
         Body::TunOpen(_) => "tun_open",

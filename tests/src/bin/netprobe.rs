@@ -2,6 +2,7 @@
 //! gets its own pid to filter on. Prints one result line per operation on stdout.
 //!
 //!   netprobe connect IP PORT          blocking connect(2)
+//!   netprobe connect-hold IP PORT MS  TCP connect, keep it open MS milliseconds, close
 //!   netprobe connect-nb IP PORT       non-blocking connect(2) (EINPROGRESS)
 //!   netprobe uring-connect IP PORT    IORING_OP_CONNECT, no connect(2) syscall
 //!   netprobe bind-listen IP PORT      bind(2) + listen(2), prints the bound port
@@ -72,6 +73,13 @@ fn main() {
     let port = || a[3].parse::<u16>().expect("PORT");
     match a.get(1).map(String::as_str) {
         Some("connect") => println!("errno {}", connect(ip(), port(), 0)),
+        Some("connect-hold") => {
+            let ms: u64 = a[4].parse().unwrap();
+            let s = std::net::TcpStream::connect((ip(), port())).expect("connect");
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            drop(s);
+            println!("held {ms}");
+        }
         Some("connect-nb") => println!("errno {}", connect(ip(), port(), libc::SOCK_NONBLOCK)),
         Some("uring-connect") => {
             let addr = SocketAddr::new(ip(), port());
