@@ -30,6 +30,7 @@ pub struct Config {
     pub rules: crate::rules::RulesConfig,
     pub context: ContextConfig,
     pub net: NetConfig,
+    pub metrics: MetricsConfig,
     /// Path of the kernel BTF used to resolve struct offsets.
     pub btf_path: PathBuf,
 }
@@ -44,6 +45,7 @@ impl Default for Config {
             rules: crate::rules::RulesConfig::default(),
             context: ContextConfig::default(),
             net: NetConfig::default(),
+            metrics: MetricsConfig::default(),
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
         }
     }
@@ -96,6 +98,25 @@ impl Default for OutputConfig {
     fn default() -> Self {
         OutputConfig {
             loss_interval_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve /metrics, /healthz and /readyz.
+    pub enabled: bool,
+    /// Listen address. 9943 collides with none of the usual node agents (node-exporter 9100,
+    /// DCGM-exporter 9400, Falco 8765, Tetragon 2112, Tracee 3366).
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], 9943)),
         }
     }
 }

@@ -61,6 +61,11 @@ impl Clock {
         SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64)
     }
 
+    /// Wall-clock seconds since the epoch.
+    pub fn wall_secs(&self, boot_ns: u64) -> f64 {
+        (boot_ns as i128 + self.offset_ns) as f64 / 1e9
+    }
+
     pub fn rfc3339(&self, boot_ns: u64) -> String {
         humantime::format_rfc3339_nanos(self.wall(boot_ns)).to_string()
     }

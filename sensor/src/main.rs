@@ -9,6 +9,7 @@ mod decode;
 mod event;
 mod gpu;
 mod hook;
+mod metrics;
 mod output;
 mod pipeline;
 mod replay;
@@ -55,6 +56,10 @@ enum Cmd {
         /// Extra rules directory (repeatable; adds to rules.dirs).
         #[arg(long = "rules")]
         rules: Vec<PathBuf>,
+        /// Metrics listen address (overrides metrics.listen; port 0 picks a free one, reported
+        /// in `sensor_start.metrics_addr`).
+        #[arg(long = "metrics-listen")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Validate a configuration file and print the effective configuration.
     CheckConfig { file: PathBuf },
@@ -109,10 +114,14 @@ fn main() -> anyhow::Result<()> {
             ring_size,
             record,
             rules,
+            metrics_listen,
         } => {
             let mut cfg = load_config(&config)?;
             cfg.filter.only_pids.extend(only_pid);
             cfg.rules.dirs.extend(rules);
+            if let Some(a) = metrics_listen {
+                cfg.metrics.listen = a;
+            }
             if let Some(s) = ring_size {
                 cfg.ring.size = config::parse_size(&s).map_err(anyhow::Error::msg)?;
             }

@@ -23,6 +23,7 @@ use crate::{
     decode::{decode, Clock},
     gpu::{self, session::UsageSample},
     hook::{self, Hooks},
+    metrics::{AlertLabels, HookLabel, KindLabel, Metrics, ResultLabel},
     output::JsonLines,
     pipeline::{Out, Processor},
     ring::{self, Counters},
@@ -147,8 +148,28 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
         "rules": set.len(),
         "sensor_pid": std::process::id(),
     });
+    let mut start = start;
+    let metrics = Metrics::new(hook::EBPF_SHA256, &kernel_release());
+    metrics.rules_loaded.set(set.len() as i64);
+    let metrics_task = if cfg.metrics.enabled {
+        // Bound here so a port clash is a start-up error, and port 0 can be reported.
+        let l = std::net::TcpListener::bind(cfg.metrics.listen)
+            .with_context(|| format!("metrics listener on {}", cfg.metrics.listen))?;
+        let addr = l.local_addr()?;
+        start["metrics_addr"] = json!(addr.to_string());
+        tracing::info!("metrics on http://{addr}/metrics");
+        let m = metrics.clone();
+        Some(tokio::spawn(async move {
+            if let Err(e) = m.serve(l).await {
+                tracing::error!("metrics endpoint on {addr}: {e}");
+            }
+        }))
+    } else {
+        None
+    };
     out.write(&start)?;
     out.flush()?;
+    metrics.set_ready();
     tracing::info!(
         hooks = hooks.attached.len(),
         rules = set.len(),
@@ -201,8 +222,12 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     let mut sigterm = signal(SignalKind::terminate())?;
     let engine = Engine::new(set, cfg.rules.clone());
     let pipeline = Pipeline {
-        out,
-        record,
+        sink: Sink {
+            out,
+            record,
+            metrics: metrics.clone(),
+            by_kind: Default::default(),
+        },
         proc: Processor::new(procs, Some(containers), engine),
         usage_rx,
         reload_rx,
@@ -223,6 +248,9 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     pipe.await?.context("pipeline")?;
     refresher.abort();
     reloader.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     drop(hooks); // detaches every program
     tracing::info!("detached; bye");
     Ok(())
@@ -239,8 +267,7 @@ fn now_boot_ns() -> u64 {
 }
 
 struct Pipeline<W: std::io::Write> {
-    out: JsonLines<W>,
-    record: Option<JsonLines<std::fs::File>>,
+    sink: Sink<W>,
     proc: Processor,
     usage_rx: smpsc::Receiver<UsageSample>,
     reload_rx: smpsc::Receiver<Reload>,
@@ -251,20 +278,61 @@ struct Pipeline<W: std::io::Write> {
 }
 
 /// Writes one pipeline output to stdout (and the recording, for events).
-fn emit<W: std::io::Write>(
-    out: &mut JsonLines<W>,
-    record: &mut Option<JsonLines<std::fs::File>>,
-    o: Out<'_>,
-) -> std::io::Result<()> {
-    match o {
-        Out::Event(e) => {
-            out.write(e)?;
-            if let Some(r) = record {
-                r.write(e)?;
+/// Where pipeline outputs go: stdout, the optional recording, and the metrics.
+struct Sink<W: std::io::Write> {
+    out: JsonLines<W>,
+    record: Option<JsonLines<std::fs::File>>,
+    metrics: Metrics,
+    /// Per-kind event counters, resolved once (no label lookup per event).
+    by_kind: std::collections::HashMap<&'static str, prometheus_client::metrics::counter::Counter>,
+}
+
+impl<W: std::io::Write> Sink<W> {
+    fn emit(&mut self, o: Out<'_>) -> std::io::Result<()> {
+        match o {
+            Out::Event(e) => {
+                let k = crate::rules::fields::kind_name(&e.body);
+                let metrics = &self.metrics;
+                self.by_kind
+                    .entry(k)
+                    .or_insert_with(|| {
+                        metrics
+                            .events
+                            .get_or_create(&KindLabel { kind: k.into() })
+                            .clone()
+                    })
+                    .inc();
+                self.out.write(e)?;
+                if let Some(r) = &mut self.record {
+                    r.write(e)?;
+                }
+                Ok(())
             }
-            Ok(())
+            Out::Alert(a) => {
+                let sev = serde_json::to_value(a.severity).ok();
+                let severity = sev
+                    .as_ref()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                self.metrics
+                    .alerts
+                    .get_or_create(&AlertLabels {
+                        rule: a.rule.clone(),
+                        severity,
+                    })
+                    .inc();
+                self.out.write(a)
+            }
         }
-        Out::Alert(a) => out.write(a),
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        if let Some(r) = &mut self.record {
+            r.flush()?;
+        }
+        Ok(())
     }
 }
 
@@ -305,22 +373,22 @@ impl<W: std::io::Write> Pipeline<W> {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()?;
-        if let Some(r) = &mut self.record {
-            r.flush()?;
-        }
-        Ok(())
+        self.sink.flush()
     }
 
     fn handle(&mut self, b: &[u8]) -> anyhow::Result<()> {
         match decode(b, &self.clock) {
             Ok(ev) => {
-                let (out, record) = (&mut self.out, &mut self.record);
-                self.proc.process(ev, &mut |o| emit(out, record, o))?;
+                self.sink
+                    .metrics
+                    .last_event_ts
+                    .set(self.clock.wall_secs(ev.ts_ns));
+                let sink = &mut self.sink;
+                self.proc.process(ev, &mut |o| sink.emit(o))?;
             }
             Err(e) => {
                 self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
-                self.out.write(&json!({
+                self.sink.out.write(&json!({
                     "kind": "decode_error",
                     "ts": self.clock.rfc3339(now_boot_ns()),
                     "error": e.to_string(),
@@ -335,23 +403,37 @@ impl<W: std::io::Write> Pipeline<W> {
     fn side_inputs(&mut self) -> anyhow::Result<()> {
         while let Ok(s) = self.usage_rx.try_recv() {
             let now = now_boot_ns();
-            let (out, record) = (&mut self.out, &mut self.record);
+            let sink = &mut self.sink;
             self.proc
-                .usage(&s, self.clock.rfc3339(now), now, &mut |o| {
-                    emit(out, record, o)
-                })?;
+                .usage(&s, self.clock.rfc3339(now), now, &mut |o| sink.emit(o))?;
         }
+        self.sync_metrics();
         while let Ok(r) = self.reload_rx.try_recv() {
             let ts = self.clock.rfc3339(now_boot_ns());
             match r {
                 Reload::Ok(set, why) => {
                     tracing::info!(rules = set.len(), "rules reloaded ({why})");
-                    self.out.write(&json!({"kind": "rules_reload", "ts": ts, "ok": true, "trigger": why, "rules": set.len()}))?;
+                    self.sink
+                        .metrics
+                        .rule_reloads
+                        .get_or_create(&ResultLabel {
+                            result: "ok".into(),
+                        })
+                        .inc();
+                    self.sink.metrics.rules_loaded.set(set.len() as i64);
+                    self.sink.out.write(&json!({"kind": "rules_reload", "ts": ts, "ok": true, "trigger": why, "rules": set.len()}))?;
                     self.proc.replace_rules(set);
                 }
                 Reload::Failed(e, why) => {
                     tracing::error!("rules reload failed ({why}), keeping the previous set: {e}");
-                    self.out.write(&json!({
+                    self.sink
+                        .metrics
+                        .rule_reloads
+                        .get_or_create(&ResultLabel {
+                            result: "error".into(),
+                        })
+                        .inc();
+                    self.sink.out.write(&json!({
                         "kind": "rules_reload", "ts": ts, "ok": false, "trigger": why,
                         "file": e.file, "line": e.line, "error": e.reason,
                         "rules": self.proc.engine.set().len(),
@@ -360,6 +442,33 @@ impl<W: std::io::Write> Pipeline<W> {
             }
         }
         Ok(())
+    }
+
+    /// Copies the drop counters and session count into the metrics.
+    fn sync_metrics(&mut self) {
+        let m = &self.sink.metrics;
+        for (k, v) in KIND_NAMES.iter().zip(hook::read_drops(&self.drops)) {
+            if v > 0 {
+                Metrics::sync_counter(
+                    &m.kernel_drops.get_or_create(&HookLabel {
+                        hook: k.to_string(),
+                    }),
+                    v,
+                );
+            }
+        }
+        for (k, v) in KIND_NAMES.iter().zip(self.counters.user_dropped()) {
+            if v > 0 {
+                Metrics::sync_counter(
+                    &m.user_drops.get_or_create(&KindLabel {
+                        kind: k.to_string(),
+                    }),
+                    v,
+                );
+            }
+        }
+        m.gpu_sessions_active
+            .set(self.proc.sessions.active() as i64);
     }
 
     /// Emits a `loss` event with cumulative counters when they changed (always when `last`).
@@ -384,7 +493,7 @@ impl<W: std::io::Write> Pipeline<W> {
             ev["kind"] = json!("loss");
             ev["ts"] = json!(self.clock.rfc3339(now_boot_ns()));
             ev["final"] = json!(last);
-            self.out.write(&ev)?;
+            self.sink.out.write(&ev)?;
             self.last_loss = Some(body);
         }
         Ok(())

@@ -67,8 +67,15 @@ pub struct Sensor {
 impl Sensor {
     /// Starts `sensor run ARGS…` and waits for its `sensor_start` record.
     pub fn start(args: &[&str]) -> Sensor {
+        // Parallel tests each run a sensor: let each pick a free metrics port.
+        let metrics: &[&str] = if args.contains(&"--metrics-listen") {
+            &[]
+        } else {
+            &["--metrics-listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(sensor_bin())
             .arg("run")
+            .args(metrics)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

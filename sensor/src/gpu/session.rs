@@ -44,6 +44,14 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    /// Processes with a compute session now.
+    pub fn active(&self) -> usize {
+        self.procs
+            .values()
+            .filter(|p| p.started_ns.is_some())
+            .count()
+    }
+
     /// The session-start event of `pid`'s compute session.
     pub fn session_of(&self, pid: u32) -> Option<&Event> {
         self.procs.get(&pid).and_then(|p| p.start.as_ref())

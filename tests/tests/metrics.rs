@@ -1,0 +1,152 @@
+//! The Prometheus endpoint: `/metrics` passes `promtool check metrics`, `/healthz` and `/readyz`
+//! answer, and a real Prometheus server scrapes the sensor and sees its series.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sensor_tests::{require_root, skip, Sensor, WAIT};
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    let code = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = s
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[test]
+fn metrics_endpoint_is_scraped_by_a_real_prometheus() {
+    let name = "metrics_endpoint_is_scraped_by_a_real_prometheus";
+    if !require_root(name) {
+        return;
+    }
+    for tool in ["/usr/bin/prometheus", "/usr/bin/promtool"] {
+        if !Path::new(tool).exists() {
+            skip(
+                name,
+                &format!("{tool} not installed (scripts/setup.sh installs Debian's prometheus)"),
+            );
+            return;
+        }
+    }
+    let s = Sensor::start(&[]);
+    let start = s.wait_for(WAIT, |e| e["kind"] == "sensor_start").unwrap();
+    let addr = start["metrics_addr"]
+        .as_str()
+        .expect("metrics_addr in sensor_start")
+        .to_string();
+    // Make some events of a known kind.
+    for _ in 0..3 {
+        Command::new("/bin/true").status().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    assert_eq!(http_get(&addr, "/readyz").0, 200);
+    let (code, text) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    for needle in [
+        "gpu_sensor_build_info{",
+        "gpu_sensor_events_total{kind=\"exec\"}",
+        "gpu_sensor_rules_loaded ",
+        "gpu_sensor_last_event_timestamp_seconds ",
+        "gpu_sensor_gpu_compute_sessions_active ",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    let mut pt = Command::new("/usr/bin/promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Without an OpenMetrics Accept header the endpoint serves the Prometheus text format,
+    // which is what promtool lints.
+    pt.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = pt.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A real Prometheus on loopback scraping every second.
+    let dir = std::env::temp_dir().join(format!("sensor-prom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: sensor\n    static_configs:\n      - targets: ['{addr}']\n"),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut prom = Command::new("/usr/bin/prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting prometheus");
+    let api = format!("127.0.0.1:{port}");
+    let t = Instant::now();
+    let mut seen = String::new();
+    while t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(500));
+        if TcpStream::connect(&api).is_err() {
+            continue;
+        }
+        let (_, body) = http_get(
+            &api,
+            "/api/v1/query?query=gpu_sensor_events_total%7Bkind%3D%22exec%22%7D",
+        );
+        seen = body.clone();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let n = v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|x| x.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if n >= 3.0 {
+            let (_, up) = http_get(&api, "/api/v1/query?query=up%7Bjob%3D%22sensor%22%7D");
+            assert!(up.contains("\"1\""), "up: {up}");
+            let _ = prom.kill();
+            let _ = prom.wait();
+            let _ = std::fs::remove_dir_all(&dir);
+            s.stop();
+            return;
+        }
+    }
+    let _ = prom.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+    panic!("Prometheus never saw gpu_sensor_events_total{{kind=\"exec\"}} >= 3: {seen}");
+}
