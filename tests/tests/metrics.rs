@@ -147,6 +147,7 @@ fn metrics_endpoint_is_scraped_by_a_real_prometheus() {
         }
     }
     let _ = prom.kill();
+    let _ = prom.wait();
     let _ = std::fs::remove_dir_all(&dir);
     panic!("Prometheus never saw gpu_sensor_events_total{{kind=\"exec\"}} >= 3: {seen}");
 }
