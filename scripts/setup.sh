@@ -40,5 +40,13 @@ if ! bpf-linker --version 2>/dev/null | grep -q "0\.13\.0"; then
     --no-default-features --features llvm-22
 fi
 
+# Validates the Kubernetes manifests in tests/tests/deploy.rs (schemas ship in the package).
+if ! python3 -m kubernetes_validate --version >/dev/null 2>&1; then
+  echo "setup.sh: installing kubernetes-validate (PyPI)"
+  python3 -m pip install --quiet kubernetes-validate 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages kubernetes-validate ||
+    echo "setup.sh: kubernetes-validate unavailable; the manifest schema test will be skipped" >&2
+fi
+
 cargo build --release --package sensor
 echo "setup.sh: built $(pwd)/target/release/sensor: $(target/release/sensor --version)"
