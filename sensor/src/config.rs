@@ -31,6 +31,7 @@ pub struct Config {
     pub context: ContextConfig,
     pub net: NetConfig,
     pub metrics: MetricsConfig,
+    pub alerting: crate::alerting::AlertingConfig,
     /// Path of the kernel BTF used to resolve struct offsets.
     pub btf_path: PathBuf,
 }
@@ -46,6 +47,7 @@ impl Default for Config {
             context: ContextConfig::default(),
             net: NetConfig::default(),
             metrics: MetricsConfig::default(),
+            alerting: crate::alerting::AlertingConfig::default(),
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
         }
     }

@@ -3,6 +3,7 @@
 //! Data path: [`hook`] (load + attach) → [`ring`] (BPF ring buffer) → [`decode`] →
 //! [`context`] (process table) → [`output`] (JSON lines). [`run`] wires them.
 
+mod alerting;
 mod config;
 mod context;
 mod decode;

@@ -37,6 +37,23 @@ pub struct HookLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    pub sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkResult {
+    pub sink: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkReason {
+    pub sink: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: String,
 }
@@ -53,6 +70,11 @@ pub struct Metrics {
     pub rules_loaded: Gauge,
     pub gpu_sessions_active: Gauge,
     pub last_event_ts: Gauge<f64, AtomicU64>,
+    pub deliveries: Family<SinkResult, Counter>,
+    pub spool_depth: Family<SinkLabel, Gauge>,
+    pub spool_oldest: Family<SinkLabel, Gauge<f64, AtomicU64>>,
+    pub spool_evicted: Family<SinkLabel, Counter>,
+    pub sink_suppressed: Family<SinkReason, Counter>,
     ready: Arc<AtomicBool>,
 }
 
@@ -84,8 +106,38 @@ impl Metrics {
             rules_loaded: Gauge::default(),
             gpu_sessions_active: Gauge::default(),
             last_event_ts: Gauge::default(),
+            deliveries: Family::default(),
+            spool_depth: Family::default(),
+            spool_oldest: Family::default(),
+            spool_evicted: Family::default(),
+            sink_suppressed: Family::default(),
             ready: Arc::new(AtomicBool::new(false)),
         };
+        r.register(
+            "webhook_deliveries",
+            "Alert deliveries by sink and result (ok, retry, rejected)",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "spool_depth",
+            "Alerts waiting in the sink's spool",
+            m.spool_depth.clone(),
+        );
+        r.register(
+            "spool_oldest_age_seconds",
+            "Age of the oldest alert waiting in the sink's spool",
+            m.spool_oldest.clone(),
+        );
+        r.register(
+            "spool_evicted",
+            "Alerts evicted from a full spool (oldest, lowest severity first)",
+            m.spool_evicted.clone(),
+        );
+        r.register(
+            "alerts_suppressed",
+            "Alerts not sent to a sink, by reason (dedup, rate_limit)",
+            m.sink_suppressed.clone(),
+        );
         r.register("events", "Events emitted, by kind", m.events.clone());
         r.register(
             "alerts",
@@ -130,6 +182,31 @@ impl Metrics {
 
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn delivery(&self, sink: &str, result: &str) {
+        self.deliveries
+            .get_or_create(&SinkResult {
+                sink: sink.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn suppressed(&self, sink: &str, reason: &str) {
+        self.sink_suppressed
+            .get_or_create(&SinkReason {
+                sink: sink.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn sync_spool(&self, sink: &str, depth: usize, oldest_secs: f64, evicted: u64) {
+        let l = SinkLabel { sink: sink.into() };
+        self.spool_depth.get_or_create(&l).set(depth as i64);
+        self.spool_oldest.get_or_create(&l).set(oldest_secs);
+        Metrics::sync_counter(&self.spool_evicted.get_or_create(&l), evicted);
     }
 
     /// Sets a counter to a cumulative value read elsewhere (kernel map, atomics).

@@ -167,6 +167,8 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     } else {
         None
     };
+    let alerting = crate::alerting::Alerting::start(&cfg.alerting, metrics.clone())
+        .context("starting alert delivery")?;
     out.write(&start)?;
     out.flush()?;
     metrics.set_ready();
@@ -223,6 +225,7 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     let engine = Engine::new(set, cfg.rules.clone());
     let pipeline = Pipeline {
         sink: Sink {
+            alerting,
             out,
             record,
             metrics: metrics.clone(),
@@ -280,6 +283,7 @@ struct Pipeline<W: std::io::Write> {
 /// Writes one pipeline output to stdout (and the recording, for events).
 /// Where pipeline outputs go: stdout, the optional recording, and the metrics.
 struct Sink<W: std::io::Write> {
+    alerting: crate::alerting::Alerting,
     out: JsonLines<W>,
     record: Option<JsonLines<std::fs::File>>,
     metrics: Metrics,
@@ -322,6 +326,7 @@ impl<W: std::io::Write> Sink<W> {
                         severity,
                     })
                     .inc();
+                self.alerting.submit(a);
                 self.out.write(a)
             }
         }

@@ -1,0 +1,620 @@
+//! Alert delivery to on-call: any number of sinks (generic JSON webhook with an HMAC-SHA256
+//! signature, Prometheus Alertmanager v2, Slack-style incoming webhook, PagerDuty Events v2),
+//! each with its own severity filter, fingerprint dedup window and per-rule rate limit (a
+//! summary is sent for what was suppressed). Every accepted alert is first written to the
+//! sink's durable [`spool`]; a thread per sink delivers in order with exponential backoff and
+//! jitter, so alerts survive receiver outages and agent restarts.
+
+pub mod spool;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::Sha256;
+use thiserror::Error;
+
+use crate::{
+    metrics::Metrics,
+    rules::{Alert, Severity},
+};
+use spool::Spool;
+
+#[derive(Debug, Error)]
+pub enum AlertingError {
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
+    #[error("sink `{sink}`: {message}")]
+    Config { sink: String, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    Webhook,
+    Alertmanager,
+    Slack,
+    Pagerduty,
+}
+
+/// One sink (config `[[alerting.sinks]]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    pub name: String,
+    pub kind: SinkKind,
+    /// Webhook/Slack: the URL; Alertmanager: its base URL (`/api/v2/alerts` is appended);
+    /// PagerDuty: default `https://events.pagerduty.com/v2/enqueue`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Alerts below this severity are not sent to this sink.
+    #[serde(default = "default_min_severity")]
+    pub min_severity: Severity,
+    /// HMAC key (webhook) or routing key (PagerDuty): from an environment variable or a file,
+    /// never from the command line.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Alertmanager: `endsAt` = start + this; the alert resolves unless it fires again.
+    #[serde(default = "default_resolve")]
+    pub resolve_after_secs: u64,
+    /// The same fingerprint is sent at most once per window.
+    #[serde(default = "default_dedup")]
+    pub dedup_secs: u64,
+    /// At most this many alerts per rule per window; the rest are summarised at its end.
+    #[serde(default = "default_rate")]
+    pub rate_limit: u32,
+    #[serde(default = "default_window")]
+    pub rate_limit_window_secs: u64,
+    #[serde(default = "default_spool")]
+    pub max_spool: usize,
+}
+
+fn default_min_severity() -> Severity {
+    Severity::Info
+}
+fn default_timeout() -> u64 {
+    5
+}
+fn default_resolve() -> u64 {
+    3600
+}
+fn default_dedup() -> u64 {
+    300
+}
+fn default_rate() -> u32 {
+    30
+}
+fn default_window() -> u64 {
+    60
+}
+fn default_spool() -> usize {
+    10_000
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertingConfig {
+    /// One subdirectory per sink.
+    pub spool_dir: PathBuf,
+    pub sinks: Vec<SinkConfig>,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        AlertingConfig {
+            spool_dir: PathBuf::from("/var/lib/gpu-sensor/spool"),
+            sinks: vec![],
+        }
+    }
+}
+
+fn rank(s: Severity) -> u8 {
+    s as u8
+}
+
+fn severity_str(s: Severity) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn hostname() -> String {
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+}
+
+/// What is sent: an alert, or the summary of what a rate limit held back.
+enum Payload<'a> {
+    Alert(&'a Alert),
+    Summary {
+        rule: &'a str,
+        suppressed: u64,
+        severity: Severity,
+    },
+}
+
+fn lineage_text(a: &Alert) -> String {
+    a.lineage
+        .iter()
+        .map(|x| format!("{}({})", x.exe.as_deref().unwrap_or("?"), x.pid))
+        .collect::<Vec<_>>()
+        .join(" < ")
+}
+
+/// Formats the request body for a sink.
+fn format(
+    kind: SinkKind,
+    cfg: &SinkConfig,
+    p: &Payload<'_>,
+    secret: Option<&str>,
+) -> serde_json::Value {
+    let node = hostname();
+    match (kind, p) {
+        (SinkKind::Webhook, Payload::Alert(a)) => serde_json::to_value(a).unwrap_or_default(),
+        (
+            SinkKind::Webhook,
+            Payload::Summary {
+                rule,
+                suppressed,
+                severity,
+            },
+        ) => json!({
+            "kind": "alert_summary", "rule": rule, "suppressed": suppressed,
+            "window_secs": cfg.rate_limit_window_secs, "severity": severity, "node": node,
+        }),
+        (SinkKind::Alertmanager, _) => {
+            let now = SystemTime::now();
+            let ends = humantime::format_rfc3339_seconds(
+                now + Duration::from_secs(cfg.resolve_after_secs),
+            )
+            .to_string();
+            match p {
+                Payload::Alert(a) => {
+                    let c = a.container.as_ref();
+                    json!([{
+                        "labels": {
+                            "alertname": a.rule, "severity": severity_str(a.severity), "node": node,
+                            "fingerprint": a.fingerprint,
+                            "namespace": c.and_then(|c| c.namespace.clone()).unwrap_or_default(),
+                            "pod": c.and_then(|c| c.pod.clone()).unwrap_or_default(),
+                            "exe": a.exe.clone().unwrap_or_default(),
+                        },
+                        "annotations": {
+                            "summary": a.description, "argv": a.argv.join(" "),
+                            "lineage": lineage_text(a), "episode": a.episode.clone().unwrap_or_default(),
+                            "pid": a.pid.to_string(),
+                        },
+                        "startsAt": a.ts, "endsAt": ends,
+                    }])
+                }
+                Payload::Summary {
+                    rule,
+                    suppressed,
+                    severity,
+                } => json!([{
+                    "labels": {"alertname": "GpuSensorAlertsSuppressed", "rule": rule,
+                               "severity": severity_str(*severity), "node": node},
+                    "annotations": {"summary": format!("{suppressed} {rule} alerts suppressed by the rate limit")},
+                    "startsAt": humantime::format_rfc3339_seconds(now).to_string(), "endsAt": ends,
+                }]),
+            }
+        }
+        (SinkKind::Slack, Payload::Alert(a)) => json!({
+            "text": format!(
+                "[{}] {} — {}\nnode {} pid {} {} `{}`\n{}lineage: {}",
+                severity_str(a.severity).to_uppercase(), a.rule, a.description, node, a.pid,
+                a.exe.as_deref().unwrap_or(&a.comm), a.argv.join(" "),
+                a.container.as_ref().and_then(|c| c.pod.as_ref().map(|p| format!("pod {}/{}\n", c.namespace.as_deref().unwrap_or(""), p))).unwrap_or_default(),
+                lineage_text(a),
+            )
+        }),
+        (
+            SinkKind::Slack,
+            Payload::Summary {
+                rule, suppressed, ..
+            },
+        ) => json!({
+            "text": format!("{suppressed} `{rule}` alerts suppressed by the rate limit on {node}")
+        }),
+        (SinkKind::Pagerduty, _) => {
+            let (summary, sev, dedup, details, class) = match p {
+                Payload::Alert(a) => (
+                    format!(
+                        "{}: {} ({} pid {})",
+                        a.rule,
+                        a.description,
+                        a.exe.as_deref().unwrap_or(&a.comm),
+                        a.pid
+                    ),
+                    a.severity,
+                    a.fingerprint.clone(),
+                    serde_json::to_value(a).unwrap_or_default(),
+                    a.rule.clone(),
+                ),
+                Payload::Summary {
+                    rule,
+                    suppressed,
+                    severity,
+                } => (
+                    format!("{suppressed} {rule} alerts suppressed by the rate limit"),
+                    *severity,
+                    format!("summary-{rule}"),
+                    json!({"suppressed": suppressed}),
+                    rule.to_string(),
+                ),
+            };
+            // PagerDuty severities: critical, error, warning, info.
+            let pd = match sev {
+                Severity::Critical => "critical",
+                Severity::High => "error",
+                Severity::Medium => "warning",
+                _ => "info",
+            };
+            json!({
+                "routing_key": secret.unwrap_or(""), "event_action": "trigger", "dedup_key": dedup,
+                "payload": {"summary": summary, "source": node, "severity": pd, "class": class,
+                            "component": "gpu-sensor", "custom_details": details},
+            })
+        }
+    }
+}
+
+struct SinkState {
+    spool: Spool,
+    /// fingerprint → last enqueue time.
+    recent: HashMap<String, Instant>,
+    /// rule → (window start, sent in window, suppressed in window, highest severity)
+    windows: HashMap<String, (Instant, u32, u64, Severity)>,
+}
+
+struct Sink {
+    cfg: SinkConfig,
+    state: Mutex<SinkState>,
+    wake: Condvar,
+}
+
+/// The running sinks.
+#[derive(Clone)]
+pub struct Alerting {
+    sinks: Vec<Arc<Sink>>,
+    metrics: Metrics,
+}
+
+impl Sink {
+    fn secret(&self) -> Option<String> {
+        if let Some(v) = &self.cfg.secret_env {
+            if let Ok(s) = std::env::var(v) {
+                return Some(s);
+            }
+        }
+        let f = self.cfg.secret_file.as_ref()?;
+        std::fs::read_to_string(f)
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    fn url(&self) -> String {
+        match (self.cfg.kind, &self.cfg.url) {
+            (SinkKind::Alertmanager, Some(u)) => {
+                format!("{}/api/v2/alerts", u.trim_end_matches('/'))
+            }
+            (SinkKind::Pagerduty, None) => "https://events.pagerduty.com/v2/enqueue".into(),
+            (_, Some(u)) => u.clone(),
+            (_, None) => String::new(),
+        }
+    }
+
+    fn enqueue(&self, st: &mut SinkState, p: &Payload<'_>, sev: Severity, m: &Metrics) {
+        let secret = self.secret();
+        let body = format(self.cfg.kind, &self.cfg, p, secret.as_deref());
+        match st.spool.push(rank(sev), body.to_string().as_bytes()) {
+            Ok(()) => self.wake.notify_one(),
+            Err(e) => tracing::error!(sink = %self.cfg.name, "spooling an alert: {e}"),
+        }
+        m.sync_spool(
+            &self.cfg.name,
+            st.spool.len(),
+            st.spool.oldest_age_secs(),
+            st.spool.evicted,
+        );
+    }
+
+    /// Emits summaries for rate-limit windows that ended with suppressed alerts.
+    fn roll_windows(&self, st: &mut SinkState, m: &Metrics) {
+        let window = Duration::from_secs(self.cfg.rate_limit_window_secs);
+        let ended: Vec<(String, u64, Severity)> = st
+            .windows
+            .iter()
+            .filter(|(_, w)| w.0.elapsed() >= window && w.2 > 0)
+            .map(|(r, w)| (r.clone(), w.2, w.3))
+            .collect();
+        for (rule, n, sev) in ended {
+            st.windows.remove(&rule);
+            self.enqueue(
+                st,
+                &Payload::Summary {
+                    rule: &rule,
+                    suppressed: n,
+                    severity: sev,
+                },
+                sev,
+                m,
+            );
+        }
+        st.windows.retain(|_, w| w.0.elapsed() < window || w.2 > 0);
+    }
+
+    /// Delivery loop: oldest item first, retried with exponential backoff and jitter.
+    fn run(self: Arc<Self>, m: Metrics) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(self.cfg.timeout_secs)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let item = {
+                let mut st = self.state.lock().unwrap();
+                self.roll_windows(&mut st, &m);
+                match st.spool.peek() {
+                    Some(x) => x,
+                    None => {
+                        let _ = self.wake.wait_timeout(st, Duration::from_secs(1));
+                        continue;
+                    }
+                }
+            };
+            let (it, body) = item;
+            let mut req = agent
+                .post(self.url())
+                .header("Content-Type", "application/json");
+            if self.cfg.kind == SinkKind::Webhook {
+                if let Some(secret) = self.secret() {
+                    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+                        .expect("HMAC takes any key");
+                    mac.update(&body);
+                    let sig: String = mac
+                        .finalize()
+                        .into_bytes()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
+                    req = req.header("X-Gpu-Sensor-Signature", format!("sha256={sig}"));
+                }
+            }
+            let result = match req.send(&body[..]) {
+                Ok(r) if r.status().is_success() => "ok",
+                // 4xx other than 408/429: the receiver rejects this payload; retrying cannot help.
+                Ok(r)
+                    if r.status().is_client_error()
+                        && ![408, 429].contains(&r.status().as_u16()) =>
+                {
+                    "rejected"
+                }
+                Ok(_) | Err(_) => "retry",
+            };
+            m.delivery(&self.cfg.name, result);
+            let mut st = self.state.lock().unwrap();
+            if result == "retry" {
+                drop(st);
+                let jitter = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos()) as u64
+                    % (backoff.as_millis() as u64 / 2 + 1);
+                std::thread::sleep(backoff + Duration::from_millis(jitter));
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+            if result == "rejected" {
+                tracing::error!(sink = %self.cfg.name, "receiver rejected alert {}; dropped", it.seq);
+            }
+            st.spool.remove(it.seq);
+            m.sync_spool(
+                &self.cfg.name,
+                st.spool.len(),
+                st.spool.oldest_age_secs(),
+                st.spool.evicted,
+            );
+            backoff = Duration::from_millis(500);
+        }
+    }
+}
+
+impl Alerting {
+    /// Opens every sink's spool (resuming what a previous run left) and starts delivery.
+    pub fn start(cfg: &AlertingConfig, metrics: Metrics) -> Result<Alerting, AlertingError> {
+        let mut sinks = vec![];
+        for c in &cfg.sinks {
+            if c.url.is_none() && c.kind != SinkKind::Pagerduty {
+                return Err(AlertingError::Config {
+                    sink: c.name.clone(),
+                    message: "url is required".into(),
+                });
+            }
+            let spool = Spool::open(&cfg.spool_dir.join(&c.name), c.max_spool)?;
+            if spool.len() > 0 {
+                tracing::info!(sink = %c.name, pending = spool.len(), "resuming alert delivery from the spool");
+            }
+            metrics.sync_spool(&c.name, spool.len(), spool.oldest_age_secs(), 0);
+            let s = Arc::new(Sink {
+                cfg: c.clone(),
+                state: Mutex::new(SinkState {
+                    spool,
+                    recent: HashMap::new(),
+                    windows: HashMap::new(),
+                }),
+                wake: Condvar::new(),
+            });
+            let (s2, m2) = (s.clone(), metrics.clone());
+            std::thread::Builder::new()
+                .name(format!("sink-{}", c.name))
+                .spawn(move || s2.run(m2))
+                .expect("spawning a sink thread");
+            sinks.push(s);
+        }
+        Ok(Alerting { sinks, metrics })
+    }
+
+    /// Offers an alert to every sink (severity filter, dedup, rate limit, then the spool).
+    pub fn submit(&self, a: &Alert) {
+        for s in &self.sinks {
+            if a.severity < s.cfg.min_severity {
+                continue;
+            }
+            let mut st = s.state.lock().unwrap();
+            let now = Instant::now();
+            if st
+                .recent
+                .get(&a.fingerprint)
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(s.cfg.dedup_secs))
+            {
+                self.metrics.suppressed(&s.cfg.name, "dedup");
+                continue;
+            }
+            if st.recent.len() > 50_000 {
+                let win = Duration::from_secs(s.cfg.dedup_secs);
+                st.recent.retain(|_, t| now.duration_since(*t) < win);
+            }
+            st.recent.insert(a.fingerprint.clone(), now);
+            s.roll_windows(&mut st, &self.metrics);
+            let w = st
+                .windows
+                .entry(a.rule.clone())
+                .or_insert((now, 0, 0, a.severity));
+            w.3 = w.3.max(a.severity);
+            if w.1 >= s.cfg.rate_limit {
+                w.2 += 1;
+                self.metrics.suppressed(&s.cfg.name, "rate_limit");
+                continue;
+            }
+            w.1 += 1;
+            s.enqueue(&mut st, &Payload::Alert(a), a.severity, &self.metrics);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert() -> Alert {
+        let ev: crate::event::Event = serde_json::from_value(json!({
+            "ts": "2026-11-27T00:00:00Z", "ts_ns": 1, "pid": 7, "tid": 7, "ppid": 1, "uid": 0, "gid": 0,
+            "comm": "ssh", "cgroup_id": 1, "mntns": 1, "kind": "fork", "child_pid": 8
+        }))
+        .unwrap();
+        Alert {
+            kind: "alert".into(),
+            ts: "2026-11-27T00:00:00Z".into(),
+            rule: "ssh-forwarding-flags".into(),
+            description: "d".into(),
+            severity: Severity::High,
+            severity_raised_by: None,
+            tags: vec![],
+            fingerprint: "abc".into(),
+            pid: 7,
+            comm: "ssh".into(),
+            exe: Some("/usr/bin/ssh".into()),
+            argv: vec!["ssh".into(), "-R".into()],
+            event: ev,
+            related: vec![],
+            count: None,
+            lineage: vec![],
+            container: None,
+            episode: None,
+            gpu_session: None,
+        }
+    }
+
+    fn cfg(kind: SinkKind) -> SinkConfig {
+        SinkConfig {
+            name: "t".into(),
+            kind,
+            url: Some("http://x".into()),
+            min_severity: Severity::Info,
+            secret_env: None,
+            secret_file: None,
+            timeout_secs: 1,
+            resolve_after_secs: 60,
+            dedup_secs: 1,
+            rate_limit: 1,
+            rate_limit_window_secs: 60,
+            max_spool: 10,
+        }
+    }
+
+    #[test]
+    fn payload_shapes() {
+        let a = alert();
+        let am = format(
+            SinkKind::Alertmanager,
+            &cfg(SinkKind::Alertmanager),
+            &Payload::Alert(&a),
+            None,
+        );
+        assert_eq!(am[0]["labels"]["alertname"], "ssh-forwarding-flags");
+        assert_eq!(am[0]["labels"]["severity"], "high");
+        assert!(am[0]["endsAt"].is_string() && am[0]["startsAt"] == "2026-11-27T00:00:00Z");
+        let pd = format(
+            SinkKind::Pagerduty,
+            &cfg(SinkKind::Pagerduty),
+            &Payload::Alert(&a),
+            Some("RK"),
+        );
+        assert_eq!(
+            (pd["routing_key"].as_str(), pd["event_action"].as_str()),
+            (Some("RK"), Some("trigger"))
+        );
+        assert_eq!(pd["payload"]["severity"], "error");
+        assert_eq!(pd["dedup_key"], "abc");
+        let sl = format(
+            SinkKind::Slack,
+            &cfg(SinkKind::Slack),
+            &Payload::Alert(&a),
+            None,
+        );
+        assert!(sl["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("[HIGH] ssh-forwarding-flags"));
+        let wh = format(
+            SinkKind::Webhook,
+            &cfg(SinkKind::Webhook),
+            &Payload::Alert(&a),
+            None,
+        );
+        assert_eq!(wh["rule"], "ssh-forwarding-flags");
+        let sum = format(
+            SinkKind::Webhook,
+            &cfg(SinkKind::Webhook),
+            &Payload::Summary {
+                rule: "r",
+                suppressed: 5,
+                severity: Severity::Low,
+            },
+            None,
+        );
+        assert_eq!(
+            (sum["kind"].as_str(), sum["suppressed"].as_u64()),
+            (Some("alert_summary"), Some(5))
+        );
+    }
+}
