@@ -48,11 +48,9 @@ fn receiver(plan: Vec<u16>) -> (u16, Arc<Mutex<Vec<Req>>>) {
     let got = Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();
     std::thread::spawn(move || {
-        let mut n = 0;
-        for c in l.incoming() {
+        for (n, c) in l.incoming().enumerate() {
             let Ok(mut c) = c else { break };
             let status = plan.get(n).copied().unwrap_or(200);
-            n += 1;
             let g = g.clone();
             // One thread per connection, so a hung answer does not hold up the next attempt.
             std::thread::spawn(move || {
