@@ -118,6 +118,8 @@ fn prometheus_rules_pass_promtool() {
         "gpu_sensor_kernel_ring_drops_total",
         "gpu_sensor_user_queue_drops_total",
         "gpu_sensor_rule_reloads_total",
+        "gpu_sensor_spool_oldest_age_seconds",
+        "gpu_sensor_spool_depth",
     ] {
         assert!(rules.contains(m));
     }
