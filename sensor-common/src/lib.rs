@@ -222,6 +222,18 @@ pub struct GpuDev {
     pub _pad: u32,
 }
 
+impl GpuDev {
+    /// The minor to report for a device with real minor `minor`.
+    #[inline(always)]
+    pub fn reported_minor(&self, minor: u32) -> u32 {
+        if self.gpu_minor == u32::MAX {
+            minor
+        } else {
+            self.gpu_minor
+        }
+    }
+}
+
 /// GPU ioctl decoding shared by the eBPF program (which runs it on the captured argument) and
 /// the agent's tests. Numbers and layouts: NVIDIA open-gpu-kernel-modules
 /// `kernel-open/common/inc/nv-ioctl-numbers.h`, `src/common/sdk/nvidia/inc/nvos.h`,

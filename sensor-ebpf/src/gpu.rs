@@ -106,11 +106,7 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
         (*ev).major = major;
         (*ev).minor = minor;
         (*ev).dev_kind = dev.kind;
-        (*ev).gpu_minor = if dev.gpu_minor == u32::MAX {
-            minor
-        } else {
-            dev.gpu_minor
-        };
+        (*ev).gpu_minor = dev.reported_minor(minor);
         (*ev)._pad = 0;
         let mut src = arg;
         let mut nv_nr = gpu::ioc_nr(cmd);
@@ -258,11 +254,7 @@ pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
             (*ev).major = major;
             (*ev).minor = minor;
             (*ev).dev_kind = dev.kind;
-            (*ev).gpu_minor = if dev.gpu_minor == u32::MAX {
-                minor
-            } else {
-                dev.gpu_minor
-            };
+            (*ev).gpu_minor = dev.reported_minor(minor);
             (*ev).name = [0; GPU_NAME_LEN];
             (*ev).parent = [0; GPU_NAME_LEN];
             let dentry = read::<u64>(file, o.file_dentry).unwrap_or(0);

@@ -37,6 +37,16 @@ pub struct HookLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionLabels {
+    pub gpu: String,
+    pub namespace: String,
+    pub pod: String,
+}
+
+/// Distinct (gpu, namespace, pod) series kept at most; the rest are summed under "other".
+pub const MAX_SESSION_SERIES: usize = 500;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabel {
     pub sink: String,
 }
@@ -69,6 +79,7 @@ pub struct Metrics {
     pub rule_reloads: Family<ResultLabel, Counter>,
     pub rules_loaded: Gauge,
     pub gpu_sessions_active: Gauge,
+    pub gpu_sessions_by: Family<SessionLabels, Gauge>,
     pub last_event_ts: Gauge<f64, AtomicU64>,
     pub deliveries: Family<SinkResult, Counter>,
     pub spool_depth: Family<SinkLabel, Gauge>,
@@ -105,6 +116,7 @@ impl Metrics {
             rule_reloads: Family::default(),
             rules_loaded: Gauge::default(),
             gpu_sessions_active: Gauge::default(),
+            gpu_sessions_by: Family::default(),
             last_event_ts: Gauge::default(),
             deliveries: Family::default(),
             spool_depth: Family::default(),
@@ -168,6 +180,11 @@ impl Metrics {
             "gpu_compute_sessions_active",
             "Processes with a live GPU compute session",
             m.gpu_sessions_active.clone(),
+        );
+        r.register(
+            "gpu_compute_sessions",
+            "Live GPU compute sessions by GPU minor, namespace and pod (bounded: excess series are summed under \"other\")",
+            m.gpu_sessions_by.clone(),
         );
         r.register(
             "last_event_timestamp_seconds",

@@ -23,7 +23,9 @@ use crate::{
     decode::{decode, Clock},
     gpu::{self, session::UsageSample},
     hook::{self, Hooks},
-    metrics::{AlertLabels, HookLabel, KindLabel, Metrics, ResultLabel},
+    metrics::{
+        AlertLabels, HookLabel, KindLabel, Metrics, ResultLabel, SessionLabels, MAX_SESSION_SERIES,
+    },
     output::JsonLines,
     pipeline::{Out, Processor},
     ring::{self, Counters},
@@ -474,6 +476,50 @@ impl<W: std::io::Write> Pipeline<W> {
         }
         m.gpu_sessions_active
             .set(self.proc.sessions.active() as i64);
+        let mut by: std::collections::HashMap<SessionLabels, i64> = Default::default();
+        for ev in self.proc.sessions.starts() {
+            let (ns, pod) = ev
+                .container
+                .as_ref()
+                .map_or((String::new(), String::new()), |c| {
+                    (
+                        c.namespace.clone().unwrap_or_default(),
+                        c.pod.clone().unwrap_or_default(),
+                    )
+                });
+            let gpus = match &ev.body {
+                crate::event::Body::GpuSessionStart(s) => s.gpu_minors.clone(),
+                _ => vec![],
+            };
+            for g in if gpus.is_empty() {
+                vec![u32::MAX]
+            } else {
+                gpus
+            } {
+                let gpu = if g == u32::MAX {
+                    String::new()
+                } else {
+                    g.to_string()
+                };
+                let mut l = SessionLabels {
+                    gpu,
+                    namespace: ns.clone(),
+                    pod: pod.clone(),
+                };
+                if by.len() >= MAX_SESSION_SERIES && !by.contains_key(&l) {
+                    l = SessionLabels {
+                        gpu: "other".into(),
+                        namespace: "other".into(),
+                        pod: "other".into(),
+                    };
+                }
+                *by.entry(l).or_default() += 1;
+            }
+        }
+        m.gpu_sessions_by.clear();
+        for (l, n) in by {
+            m.gpu_sessions_by.get_or_create(&l).set(n);
+        }
     }
 
     /// Emits a `loss` event with cumulative counters when they changed (always when `last`).

@@ -154,6 +154,42 @@ fn h100_recordings_replayed_give_sessions_and_queries() {
     let s = Sensor::start(&["--config", cfg.to_str().unwrap()]);
     std::io::Write::write_all(early.stdin.as_mut().unwrap(), b"go\n").unwrap();
     let early_pid = early.id();
+    let mut line = String::new();
+    let mut rd = std::io::BufReader::new(early.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut rd, &mut line).unwrap();
+    assert_eq!(line.trim(), "replayed 565");
+    // While the session is live, the metrics count it by GPU minor.
+    s.wait_for(WAIT, |e| is(e, "gpu_session_start", early_pid))
+        .expect("session start");
+    let addr = s.events(|e| e["kind"] == "sensor_start")[0]["metrics_addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut seen = String::new();
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(10) {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        std::io::Write::write_all(
+            &mut c,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        seen.clear();
+        std::io::Read::read_to_string(&mut c, &mut seen).unwrap();
+        if seen.contains("gpu_sensor_gpu_compute_sessions{gpu=\"0\",namespace=\"\",pod=\"\"} 1") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(
+        seen.contains("gpu_sensor_gpu_compute_sessions{gpu=\"0\",namespace=\"\",pod=\"\"} 1"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("gpu_sensor_gpu_compute_sessions_active 1"),
+        "{seen}"
+    );
+    std::io::Write::write_all(early.stdin.as_mut().unwrap(), b"done\n").unwrap();
     assert!(early.wait().unwrap().success());
     let e = s
         .wait_for(WAIT, |e| is(e, "gpu_session_end", early_pid))

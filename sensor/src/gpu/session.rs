@@ -52,6 +52,11 @@ impl Sessions {
             .count()
     }
 
+    /// Session-start events of the live compute sessions.
+    pub fn starts(&self) -> impl Iterator<Item = &Event> {
+        self.procs.values().filter_map(|p| p.start.as_ref())
+    }
+
     /// The session-start event of `pid`'s compute session.
     pub fn session_of(&self, pid: u32) -> Option<&Event> {
         self.procs.get(&pid).and_then(|p| p.start.as_ref())

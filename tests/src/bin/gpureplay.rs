@@ -3,7 +3,8 @@
 //!   gpureplay replay FIXTURE.jsonl.gz DIR   re-issue every recorded ioctl (same request, same
 //!                                           first 64 argument bytes) on DIR/<basename of path>
 //!   gpureplay replay-after-line FIXTURE DIR open the nodes, print "ready", wait for a line on
-//!                                           stdin, then replay
+//!                                           stdin, replay, print "replayed N", and wait for
+//!                                           another line before exiting
 //!   gpureplay opath NODE                    open NODE with O_PATH, then an RM_ALLOC ioctl on it
 //!   gpureplay storm N NODE                  N non-GPU-looking and GPU-looking ioctls on NODE
 use std::{
@@ -92,6 +93,13 @@ fn main() {
                 n += 1;
             }
             println!("replayed {n}");
+            if mode == "replay-after-line" {
+                // Keep the session alive until told to exit.
+                use std::io::Write;
+                std::io::stdout().flush().unwrap();
+                let mut l = String::new();
+                std::io::stdin().read_line(&mut l).unwrap();
+            }
         }
         Some("opath") => {
             let fd = open(Path::new(&a[2]), libc::O_PATH);
