@@ -131,20 +131,6 @@ impl Field {
             _ => return None,
         })
     }
-
-    /// Whether evaluating the field needs the ancestor chain.
-    pub fn needs_lineage(self) -> bool {
-        matches!(
-            self,
-            Field::ParentExe
-                | Field::ParentName
-                | Field::ParentCmdline
-                | Field::AncestorExe
-                | Field::AncestorName
-                | Field::AncestorCmdline
-                | Field::LineageNames
-        )
-    }
 }
 
 /// A field's value.
@@ -172,7 +158,8 @@ pub struct ProcFacts {
 pub struct Ctx<'a> {
     pub ev: &'a Event,
     pub procs: &'a ProcTable,
-    pub lineage: &'a [Ancestor],
+    /// The ancestor chain, computed on first use (most events never need it).
+    pub lineage: &'a std::cell::OnceCell<Vec<Ancestor>>,
     pub container: Option<&'a Container>,
     pub facts: &'a ProcFacts,
 }
@@ -251,6 +238,10 @@ fn is_ssh_client(name: &str) -> bool {
 }
 
 impl Ctx<'_> {
+    pub fn lin(&self) -> &[Ancestor] {
+        self.lineage.get_or_init(|| self.procs.lineage(self.ev.pid))
+    }
+
     fn argv(&self) -> Cow<'_, [String]> {
         match &self.ev.body {
             Body::Exec(x) => Cow::Borrowed(&x.argv),
@@ -405,18 +396,18 @@ impl Ctx<'_> {
                     _ => Null,
                 }
             }
-            Field::ParentExe => opt(self.lineage.first().and_then(|a| a.exe.as_deref())),
+            Field::ParentExe => opt(self.lin().first().and_then(|a| a.exe.as_deref())),
             Field::ParentName => opt(self
-                .lineage
+                .lin()
                 .first()
                 .and_then(|a| a.exe.as_deref())
                 .map(basename)),
             Field::ParentCmdline => self
-                .lineage
+                .lin()
                 .first()
                 .map_or(Null, |a| Str(Cow::Owned(a.argv.join(" ")))),
             Field::AncestorExe | Field::AncestorName | Field::AncestorCmdline => List(
-                self.lineage
+                self.lin()
                     .iter()
                     .filter_map(|a| match f {
                         Field::AncestorExe => a.exe.clone().map(Cow::Owned),
@@ -429,7 +420,7 @@ impl Ctx<'_> {
                     .collect(),
             ),
             Field::LineageNames => Str(Cow::Owned(
-                self.lineage
+                self.lin()
                     .iter()
                     .map(|a| a.exe.as_deref().map(basename).unwrap_or("?"))
                     .collect::<Vec<_>>()
@@ -581,15 +572,6 @@ pub fn eval(e: &Expr, cx: &Ctx<'_>) -> bool {
                 (_, Val::List(l)) => l.iter().any(|s| str_match(s, *op, pat)),
             }
         }
-    }
-}
-
-/// Whether any predicate in `e` needs the lineage.
-pub fn needs_lineage(e: &Expr) -> bool {
-    match e {
-        Expr::And(v) | Expr::Or(v) => v.iter().any(needs_lineage),
-        Expr::Not(e) => needs_lineage(e),
-        Expr::Pred { field, .. } => field.needs_lineage(),
     }
 }
 

@@ -8,7 +8,6 @@ use thiserror::Error;
 
 use super::{
     expr::{self, Expr, Lit, Scope},
-    fields::needs_lineage,
     Rule, RuleSet, Scoped, Sequence, Severity, Threshold,
 };
 
@@ -247,9 +246,6 @@ pub fn compile(sources: &[Source]) -> Result<RuleSet, LoadError> {
                     )));
                 }
             }
-            let lineage = needs_lineage(&cond)
-                || exceptions.iter().any(needs_lineage)
-                || sequence.as_ref().is_some_and(|s| needs_lineage(&s.after));
             rules.push(Rule {
                 kinds: kinds_of(&cond),
                 id: d.id.clone(),
@@ -261,7 +257,6 @@ pub fn compile(sources: &[Source]) -> Result<RuleSet, LoadError> {
                 sequence,
                 threshold: d.threshold.clone(),
                 enabled: d.enabled,
-                needs_lineage: lineage,
                 def: d.clone(),
                 source: s.name.clone(),
             });

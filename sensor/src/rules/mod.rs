@@ -83,7 +83,6 @@ pub struct Rule {
     pub threshold: Option<Threshold>,
     pub enabled: bool,
     pub kinds: Option<Vec<String>>,
-    pub needs_lineage: bool,
     pub def: load::RuleDef,
     pub source: String,
 }
@@ -242,11 +241,13 @@ impl Engine {
         self.thr_state.clear();
     }
 
-    fn scope_key(by: Scoped, ev: &Event, lineage: &[Ancestor]) -> u64 {
+    fn scope_key(by: Scoped, cx: &Ctx<'_>) -> u64 {
+        let ev = cx.ev;
         match by {
             Scoped::Process => ev.pid as u64,
             Scoped::Container => ev.cgroup_id,
-            Scoped::Tree => lineage
+            Scoped::Tree => cx
+                .lin()
                 .iter()
                 .take_while(|a| a.pid != 1)
                 .last()
@@ -264,18 +265,14 @@ impl Engine {
             .into_iter()
             .flatten()
             .chain(set.any_kind.iter());
-        let mut lineage: Option<Vec<Ancestor>> = None;
+        let lineage = std::cell::OnceCell::new();
         let mut out = vec![];
         for &i in idx {
             let r = &set.rules[i];
-            if r.needs_lineage && lineage.is_none() {
-                lineage = Some(inp.procs.lineage(inp.ev.pid));
-            }
-            let lin: &[Ancestor] = lineage.as_deref().unwrap_or(&[]);
             let cx = Ctx {
                 ev: inp.ev,
                 procs: inp.procs,
-                lineage: lin,
+                lineage: &lineage,
                 container: inp.container,
                 facts: inp.facts,
             };
@@ -284,7 +281,7 @@ impl Engine {
             let mut count = None;
             let mut fire = hit;
             if let Some(sq) = &r.sequence {
-                let key = (i, Self::scope_key(sq.by, inp.ev, lin));
+                let key = (i, Self::scope_key(sq.by, &cx));
                 let now = inp.ev.ts_ns;
                 if hit {
                     fire = false;
@@ -306,7 +303,7 @@ impl Engine {
             }
             if fire {
                 if let Some(t) = &r.threshold {
-                    let key = (i, Self::scope_key(t.by, inp.ev, lin));
+                    let key = (i, Self::scope_key(t.by, &cx));
                     let now = inp.ev.ts_ns;
                     let q = self.thr_state.entry(key).or_default();
                     q.push_back(now);
@@ -325,11 +322,8 @@ impl Engine {
             if !fire {
                 continue;
             }
-            if lineage.is_none() {
-                lineage = Some(inp.procs.lineage(inp.ev.pid));
-            }
-            let lin = lineage.as_deref().unwrap_or(&[]);
-            out.extend(self.alert(r, inp, lin, related, count));
+            let lin = cx.lin().to_vec();
+            out.extend(self.alert(r, inp, &lin, related, count));
         }
         out
     }
