@@ -41,6 +41,9 @@ pub struct Pending {
     addr: [u8; 16],
     /// `struct sock *` of the socket (0 when unknown).
     sk: u64,
+    /// Thread group that made the connection (a close may run in any context).
+    owner: u32,
+    _pad: u32,
 }
 
 /// TCP sockets connected (ok or in progress) whose first payload has not been seen yet, by
@@ -48,8 +51,7 @@ pub struct Pending {
 #[map(name = "FRESH_SOCKS")]
 static FRESH_SOCKS: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
 
-/// Outbound TCP connections being followed until TCP_CLOSE, by `struct sock *`; the value's
-/// `fd` field holds the owning tgid (closes often run in softirq context).
+/// Outbound TCP connections being followed until TCP_CLOSE, by `struct sock *`.
 #[map(name = "TRACKED_SOCKS")]
 static TRACKED_SOCKS: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(65536, 0);
 
@@ -122,6 +124,8 @@ fn enter(ctx: &TracePointContext, k: u32) -> i32 {
         protocol: 0,
         addr: [0; 16],
         sk: 0,
+        owner: (bpf_get_current_pid_tgid() >> 32) as u32,
+        _pad: 0,
     };
     if !read_sockaddr(ptr, len, &mut p) {
         return 0;
@@ -154,11 +158,7 @@ fn exit(ctx: &TracePointContext, k: u32) -> i32 {
         let key = (id & 0xffff_ffff_0000_0000) | (p.fd as u32 as u64);
         let _ = FRESH_SOCKS.insert(&key, &p, 0);
         if p.sk != 0 {
-            let owner = Pending {
-                fd: (id >> 32) as i32,
-                ..p
-            };
-            let _ = TRACKED_SOCKS.insert(&p.sk, &owner, 0);
+            let _ = TRACKED_SOCKS.insert(&p.sk, &p, 0);
         }
     }
     0
@@ -310,7 +310,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         sock_type: SOCK_STREAM,
         protocol,
         addr: [0; 16],
-        sk: 0,
+        sk,
+        owner: (id >> 32) as u32,
+        _pad: 0,
     };
     if family == AF_INET {
         let off = if listen {
@@ -332,11 +334,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         emit(kind::LISTEN, 0, 0, -1, &p);
     } else {
         emit(kind::CONNECT, flags::NET_NO_SYSCALL, 0, -1, &p);
-        let owner = Pending {
-            fd: (id >> 32) as i32,
-            ..p
-        };
-        let _ = TRACKED_SOCKS.insert(&sk, &owner, 0);
+        let _ = TRACKED_SOCKS.insert(&sk, &p, 0);
     }
     0
 }
@@ -361,8 +359,8 @@ fn tcp_close(ctx: &TracePointContext) -> u32 {
     unsafe {
         fill_header(&mut (*ev).hdr, kind::TCP_CLOSE);
         // The owner recorded at connect; the current task may be anyone (softirq).
-        (*ev).hdr.pid = p.fd as u32;
-        (*ev).hdr.tid = p.fd as u32;
+        (*ev).hdr.pid = p.owner;
+        (*ev).hdr.tid = p.owner;
         (*ev).hdr.ppid = 0;
         (*ev).hdr.comm = [0; 16];
         (*ev).ret = 0;

@@ -176,6 +176,15 @@ fn io_uring_connect_is_seen_without_connect_syscall() {
     assert_eq!(ev["dst_ip"], "127.0.0.1");
     assert_eq!(ev["dst_port"], port);
     assert_eq!(ev["protocol"], "tcp");
+    // Its close pairs with it too (the connection id comes from the kernel socket).
+    let id = ev["conn_id"]
+        .as_str()
+        .expect("conn_id on an io_uring connect")
+        .to_string();
+    let x = s
+        .wait_for(WAIT, |e| is(e, "tcp_close", pid))
+        .expect("tcp_close of the io_uring socket");
+    assert_eq!(x["conn_id"], id.as_str());
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         s.events(|e| is(e, "connect", pid)).len(),

@@ -131,9 +131,6 @@ impl ProcTable {
             if a.pid == 0 {
                 break;
             }
-            if e.argv.is_empty() && child != pid {
-                e.argv = Arc::from(vec![]);
-            }
             child = a.pid;
             child_exe = a.exe.clone();
             let pa = self.procs.entry(a.pid).or_default();

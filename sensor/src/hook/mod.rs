@@ -73,6 +73,24 @@ const PAYLOAD_TPS: &[(&str, &str, &str)] = &[
     ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
 ];
 
+/// The offset of a field that one program reads from several tracepoints (e.g. the fd of
+/// connect and bind): they must agree, since the program has a single offset for it.
+fn shared(what: &str, at: &[(&Format, &str)]) -> Result<u32, HookError> {
+    let (f0, n0) = at[0];
+    let first = f0.offset(n0)?;
+    for &(f, n) in &at[1..] {
+        let o = f.offset(n)?;
+        if o != first {
+            return Err(HookError::Layout(format!(
+                "{what}: at {o} in {}, at {first} in {}",
+                f.path(),
+                f0.path()
+            )));
+        }
+    }
+    Ok(first)
+}
+
 /// Resolves every offset the programs use from BTF and tracefs formats.
 pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
     let m = |s: &str, f: &str| btf.member_offset(s, f);
@@ -84,36 +102,9 @@ pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
     let ioctl = Format::load("syscalls", "sys_enter_ioctl")?;
     let write = Format::load("syscalls", "sys_enter_write")?;
     let sendto = Format::load("syscalls", "sys_enter_sendto")?;
-    let same2 = |what: &str, a: u32, b: u32| {
-        if a == b {
-            Ok(a)
-        } else {
-            Err(HookError::Layout(format!(
-                "{what}: write at {a}, sendto at {b}"
-            )))
-        }
-    };
     let openat = Format::load("syscalls", "sys_enter_openat")?;
-    // One `ret` offset serves every sys_exit_* program: check that they agree.
-    let ret = exit_connect.offset("ret")?;
-    for name in ["sys_exit_ioctl", "sys_exit_openat"] {
-        let o = Format::load("syscalls", name)?.offset("ret")?;
-        if o != ret {
-            return Err(HookError::Layout(format!(
-                "{name}: ret at {o}, sys_exit_connect at {ret}"
-            )));
-        }
-    }
-
-    let same = |what: &str, a: u32, b: u32| {
-        if a == b {
-            Ok(a)
-        } else {
-            Err(HookError::Layout(format!(
-                "{what}: connect at {a}, bind at {b}"
-            )))
-        }
-    };
+    let exit_ioctl = Format::load("syscalls", "sys_exit_ioctl")?;
+    let exit_openat = Format::load("syscalls", "sys_exit_openat")?;
     Ok(Offsets {
         task_pid: m("task_struct", "pid")?,
         task_tgid: m("task_struct", "tgid")?,
@@ -140,18 +131,19 @@ pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
         dentry_name: m("dentry", "d_name.name")?,
         dentry_parent: m("dentry", "d_parent")?,
         exit_has_group_dead: u32::from(btf.raw_tp_arg_count("sched_process_exit") == Some(2)),
-        tp_sockaddr_fd: same("fd", connect.offset("fd")?, bind.offset("fd")?)?,
-        tp_sockaddr_ptr: same(
-            "sockaddr",
-            connect.offset("uservaddr")?,
-            bind.offset("umyaddr")?,
+        tp_sockaddr_fd: shared("fd", &[(&connect, "fd"), (&bind, "fd")])?,
+        tp_sockaddr_ptr: shared("sockaddr", &[(&connect, "uservaddr"), (&bind, "umyaddr")])?,
+        tp_sockaddr_len: shared("addrlen", &[(&connect, "addrlen"), (&bind, "addrlen")])?,
+        // One `ret` offset serves every sys_exit_* program.
+        tp_exit_ret: shared(
+            "ret",
+            &[
+                (&exit_connect, "ret"),
+                (&exit_bind, "ret"),
+                (&exit_ioctl, "ret"),
+                (&exit_openat, "ret"),
+            ],
         )?,
-        tp_sockaddr_len: same(
-            "addrlen",
-            connect.offset("addrlen")?,
-            bind.offset("addrlen")?,
-        )?,
-        tp_exit_ret: same("ret", exit_connect.offset("ret")?, exit_bind.offset("ret")?)?,
         tp_iss_skaddr: iss.offset("skaddr")?,
         tp_iss_newstate: iss.offset("newstate")?,
         tp_iss_sport: iss.offset("sport")?,
@@ -167,9 +159,9 @@ pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
         tp_ioctl_arg: ioctl.offset("arg")?,
         tp_openat_filename: openat.offset("filename")?,
         tp_openat_flags: openat.offset("flags")?,
-        tp_payload_fd: same2("fd", write.offset("fd")?, sendto.offset("fd")?)?,
-        tp_payload_buf: same2("buffer", write.offset("buf")?, sendto.offset("buff")?)?,
-        tp_payload_len: same2("length", write.offset("count")?, sendto.offset("len")?)?,
+        tp_payload_fd: shared("fd", &[(&write, "fd"), (&sendto, "fd")])?,
+        tp_payload_buf: shared("buffer", &[(&write, "buf"), (&sendto, "buff")])?,
+        tp_payload_len: shared("length", &[(&write, "count"), (&sendto, "len")])?,
         _pad: 0,
     })
 }

@@ -112,6 +112,10 @@ impl Format {
         }
     }
 
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     pub fn offset(&self, field: &str) -> Result<u32, TracefsError> {
         self.fields
             .get(field)
