@@ -26,6 +26,17 @@ pub enum DecodeError {
     UnknownKind(u32),
 }
 
+/// `clock_gettime(id)` in nanoseconds.
+pub fn clock_ns(id: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Converts kernel CLOCK_BOOTTIME stamps to wall-clock time.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
@@ -35,17 +46,8 @@ pub struct Clock {
 
 impl Clock {
     pub fn now() -> Clock {
-        let get = |id| {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: ts is a valid, writable timespec.
-            unsafe { libc::clock_gettime(id, &mut ts) };
-            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-        };
-        let boot = get(libc::CLOCK_BOOTTIME);
-        let real = get(libc::CLOCK_REALTIME);
+        let boot = clock_ns(libc::CLOCK_BOOTTIME) as i128;
+        let real = clock_ns(libc::CLOCK_REALTIME) as i128;
         Clock {
             offset_ns: real - boot,
         }
