@@ -544,6 +544,36 @@ pub const fn gpu_dev_key(major: u32, minor: u32) -> u64 {
 pub const FILTER_MAP_ENTRIES: u32 = 4096;
 
 // --- compile-time layout checks -------------------------------------------------------------
+/// Size of the header the kernel puts before each ring-buffer record (`BPF_RINGBUF_HDR_SZ`,
+/// include/uapi/linux/bpf.h, checked against v6.18).
+pub const RINGBUF_HDR_SIZE: usize = 8;
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// The largest record any probe writes to the ring buffer (an exec event).
+pub const MAX_RECORD_SIZE: usize = max(
+    max(
+        max(size_of::<ExecEvent>(), size_of::<ForkEvent>()),
+        max(size_of::<ExitEvent>(), size_of::<NetEvent>()),
+    ),
+    max(
+        max(size_of::<NetPayloadEvent>(), size_of::<GpuIoctlEvent>()),
+        size_of::<GpuOpenEvent>(),
+    ),
+);
+
+/// Smallest ring buffer the agent accepts: a power of two that holds at least two of the
+/// largest records with their headers (a smaller ring drops every exec while one is pending).
+pub const MIN_RING_SIZE: usize = (2 * (MAX_RECORD_SIZE + RINGBUF_HDR_SIZE)).next_power_of_two();
+
+const _: () = assert!(MAX_RECORD_SIZE == size_of::<ExecEvent>());
+const _: () = assert!(MIN_RING_SIZE == 16384);
 const _: () = assert!(size_of::<EventHeader>() == 64);
 const _: () = assert!(offset_of!(EventHeader, kind) == 0);
 const _: () = assert!(offset_of!(EventHeader, ts_ns) == 8);

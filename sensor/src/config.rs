@@ -94,12 +94,27 @@ pub struct FilterConfig {
 pub struct OutputConfig {
     /// Seconds between `loss` events (emitted when a counter changed; a final one at exit).
     pub loss_interval_secs: u64,
+    /// What to do when stdout's reader goes away (EPIPE, or any other write error).
+    pub on_stdout_closed: StdoutClosed,
+}
+
+/// Policy for a stdout that cannot be written any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StdoutClosed {
+    /// Log it, mark the sensor unhealthy and exit with status 1 (a supervisor restarts it).
+    #[default]
+    Exit,
+    /// Log it once, count it, and keep running with the alert sinks, the recording and the
+    /// metrics (events are no longer printed).
+    Continue,
 }
 
 impl Default for OutputConfig {
     fn default() -> Self {
         OutputConfig {
             loss_interval_secs: 10,
+            on_stdout_closed: StdoutClosed::Exit,
         }
     }
 }
@@ -112,6 +127,20 @@ pub struct MetricsConfig {
     /// Listen address. 9943 collides with none of the usual node agents (node-exporter 9100,
     /// DCGM-exporter 9400, Falco 8765, Tetragon 2112, Tracee 3366).
     pub listen: std::net::SocketAddr,
+    /// Most connections served at once; further ones are closed at once (and counted).
+    pub max_connections: usize,
+    /// Seconds a client has to send its request headers (and the TLS handshake).
+    pub header_timeout_secs: u64,
+    /// Seconds a connection may stay open in all. One request per connection: no idle
+    /// keep-alive connections are held.
+    pub connection_timeout_secs: u64,
+    /// TLS: PEM certificate chain and PEM private key (both or neither).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// When set, `/metrics` requires `Authorization: Bearer <token>` with the token in this file
+    /// (Prometheus: `authorization.credentials_file`). `/healthz` and `/readyz` stay open for the
+    /// kubelet's probes; they reveal no data.
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 impl Default for MetricsConfig {
@@ -119,7 +148,30 @@ impl Default for MetricsConfig {
         MetricsConfig {
             enabled: true,
             listen: std::net::SocketAddr::from(([0, 0, 0, 0], 9943)),
+            max_connections: 64,
+            header_timeout_secs: 5,
+            connection_timeout_secs: 30,
+            tls_cert_file: None,
+            tls_key_file: None,
+            bearer_token_file: None,
         }
+    }
+}
+
+impl MetricsConfig {
+    fn check(&self) -> Result<(), String> {
+        in_range("metrics.max_connections", self.max_connections as u64, 1, 4096)?;
+        in_range("metrics.header_timeout_secs", self.header_timeout_secs, 1, 300)?;
+        in_range(
+            "metrics.connection_timeout_secs",
+            self.connection_timeout_secs,
+            self.header_timeout_secs,
+            3600,
+        )?;
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err("metrics.tls_cert_file and metrics.tls_key_file go together".into());
+        }
+        Ok(())
     }
 }
 
@@ -235,43 +287,66 @@ impl Config {
     }
 
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        let bad = |message: String| ConfigError::Invalid {
+        self.check().map_err(|message| ConfigError::Invalid {
             path: path.to_string(),
             message,
-        };
-        let page = 4096u64;
+        })
+    }
+
+    /// Every value bounded and cross-checked (README "Configuration": limits): a value that
+    /// would overflow a timer, exhaust memory or never work is refused here, never at run time.
+    fn check(&self) -> Result<(), String> {
         let sz = self.ring.size;
-        if sz < page || !sz.is_power_of_two() || sz > (1 << 30) {
-            return Err(bad(format!(
-                "ring.size = {sz}: must be a power of two between 4KiB and 1GiB"
-            )));
-        }
-        if self.ring.poll_interval_ms == 0 || self.ring.poll_interval_ms > 1000 {
-            return Err(bad(
-                "ring.poll_interval_ms must be between 1 and 1000".into()
+        let min = sensor_common::MIN_RING_SIZE as u64;
+        if sz < min || !sz.is_power_of_two() || sz > MAX_RING_SIZE {
+            return Err(format!(
+                "ring.size = {sz}: must be a power of two between {} KiB and 1GiB (the ring must hold at least two of the largest records, {} bytes each)",
+                min >> 10,
+                sensor_common::MAX_RECORD_SIZE
             ));
         }
-        if self.ring.queue == 0 {
-            return Err(bad("ring.queue must be at least 1".into()));
-        }
-        if self.gpu.refresh_secs == 0 || self.gpu.nvml_interval_secs == 0 {
-            return Err(bad(
-                "gpu.refresh_secs and gpu.nvml_interval_secs must be at least 1".into(),
-            ));
-        }
+        in_range("ring.poll_interval_ms", self.ring.poll_interval_ms, 1, 1000)?;
+        in_range("ring.queue", self.ring.queue as u64, 1, MAX_QUEUE as u64)?;
+        in_range("gpu.refresh_secs", self.gpu.refresh_secs, 1, DAY)?;
+        in_range("gpu.nvml_interval_secs", self.gpu.nvml_interval_secs, 1, 3600)?;
+        in_range("gpu.devices (count)", self.gpu.devices.len() as u64, 0, 64)?;
         for d in &self.gpu.devices {
             if crate::gpu::devices::kind_from_name(&d.kind).is_none() {
-                return Err(bad(format!(
+                return Err(format!(
                     "gpu.devices: unknown kind {:?} (nvidia, nvidia-uvm, nvidia-caps, nvidia-fabric, kfd, drm)",
                     d.kind
-                )));
+                ));
             }
         }
-        if self.output.loss_interval_secs == 0 {
-            return Err(bad("output.loss_interval_secs must be at least 1".into()));
+        in_range("output.loss_interval_secs", self.output.loss_interval_secs, 1, DAY)?;
+        in_range("rules.dedup_secs", self.rules.dedup_secs, 0, 7 * DAY)?;
+        for g in &self.rules.agent_runtimes {
+            glob::Pattern::new(g).map_err(|e| format!("rules.agent_runtimes: bad glob {g:?}: {e}"))?;
         }
+        for k in [&self.context.kube_api].into_iter().flatten() {
+            if !(k.starts_with("https://") || k.starts_with("http://")) {
+                return Err(format!("context.kube_api = {k:?}: must be an http(s) URL"));
+            }
+        }
+        self.metrics.check()?;
+        self.alerting.check()?;
         Ok(())
     }
+}
+
+/// A day, in seconds: the longest period any timer accepts.
+pub const DAY: u64 = 86_400;
+/// Largest ring buffer.
+pub const MAX_RING_SIZE: u64 = 1 << 30;
+/// Largest user-side queue, in events.
+pub const MAX_QUEUE: usize = 1 << 20;
+
+/// `name` within `lo..=hi`, or an error that says the range.
+pub fn in_range(name: &str, v: u64, lo: u64, hi: u64) -> Result<(), String> {
+    if v < lo || v > hi {
+        return Err(format!("{name} = {v}: must be between {lo} and {hi}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -321,6 +396,19 @@ mod tests {
             ("[ring]\nqueue = -1\n", "line 2"),
             ("[filter]\nonly_pids = [\"x\"]\n", "line 2"),
             ("[output]\nloss_interval_secs = 0\n", "loss_interval"),
+            (
+                "[output]\nloss_interval_secs = 18446744073709551615\n",
+                "loss_interval_secs = 18446744073709551615: must be between 1 and 86400",
+            ),
+            ("[output]\non_stdout_closed = \"ignore\"\n", "line 2"),
+            ("[ring]\nsize = \"4KiB\"\n", "two of the largest records"),
+            ("[ring]\nsize = \"8KiB\"\n", "between 16 KiB"),
+            ("[ring]\nqueue = 18446744073709551615\n", "ring.queue"),
+            ("[ring]\npoll_interval_ms = 0\n", "poll_interval_ms"),
+            ("[gpu]\nrefresh_secs = 18446744073709551615\n", "gpu.refresh_secs"),
+            ("[rules]\ndedup_secs = 18446744073709551615\n", "rules.dedup_secs"),
+            ("[rules]\nagent_runtimes = [\"[\"]\n", "bad glob"),
+            ("[context]\nkube_api = \"ftp://x\"\n", "http(s) URL"),
             ("ring = 5\n", "line 1"),
             ("[[gpu.devices]]\nmajor = 1\nkind = \"tpu\"\n", "tpu"),
             (

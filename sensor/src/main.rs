@@ -9,6 +9,7 @@ mod context;
 mod decode;
 mod event;
 mod gpu;
+mod health;
 mod hook;
 mod metrics;
 mod output;

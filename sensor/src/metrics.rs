@@ -2,9 +2,9 @@
 //! `/readyz`. Metric names are documented in the README ("Metrics"); all carry the
 //! `gpu_sensor_` prefix and bounded label sets.
 
-use std::sync::{
-    atomic::{AtomicBool, AtomicU64, Ordering},
-    Arc,
+use std::{
+    sync::{atomic::AtomicU64, Arc},
+    time::Duration,
 };
 
 use prometheus_client::{
@@ -12,6 +12,8 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
+
+use crate::health::Health;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -86,7 +88,18 @@ pub struct Metrics {
     pub spool_oldest: Family<SinkLabel, Gauge<f64, AtomicU64>>,
     pub spool_evicted: Family<SinkLabel, Counter>,
     pub sink_suppressed: Family<SinkReason, Counter>,
-    ready: Arc<AtomicBool>,
+    /// Connections to the metrics port closed unserved, by reason (limit, timeout, tls).
+    pub http_rejected: Family<ReasonLabel, Counter>,
+    /// Requests to /metrics refused for a missing or wrong bearer token.
+    pub http_unauthorized: Counter,
+    /// Events not printed because stdout was closed (`output.on_stdout_closed = "continue"`).
+    pub stdout_dropped: Counter,
+    pub health: Health,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
 }
 
 impl Metrics {
@@ -123,8 +136,42 @@ impl Metrics {
             spool_oldest: Family::default(),
             spool_evicted: Family::default(),
             sink_suppressed: Family::default(),
-            ready: Arc::new(AtomicBool::new(false)),
+            http_rejected: Family::default(),
+            http_unauthorized: Counter::default(),
+            stdout_dropped: Counter::default(),
+            health: Health::new(),
         };
+        for reason in ["limit", "timeout", "tls"] {
+            let _ = m.http_rejected.get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            });
+        }
+        let (failures, up) = m.health.metrics();
+        r.register(
+            "component_failures",
+            "Failures of the agent's long-lived parts, by component and reason (panic, error)",
+            failures,
+        );
+        r.register(
+            "component_up",
+            "1 while the component runs, 0 while it is starting, restarting or failed",
+            up,
+        );
+        r.register(
+            "metrics_connections_rejected",
+            "Connections to the metrics port closed unserved, by reason (limit, timeout, tls)",
+            m.http_rejected.clone(),
+        );
+        r.register(
+            "metrics_unauthorized",
+            "Requests to /metrics refused for a missing or wrong bearer token",
+            m.http_unauthorized.clone(),
+        );
+        r.register(
+            "stdout_dropped",
+            "Records not printed because stdout was closed",
+            m.stdout_dropped.clone(),
+        );
         r.register(
             "webhook_deliveries",
             "Alert deliveries by sink and result (ok, retry, rejected)",
@@ -198,7 +245,7 @@ impl Metrics {
     }
 
     pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Relaxed);
+        self.health.set_started();
     }
 
     pub fn delivery(&self, sink: &str, result: &str) {
@@ -270,22 +317,39 @@ impl Metrics {
         out
     }
 
-    /// Serves the endpoints on `listener` (bound by the caller, so that a port clash is a
-    /// start-up error and port 0 can be reported) until the task is aborted.
-    pub async fn serve(self, listener: std::net::TcpListener) -> std::io::Result<()> {
-        use axum::{http::StatusCode, routing::get, Router};
+    /// The routes: `/metrics` (bearer token checked when configured), `/healthz`, `/readyz`.
+    fn router(&self, token: Option<Arc<Vec<u8>>>) -> axum::Router {
+        use axum::{
+            http::{header, HeaderMap, StatusCode},
+            response::IntoResponse,
+            routing::get,
+            Router,
+        };
         let m = self.clone();
-        let ready = self.ready.clone();
-        let app = Router::new()
+        let h1 = self.health.clone();
+        let h2 = self.health.clone();
+        Router::new()
             .route(
                 "/metrics",
-                get(move |headers: axum::http::HeaderMap| {
+                get(move |headers: HeaderMap| {
                     let m = m.clone();
+                    let token = token.clone();
                     async move {
+                        if let Some(t) = &token {
+                            if !bearer_ok(&headers, t) {
+                                m.http_unauthorized.inc();
+                                return (
+                                    StatusCode::UNAUTHORIZED,
+                                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                                    "unauthorized\n",
+                                )
+                                    .into_response();
+                            }
+                        }
                         // Content negotiation: OpenMetrics when the scraper asks for it
                         // (Prometheus does), the classic text format otherwise.
                         let om = headers
-                            .get(axum::http::header::ACCEPT)
+                            .get(header::ACCEPT)
                             .and_then(|v| v.to_str().ok())
                             .is_some_and(|v| v.contains("application/openmetrics-text"));
                         let (ct, body) = if om {
@@ -296,28 +360,223 @@ impl Metrics {
                         } else {
                             ("text/plain; version=0.0.4; charset=utf-8", m.render_text())
                         };
-                        ([(axum::http::header::CONTENT_TYPE, ct)], body)
+                        ([(header::CONTENT_TYPE, ct)], body).into_response()
                     }
                 }),
             )
-            .route("/healthz", get(|| async { "ok\n" }))
+            .route(
+                "/healthz",
+                get(move || {
+                    let r = h1.readiness();
+                    async move {
+                        let code = if r.healthy {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        };
+                        let body = if r.healthy {
+                            "ok\n".to_string()
+                        } else {
+                            format!("unhealthy\n{}\n", serde_json::to_string(&r).unwrap_or_default())
+                        };
+                        (code, body)
+                    }
+                }),
+            )
             .route(
                 "/readyz",
                 get(move || {
-                    let r = ready.load(Ordering::Relaxed);
+                    let r = h2.readiness();
                     async move {
-                        if r {
-                            (StatusCode::OK, "ready\n")
+                        let code = if r.ready {
+                            StatusCode::OK
                         } else {
-                            (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
-                        }
+                            StatusCode::SERVICE_UNAVAILABLE
+                        };
+                        let head = if r.ready {
+                            "ready"
+                        } else if r.healthy {
+                            "not ready"
+                        } else {
+                            "unhealthy"
+                        };
+                        (
+                            code,
+                            format!("{head}\n{}\n", serde_json::to_string(&r).unwrap_or_default()),
+                        )
                     }
                 }),
-            );
+            )
+    }
+
+    /// Serves the endpoints on `listener` (bound by the caller, so that a port clash is a
+    /// start-up error and port 0 can be reported) until the task is aborted. One request per
+    /// connection, with a header timeout, a whole-connection timeout and a connection limit
+    /// (README "Metrics": hardening).
+    pub async fn serve(
+        self,
+        listener: std::net::TcpListener,
+        opts: ServeOptions,
+    ) -> std::io::Result<()> {
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        let app = self.router(opts.token.clone());
         listener.set_nonblocking(true)?;
         let l = tokio::net::TcpListener::from_std(listener)?;
-        axum::serve(l, app).await
+        let slots = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
+        loop {
+            let sock = match l.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // EMFILE/ENFILE and the like: back off instead of spinning.
+                    tracing::warn!("metrics endpoint: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                self.rejected("limit");
+                drop(sock);
+                continue;
+            };
+            let app = app.clone();
+            let tls = opts.tls.clone();
+            let m = self.clone();
+            let (header_timeout, conn_timeout) = (opts.header_timeout, opts.connection_timeout);
+            tokio::spawn(async move {
+                let _permit = permit;
+                let conn = async {
+                    let svc = hyper_util::service::TowerToHyperService::new(app);
+                    let mut b = hyper::server::conn::http1::Builder::new();
+                    b.timer(TokioTimer::new())
+                        .header_read_timeout(header_timeout)
+                        .keep_alive(false);
+                    match tls {
+                        Some(acc) => {
+                            let s = match tokio::time::timeout(header_timeout, acc.accept(sock))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(_)) => return m.rejected("tls"),
+                                Err(_) => return m.rejected("timeout"),
+                            };
+                            let _ = b.serve_connection(TokioIo::new(s), svc).await;
+                        }
+                        None => {
+                            let _ = b.serve_connection(TokioIo::new(sock), svc).await;
+                        }
+                    }
+                };
+                if tokio::time::timeout(conn_timeout, conn).await.is_err() {
+                    m.rejected("timeout");
+                }
+            });
+        }
     }
+
+    fn rejected(&self, reason: &str) {
+        self.http_rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+}
+
+/// How the metrics endpoint serves (from [`crate::config::MetricsConfig`]).
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub connection_timeout: Duration,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub token: Option<Arc<Vec<u8>>>,
+}
+
+/// Errors preparing the metrics endpoint (TLS material, token).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Bad { path: String, message: String },
+}
+
+impl ServeOptions {
+    pub fn from_config(c: &crate::config::MetricsConfig) -> Result<ServeOptions, ServeError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|source| ServeError::Read {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let tls = match (&c.tls_cert_file, &c.tls_key_file) {
+            (Some(cert), Some(key)) => Some(tls_acceptor(&read(cert)?, cert, &read(key)?, key)?),
+            _ => None,
+        };
+        let token = match &c.bearer_token_file {
+            Some(p) => {
+                let t = read(p)?;
+                let t = t.trim_ascii().to_vec();
+                if t.len() < 16 {
+                    return Err(ServeError::Bad {
+                        path: p.display().to_string(),
+                        message: "the bearer token must be at least 16 bytes".into(),
+                    });
+                }
+                Some(Arc::new(t))
+            }
+            None => None,
+        };
+        Ok(ServeOptions {
+            max_connections: c.max_connections,
+            header_timeout: Duration::from_secs(c.header_timeout_secs),
+            connection_timeout: Duration::from_secs(c.connection_timeout_secs),
+            tls,
+            token,
+        })
+    }
+}
+
+fn tls_acceptor(
+    cert: &[u8],
+    cert_path: &std::path::Path,
+    key: &[u8],
+    key_path: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let bad = |p: &std::path::Path, message: String| ServeError::Bad {
+        path: p.display().to_string(),
+        message,
+    };
+    let certs = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert_path, format!("bad PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad(cert_path, "no certificate in the file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|e| bad(key_path, format!("bad PEM private key: {e}")))?;
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(cert_path, e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| bad(cert_path, format!("certificate and key do not fit: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// `Authorization: Bearer <token>`, compared in constant time.
+fn bearer_ok(headers: &axum::http::HeaderMap, token: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|got| got.ct_eq(token).into())
 }
 
 #[cfg(test)]

@@ -50,18 +50,40 @@ pub fn replay(
         errors: 0,
         alerts: 0,
     };
-    for (n, line) in input.lines().enumerate() {
-        let line = line.context("reading the input")?;
+    let mut input = input;
+    let mut buf = Vec::with_capacity(4096);
+    let mut n = 0usize;
+    loop {
+        buf.clear();
+        let got = input
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("reading the input after line {n}"))?;
+        if got == 0 {
+            break;
+        }
+        n += 1;
         s.lines += 1;
+        // A line that is not UTF-8 is reported with its number and skipped; the rest goes on.
+        let line = match std::str::from_utf8(&buf) {
+            Ok(l) => l.trim_end_matches(['\n', '\r']),
+            Err(e) => {
+                s.errors += 1;
+                eprintln!(
+                    "line {n}: not UTF-8 (invalid byte at column {})",
+                    e.valid_up_to() + 1
+                );
+                continue;
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
         // Straight into the typed event; only a line that does not parse is looked at as
         // generic JSON (a status record to skip, or an error to report).
-        let ev: Event = match serde_json::from_str(&line) {
+        let ev: Event = match serde_json::from_str(line) {
             Ok(e) => e,
             Err(e) => {
-                match serde_json::from_str::<serde_json::Value>(&line) {
+                match serde_json::from_str::<serde_json::Value>(line) {
                     Ok(v)
                         if v.get("kind")
                             .and_then(|k| k.as_str())
@@ -71,11 +93,11 @@ pub fn replay(
                     }
                     Ok(_) => {
                         s.errors += 1;
-                        eprintln!("line {}: not a sensor event: {e}", n + 1);
+                        eprintln!("line {n}: not a sensor event: {e}");
                     }
                     Err(e) => {
                         s.errors += 1;
-                        eprintln!("line {}: not JSON: {e}", n + 1);
+                        eprintln!("line {n}: not JSON: {e}");
                     }
                 }
                 continue;

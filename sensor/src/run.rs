@@ -18,13 +18,15 @@ use tokio::{
 };
 
 use crate::{
-    config::Config,
+    config::{Config, StdoutClosed},
+    health::{lock, panic_message, supervise_task, Exit, Failure, Health},
     context::{container::Containers, process::ProcTable},
     decode::{decode, Clock},
     gpu::{self, session::UsageSample},
     hook::{self, Hooks},
     metrics::{
-        AlertLabels, HookLabel, KindLabel, Metrics, ResultLabel, SessionLabels, MAX_SESSION_SERIES,
+        AlertLabels, HookLabel, KindLabel, Metrics, ResultLabel, ServeOptions, SessionLabels,
+        MAX_SESSION_SERIES,
     },
     output::JsonLines,
     pipeline::{Out, Processor},
@@ -99,23 +101,35 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     let mut hooks = Hooks::load(&cfg).context("setting up the kernel hooks")?;
     let ring = hooks.take_ring()?;
     let drops = hooks.take_drops()?;
-    let mut gpu_devs = hooks.take_gpu_devs()?;
+    let gpu_devs = Arc::new(std::sync::Mutex::new(hooks.take_gpu_devs()?));
     let extra = cfg.gpu.devices.clone();
     let refresh = Duration::from_secs(cfg.gpu.refresh_secs);
+    let metrics = Metrics::new(hook::EBPF_SHA256, &kernel_release());
+    let health = metrics.health.clone();
+    // The event path: its failure stops the sensor (README "Supervision").
+    health.register("ring_reader", true);
+    health.register("pipeline", true);
     // Drivers (nvidia-uvm, kfd) may load after the sensor: re-read /proc/devices.
-    let refresher = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(refresh);
-        tick.tick().await;
-        loop {
+    let refresher = supervise_task(&health, "gpu_refresh", move || {
+        let (devs, extra) = (gpu_devs.clone(), extra.clone());
+        async move {
+            let mut tick = tokio::time::interval(refresh);
             tick.tick().await;
-            if let Err(e) = hook::sync_gpu_devs(&mut gpu_devs, &extra) {
-                tracing::warn!("refreshing GPU devices: {e}");
+            loop {
+                tick.tick().await;
+                if let Err(e) = hook::sync_gpu_devs(&mut lock(&devs), &extra) {
+                    tracing::warn!("refreshing GPU devices: {e}");
+                }
             }
         }
     });
     let (usage_tx, usage_rx) = smpsc::channel();
     if cfg.gpu.nvml {
-        gpu::nvml::spawn(Duration::from_secs(cfg.gpu.nvml_interval_secs), usage_tx);
+        gpu::nvml::spawn(
+            &health,
+            Duration::from_secs(cfg.gpu.nvml_interval_secs),
+            usage_tx,
+        );
     } else {
         drop(usage_tx);
     }
@@ -151,19 +165,23 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
         "sensor_pid": std::process::id(),
     });
     let mut start = start;
-    let metrics = Metrics::new(hook::EBPF_SHA256, &kernel_release());
     metrics.rules_loaded.set(set.len() as i64);
     let metrics_task = if cfg.metrics.enabled {
         // Bound here so a port clash is a start-up error, and port 0 can be reported.
         let l = std::net::TcpListener::bind(cfg.metrics.listen)
             .with_context(|| format!("metrics listener on {}", cfg.metrics.listen))?;
+        let opts = ServeOptions::from_config(&cfg.metrics).context("metrics endpoint")?;
         let addr = l.local_addr()?;
         start["metrics_addr"] = json!(addr.to_string());
-        tracing::info!("metrics on http://{addr}/metrics");
+        let scheme = if opts.tls.is_some() { "https" } else { "http" };
+        tracing::info!("metrics on {scheme}://{addr}/metrics");
         let m = metrics.clone();
-        Some(tokio::spawn(async move {
-            if let Err(e) = m.serve(l).await {
-                tracing::error!("metrics endpoint on {addr}: {e}");
+        Some(supervise_task(&health, "metrics", move || {
+            let (m, opts) = (m.clone(), opts.clone());
+            let l = l.try_clone();
+            async move {
+                m.serve(l?, opts).await?;
+                Ok(Exit::Done("listener closed".into()))
             }
         }))
     } else {
@@ -182,31 +200,40 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     );
 
     let poll = Duration::from_millis(cfg.ring.poll_interval_ms);
-    let reader = tokio::spawn(ring::drain(ring, tx, counters.clone(), poll, stop_rx));
+    let reader = critical_task(
+        &health,
+        "ring_reader",
+        ring::drain(ring, tx, counters.clone(), poll, stop_rx),
+    );
 
-    // Rule hot reload: file changes (polled) and SIGHUP.
+    // Rule hot reload: file changes (polled) and SIGHUP. Loading runs on a blocking thread:
+    // a large set never stalls the runtime.
     let (reload_tx, reload_rx) = smpsc::channel::<Reload>();
     let rcfg = cfg.rules.clone();
-    let mut sighup = signal(SignalKind::hangup())?;
-    let reloader = tokio::spawn(async move {
-        let mut last = rules_mtime(&rcfg);
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
-        loop {
-            let why = tokio::select! {
-                _ = sighup.recv() => "SIGHUP",
-                _ = tick.tick() => {
-                    let now = rules_mtime(&rcfg);
-                    if now == last { continue; }
-                    last = now;
-                    "file change"
+    let reloader = supervise_task(&health, "rules_reload", move || {
+        let (rcfg, reload_tx) = (rcfg.clone(), reload_tx.clone());
+        async move {
+            let mut sighup = signal(SignalKind::hangup())?;
+            let mut last = rules_mtime(&rcfg);
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                let why = tokio::select! {
+                    _ = sighup.recv() => "SIGHUP",
+                    _ = tick.tick() => {
+                        let now = rules_mtime(&rcfg);
+                        if now == last { continue; }
+                        last = now;
+                        "file change"
+                    }
+                };
+                let c = rcfg.clone();
+                let r = match tokio::task::spawn_blocking(move || load_rules(&c)).await? {
+                    Ok(s) => Reload::Ok(Arc::new(s), why),
+                    Err(e) => Reload::Failed(e, why),
+                };
+                if reload_tx.send(r).is_err() {
+                    return Ok(Exit::Done("the pipeline stopped".into()));
                 }
-            };
-            let r = match load_rules(&rcfg) {
-                Ok(s) => Reload::Ok(Arc::new(s), why),
-                Err(e) => Reload::Failed(e, why),
-            };
-            if reload_tx.send(r).is_err() {
-                return;
             }
         }
     });
@@ -215,7 +242,7 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
         cfg.context.kube_api.as_deref(),
         cfg.context.node_name.as_deref(),
     ) {
-        Some(ep) => Some(crate::context::kube::spawn(ep)),
+        Some(ep) => Some(crate::context::kube::spawn(&health, ep)),
         None => {
             tracing::info!("no Kubernetes API (not in a cluster, context.kube_api unset): containers carry ids only");
             None
@@ -229,6 +256,8 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
         sink: Sink {
             alerting,
             out,
+            stdout_policy: cfg.output.on_stdout_closed,
+            stdout_closed: false,
             record,
             metrics: metrics.clone(),
             by_kind: Default::default(),
@@ -242,23 +271,58 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
         last_loss: None,
     };
     let loss_every = Duration::from_secs(cfg.output.loss_interval_secs);
-    let pipe = tokio::task::spawn_blocking(move || pipeline.run(rx, loss_every));
+    let h = health.clone();
+    let pipe = tokio::task::spawn_blocking(move || {
+        h.running("pipeline");
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pipeline.run(rx, loss_every)
+        }));
+        match r {
+            Ok(Ok(())) => h.stopped("pipeline", "input closed"),
+            Ok(Err(e)) => h.failed("pipeline", Failure::Error, &format!("{e:#}")),
+            Err(p) => h.failed("pipeline", Failure::Panic, &panic_message(&*p)),
+        }
+    });
 
-    tokio::select! {
-        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
-        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-    }
+    let mut fatal = health.fatal();
+    let failure = tokio::select! {
+        _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); None }
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); None }
+        _ = fatal.changed() => fatal.borrow().clone(),
+    };
     let _ = stop_tx.send(true);
-    reader.await?.context("ring reader")?;
-    pipe.await?.context("pipeline")?;
+    let _ = reader.await;
+    let _ = pipe.await;
     refresher.abort();
     reloader.abort();
     if let Some(t) = metrics_task {
         t.abort();
     }
     drop(hooks); // detaches every program
+    if let Some(why) = failure {
+        anyhow::bail!("stopped after a failure of {why} (detached)");
+    }
     tracing::info!("detached; bye");
     Ok(())
+}
+
+/// Runs a critical part of the event path as a task: an error or a panic is recorded in
+/// `health` (which fires [`Health::fatal`]); a normal end is `stopped`.
+fn critical_task<F>(health: &Health, name: &'static str, fut: F) -> tokio::task::JoinHandle<()>
+where
+    F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let h = health.clone();
+    h.running(name);
+    let inner = tokio::spawn(fut);
+    tokio::spawn(async move {
+        match inner.await {
+            Ok(Ok(())) => h.stopped(name, "stopped"),
+            Ok(Err(e)) => h.failed(name, Failure::Error, &e.to_string()),
+            Err(j) if j.is_panic() => h.failed(name, Failure::Panic, &panic_message(&*j.into_panic())),
+            Err(j) => h.failed(name, Failure::Error, &j.to_string()),
+        }
+    })
 }
 
 fn now_boot_ns() -> u64 {
@@ -276,11 +340,14 @@ struct Pipeline<W: std::io::Write> {
     last_loss: Option<serde_json::Value>,
 }
 
-/// Writes one pipeline output to stdout (and the recording, for events).
-/// Where pipeline outputs go: stdout, the optional recording, and the metrics.
+/// Where pipeline outputs go: stdout, the optional recording, the alert sinks and the metrics.
 struct Sink<W: std::io::Write> {
     alerting: crate::alerting::Alerting,
     out: JsonLines<W>,
+    /// What a write error on stdout means (config `output.on_stdout_closed`).
+    stdout_policy: StdoutClosed,
+    /// Stdout failed and the policy is to continue: nothing more is written there.
+    stdout_closed: bool,
     record: Option<JsonLines<std::fs::File>>,
     metrics: Metrics,
     /// Per-kind event counters, resolved once (no label lookup per event).
@@ -302,7 +369,7 @@ impl<W: std::io::Write> Sink<W> {
                             .clone()
                     })
                     .inc();
-                self.out.write(e)?;
+                self.print(e)?;
                 if let Some(r) = &mut self.record {
                     r.write(e)?;
                 }
@@ -323,13 +390,42 @@ impl<W: std::io::Write> Sink<W> {
                     })
                     .inc();
                 self.alerting.submit(a);
-                self.out.write(a)
+                self.print(a)
+            }
+        }
+    }
+
+    /// Writes one record to stdout, applying the stdout policy to a failure.
+    fn print<T: serde::Serialize + ?Sized>(&mut self, v: &T) -> std::io::Result<()> {
+        if self.stdout_closed {
+            self.metrics.stdout_dropped.inc();
+            return Ok(());
+        }
+        let r = self.out.write(v);
+        self.stdout_failed(r)
+    }
+
+    fn stdout_failed(&mut self, r: std::io::Result<()>) -> std::io::Result<()> {
+        let Err(e) = r else { return Ok(()) };
+        match self.stdout_policy {
+            StdoutClosed::Exit => Err(std::io::Error::new(
+                e.kind(),
+                format!("writing to stdout: {e} (output.on_stdout_closed = \"exit\")"),
+            )),
+            StdoutClosed::Continue => {
+                tracing::warn!("writing to stdout: {e}; continuing without stdout (alert sinks, metrics and the recording go on)");
+                self.stdout_closed = true;
+                self.metrics.stdout_dropped.inc();
+                Ok(())
             }
         }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()?;
+        if !self.stdout_closed {
+            let r = self.out.flush();
+            self.stdout_failed(r)?;
+        }
         if let Some(r) = &mut self.record {
             r.flush()?;
         }
@@ -389,7 +485,7 @@ impl<W: std::io::Write> Pipeline<W> {
             }
             Err(e) => {
                 self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
-                self.sink.out.write(&json!({
+                self.sink.print(&json!({
                     "kind": "decode_error",
                     "ts": self.clock.rfc3339(now_boot_ns()),
                     "error": e.to_string(),
@@ -422,7 +518,7 @@ impl<W: std::io::Write> Pipeline<W> {
                         })
                         .inc();
                     self.sink.metrics.rules_loaded.set(set.len() as i64);
-                    self.sink.out.write(&json!({"kind": "rules_reload", "ts": ts, "ok": true, "trigger": why, "rules": set.len()}))?;
+                    self.sink.print(&json!({"kind": "rules_reload", "ts": ts, "ok": true, "trigger": why, "rules": set.len()}))?;
                     self.proc.replace_rules(set);
                 }
                 Reload::Failed(e, why) => {
@@ -434,7 +530,7 @@ impl<W: std::io::Write> Pipeline<W> {
                             result: "error".into(),
                         })
                         .inc();
-                    self.sink.out.write(&json!({
+                    self.sink.print(&json!({
                         "kind": "rules_reload", "ts": ts, "ok": false, "trigger": why,
                         "file": e.file, "line": e.line, "error": e.reason,
                         "rules": self.proc.engine.set().len(),
@@ -538,7 +634,7 @@ impl<W: std::io::Write> Pipeline<W> {
             ev["kind"] = json!("loss");
             ev["ts"] = json!(self.clock.rfc3339(now_boot_ns()));
             ev["final"] = json!(last);
-            self.sink.out.write(&ev)?;
+            self.sink.print(&ev)?;
             self.last_loss = Some(body);
         }
         Ok(())

@@ -21,6 +21,7 @@ use sha2::Sha256;
 use thiserror::Error;
 
 use crate::{
+    health::lock,
     metrics::Metrics,
     rules::{Alert, Severity},
 };
@@ -43,8 +44,9 @@ pub enum SinkKind {
     Pagerduty,
 }
 
-/// One sink (config `[[alerting.sinks]]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// One sink (config `[[alerting.sinks]]`). `Debug` redacts the URL (a Slack webhook URL is a
+/// secret; any URL may carry credentials).
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     pub name: String,
@@ -77,6 +79,169 @@ pub struct SinkConfig {
     pub rate_limit_window_secs: u64,
     #[serde(default = "default_spool")]
     pub max_spool: usize,
+}
+
+impl std::fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field(
+                "url",
+                &self.url.as_deref().map(|u| redact_url(self.kind, u)),
+            )
+            .field("min_severity", &self.min_severity)
+            .field("secret_env", &self.secret_env)
+            .field("secret_file", &self.secret_file)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("resolve_after_secs", &self.resolve_after_secs)
+            .field("dedup_secs", &self.dedup_secs)
+            .field("rate_limit", &self.rate_limit)
+            .field("rate_limit_window_secs", &self.rate_limit_window_secs)
+            .field("max_spool", &self.max_spool)
+            .finish()
+    }
+}
+
+/// A URL fit for logs: credentials (`user:pass@`) and the query are replaced by `***`; for Slack,
+/// whose incoming-webhook URL is itself the secret, the whole path too.
+pub fn redact_url(kind: SinkKind, url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let host = match authority.rsplit_once('@') {
+        Some((_, h)) => format!("***@{h}"),
+        None => authority.to_string(),
+    };
+    let path = if kind == SinkKind::Slack && !path.is_empty() {
+        "/***".to_string()
+    } else {
+        match path.split_once('?') {
+            Some((p, _)) => format!("{p}?***"),
+            None => path.to_string(),
+        }
+    };
+    if scheme.is_empty() {
+        format!("{host}{path}")
+    } else {
+        format!("{scheme}://{host}{path}")
+    }
+}
+
+/// A secret value (HMAC key, routing key): never printed, not even by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Longest allowed values (README "Alert delivery": limits).
+const MAX_TIMEOUT_SECS: u64 = 300;
+const MAX_SPOOL_ITEMS: usize = 1_000_000;
+
+impl SinkConfig {
+    /// Whether this sink needs a secret to work at all (PagerDuty: the routing key) or was told
+    /// to sign (a webhook with `secret_env`/`secret_file`).
+    fn wants_secret(&self) -> bool {
+        self.kind == SinkKind::Pagerduty || self.secret_env.is_some() || self.secret_file.is_some()
+    }
+
+    /// Resolves the secret now: the environment variable, else the file. A sink that wants one
+    /// and cannot get it does not start (fail closed: never an unsigned webhook, never an empty
+    /// routing key).
+    fn resolve_secret(&self) -> Result<Option<Secret>, String> {
+        if !self.wants_secret() {
+            return Ok(None);
+        }
+        let mut tried = vec![];
+        if let Some(v) = &self.secret_env {
+            match std::env::var(v) {
+                Ok(s) if !s.trim().is_empty() => return Ok(Some(Secret(s.trim().to_string()))),
+                Ok(_) => tried.push(format!("environment variable {v} is empty")),
+                Err(_) => tried.push(format!("environment variable {v} is not set")),
+            }
+        }
+        if let Some(f) = &self.secret_file {
+            match std::fs::read_to_string(f) {
+                Ok(s) if !s.trim().is_empty() => return Ok(Some(Secret(s.trim().to_string()))),
+                Ok(_) => tried.push(format!("{} is empty", f.display())),
+                Err(e) => tried.push(format!("{}: {e}", f.display())),
+            }
+        }
+        if tried.is_empty() {
+            tried.push("set secret_env or secret_file (the routing key)".into());
+        }
+        Err(format!("no secret: {}", tried.join("; ")))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        use crate::config::{in_range, DAY};
+        let n = &self.name;
+        if n.is_empty()
+            || n.len() > 64
+            || n.starts_with('.')
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "sink name {n:?}: 1-64 characters of A-Z a-z 0-9 - _ . (it names the spool directory), not starting with '.'"
+            ));
+        }
+        let at = |field: &str| format!("alerting.sinks[{n}].{field}");
+        match (&self.url, self.kind) {
+            (None, SinkKind::Pagerduty) => {}
+            (None, _) => return Err(format!("{}: required for a {:?} sink", at("url"), self.kind)),
+            (Some(u), _) => {
+                if !(u.starts_with("http://") || u.starts_with("https://"))
+                    || u.split_once("://").is_some_and(|(_, r)| r.is_empty())
+                {
+                    return Err(format!(
+                        "{} = {:?}: must be an http(s) URL",
+                        at("url"),
+                        redact_url(self.kind, u)
+                    ));
+                }
+            }
+        }
+        in_range(&at("timeout_secs"), self.timeout_secs, 1, MAX_TIMEOUT_SECS)?;
+        in_range(&at("resolve_after_secs"), self.resolve_after_secs, 1, 30 * DAY)?;
+        in_range(&at("dedup_secs"), self.dedup_secs, 0, 7 * DAY)?;
+        in_range(&at("rate_limit"), self.rate_limit as u64, 1, 1_000_000)?;
+        in_range(&at("rate_limit_window_secs"), self.rate_limit_window_secs, 1, DAY)?;
+        in_range(&at("max_spool"), self.max_spool as u64, 1, MAX_SPOOL_ITEMS as u64)?;
+        if self.kind == SinkKind::Pagerduty && self.secret_env.is_none() && self.secret_file.is_none() {
+            return Err(format!(
+                "alerting.sinks[{n}]: a PagerDuty sink needs its routing key (secret_env or secret_file)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AlertingConfig {
+    /// Every sink complete and bounded, names unique (`check-config` runs this).
+    pub fn check(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        for c in &self.sinks {
+            c.check()?;
+            if !names.insert(&c.name) {
+                return Err(format!("alerting.sinks: two sinks are named {:?}", c.name));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_min_severity() -> Severity {
@@ -160,12 +325,7 @@ fn lineage_text(a: &Alert) -> String {
 }
 
 /// Formats the request body for a sink.
-fn format(
-    kind: SinkKind,
-    cfg: &SinkConfig,
-    p: &Payload<'_>,
-    secret: Option<&str>,
-) -> serde_json::Value {
+fn format(kind: SinkKind, cfg: &SinkConfig, p: &Payload<'_>) -> serde_json::Value {
     let node = hostname();
     match (kind, p) {
         (SinkKind::Webhook, Payload::Alert(a)) => serde_json::to_value(a).unwrap_or_default(),
@@ -268,8 +428,10 @@ fn format(
                 Severity::Medium => "warning",
                 _ => "info",
             };
+            // The routing key is added when the request is sent (`Sink::request_body`): it is a
+            // secret and never reaches the spool.
             json!({
-                "routing_key": secret.unwrap_or(""), "event_action": "trigger", "dedup_key": dedup,
+                "event_action": "trigger", "dedup_key": dedup,
                 "payload": {"summary": summary, "source": node, "severity": pd, "class": class,
                             "component": "gpu-sensor", "custom_details": details},
             })
@@ -287,6 +449,8 @@ struct SinkState {
 
 struct Sink {
     cfg: SinkConfig,
+    /// Resolved once at start (fail closed); see [`SinkConfig::resolve_secret`].
+    secret: Option<Secret>,
     state: Mutex<SinkState>,
     wake: Condvar,
 }
@@ -299,16 +463,20 @@ pub struct Alerting {
 }
 
 impl Sink {
-    fn secret(&self) -> Option<String> {
-        if let Some(v) = &self.cfg.secret_env {
-            if let Ok(s) = std::env::var(v) {
-                return Some(s);
+    /// The body as sent: the spooled body, plus the PagerDuty routing key.
+    fn request_body(&self, spooled: Vec<u8>) -> Vec<u8> {
+        match (self.cfg.kind, &self.secret) {
+            (SinkKind::Pagerduty, Some(k)) => {
+                match serde_json::from_slice::<serde_json::Value>(&spooled) {
+                    Ok(mut v) => {
+                        v["routing_key"] = json!(k.expose());
+                        v.to_string().into_bytes()
+                    }
+                    Err(_) => spooled,
+                }
             }
+            _ => spooled,
         }
-        let f = self.cfg.secret_file.as_ref()?;
-        std::fs::read_to_string(f)
-            .ok()
-            .map(|s| s.trim().to_string())
     }
 
     fn url(&self) -> String {
@@ -323,8 +491,7 @@ impl Sink {
     }
 
     fn enqueue(&self, st: &mut SinkState, p: &Payload<'_>, sev: Severity, m: &Metrics) {
-        let secret = self.secret();
-        let body = format(self.cfg.kind, &self.cfg, p, secret.as_deref());
+        let body = format(self.cfg.kind, &self.cfg, p);
         match st.spool.push(rank(sev), body.to_string().as_bytes()) {
             Ok(()) => self.wake.notify_one(),
             Err(e) => tracing::error!(sink = %self.cfg.name, "spooling an alert: {e}"),
@@ -363,7 +530,7 @@ impl Sink {
     }
 
     /// Delivery loop: oldest item first, retried with exponential backoff and jitter.
-    fn run(self: Arc<Self>, m: Metrics) {
+    fn run(&self, m: &Metrics) -> anyhow::Result<crate::health::Exit> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(self.cfg.timeout_secs)))
             .http_status_as_error(false)
@@ -372,8 +539,8 @@ impl Sink {
         let mut backoff = Duration::from_millis(500);
         loop {
             let item = {
-                let mut st = self.state.lock().unwrap();
-                self.roll_windows(&mut st, &m);
+                let mut st = lock(&self.state);
+                self.roll_windows(&mut st, m);
                 match st.spool.peek() {
                     Some(x) => x,
                     None => {
@@ -383,12 +550,13 @@ impl Sink {
                 }
             };
             let (it, body) = item;
+            let body = self.request_body(body);
             let mut req = agent
                 .post(self.url())
                 .header("Content-Type", "application/json");
             if self.cfg.kind == SinkKind::Webhook {
-                if let Some(secret) = self.secret() {
-                    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+                if let Some(secret) = &self.secret {
+                    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
                         .expect("HMAC takes any key");
                     mac.update(&body);
                     let sig: String = mac
@@ -412,7 +580,7 @@ impl Sink {
                 Ok(_) | Err(_) => "retry",
             };
             m.delivery(&self.cfg.name, result);
-            let mut st = self.state.lock().unwrap();
+            let mut st = lock(&self.state);
             if result == "retry" {
                 drop(st);
                 let jitter = SystemTime::now()
@@ -442,20 +610,23 @@ impl Alerting {
     /// Opens every sink's spool (resuming what a previous run left) and starts delivery.
     pub fn start(cfg: &AlertingConfig, metrics: Metrics) -> Result<Alerting, AlertingError> {
         let mut sinks = vec![];
+        cfg.check().map_err(|message| AlertingError::Config {
+            sink: "*".into(),
+            message,
+        })?;
         for c in &cfg.sinks {
-            if c.url.is_none() && c.kind != SinkKind::Pagerduty {
-                return Err(AlertingError::Config {
-                    sink: c.name.clone(),
-                    message: "url is required".into(),
-                });
-            }
-            let spool = Spool::open(&cfg.spool_dir.join(&c.name), c.max_spool)?;
+            let secret = c.resolve_secret().map_err(|message| AlertingError::Config {
+                sink: c.name.clone(),
+                message,
+            })?;
+            let spool = Spool::open(&cfg.spool_dir, &c.name, c.max_spool)?;
             if spool.len() > 0 {
                 tracing::info!(sink = %c.name, pending = spool.len(), "resuming alert delivery from the spool");
             }
             metrics.sync_spool(&c.name, spool.len(), spool.oldest_age_secs(), 0);
             let s = Arc::new(Sink {
                 cfg: c.clone(),
+                secret,
                 state: Mutex::new(SinkState {
                     spool,
                     recent: HashMap::new(),
@@ -464,10 +635,9 @@ impl Alerting {
                 wake: Condvar::new(),
             });
             let (s2, m2) = (s.clone(), metrics.clone());
-            std::thread::Builder::new()
-                .name(format!("sink-{}", c.name))
-                .spawn(move || s2.run(m2))
-                .expect("spawning a sink thread");
+            crate::health::supervise_thread(&metrics.health, &format!("sink/{}", c.name), move || {
+                s2.run(&m2)
+            });
             sinks.push(s);
         }
         Ok(Alerting { sinks, metrics })
@@ -479,7 +649,7 @@ impl Alerting {
             if a.severity < s.cfg.min_severity {
                 continue;
             }
-            let mut st = s.state.lock().unwrap();
+            let mut st = lock(&s.state);
             let now = Instant::now();
             if st
                 .recent
@@ -568,7 +738,6 @@ mod tests {
             SinkKind::Alertmanager,
             &cfg(SinkKind::Alertmanager),
             &Payload::Alert(&a),
-            None,
         );
         assert_eq!(am[0]["labels"]["alertname"], "ssh-forwarding-flags");
         assert_eq!(am[0]["labels"]["severity"], "high");
@@ -577,11 +746,11 @@ mod tests {
             SinkKind::Pagerduty,
             &cfg(SinkKind::Pagerduty),
             &Payload::Alert(&a),
-            Some("RK"),
         );
-        assert_eq!(
-            (pd["routing_key"].as_str(), pd["event_action"].as_str()),
-            (Some("RK"), Some("trigger"))
+        assert_eq!(pd["event_action"].as_str(), Some("trigger"));
+        assert!(
+            pd.get("routing_key").is_none(),
+            "the routing key is a secret: never in the spooled body"
         );
         assert_eq!(pd["payload"]["severity"], "error");
         assert_eq!(pd["dedup_key"], "abc");
@@ -589,7 +758,6 @@ mod tests {
             SinkKind::Slack,
             &cfg(SinkKind::Slack),
             &Payload::Alert(&a),
-            None,
         );
         assert!(sl["text"]
             .as_str()
@@ -599,7 +767,6 @@ mod tests {
             SinkKind::Webhook,
             &cfg(SinkKind::Webhook),
             &Payload::Alert(&a),
-            None,
         );
         assert_eq!(wh["rule"], "ssh-forwarding-flags");
         let sum = format(
@@ -610,7 +777,6 @@ mod tests {
                 suppressed: 5,
                 severity: Severity::Low,
             },
-            None,
         );
         assert_eq!(
             (sum["kind"].as_str(), sum["suppressed"].as_u64()),

@@ -3,10 +3,15 @@
 //! directory fsync'd, so a crash leaves either the whole item or nothing. Delivery removes the
 //! file. On start-up the directory is scanned and delivery resumes in sequence order. When full,
 //! the oldest item of the lowest severity is evicted (and counted).
+//!
+//! Alerts describe what happens on the node, so the spool is private: directories 0700, files
+//! 0600 (also enforced on what an earlier run left). Secrets never reach it (the PagerDuty
+//! routing key is added when the request is sent).
 
 use std::{
     fs,
     io::Write,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -45,6 +50,16 @@ pub struct Spool {
     pub evicted: u64,
 }
 
+/// Creates `d` (mode 0700) or makes an existing one 0700.
+fn private_dir(d: &Path) -> Result<(), SpoolError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(d)
+        .map_err(io(d))?;
+    fs::set_permissions(d, fs::Permissions::from_mode(0o700)).map_err(io(d))
+}
+
 fn parse_name(name: &str) -> Option<(u64, u8)> {
     let stem = name.strip_suffix(".json")?;
     let (seq, rank) = stem.split_once('-')?;
@@ -52,9 +67,13 @@ fn parse_name(name: &str) -> Option<(u64, u8)> {
 }
 
 impl Spool {
-    /// Opens (creating) the spool directory and loads what a previous run left.
-    pub fn open(dir: &Path, max: usize) -> Result<Spool, SpoolError> {
-        fs::create_dir_all(dir).map_err(io(dir))?;
+    /// Opens (creating) the spool directory `root/name` and loads what a previous run left.
+    pub fn open(root: &Path, name: &str, max: usize) -> Result<Spool, SpoolError> {
+        let dir = root.join(name);
+        let dir = dir.as_path();
+        for d in [root, dir] {
+            private_dir(d)?;
+        }
         let mut items = vec![];
         for e in fs::read_dir(dir).map_err(io(dir))?.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
@@ -63,6 +82,8 @@ impl Spool {
                 continue;
             }
             if let Some((seq, rank)) = parse_name(&name) {
+                fs::set_permissions(e.path(), fs::Permissions::from_mode(0o600))
+                    .map_err(io(&e.path()))?;
                 items.push(Item {
                     seq,
                     rank,
@@ -109,7 +130,13 @@ impl Spool {
         let tmp = self.dir.join(format!(".tmp-{seq}"));
         let path = self.dir.join(format!("{seq:020}-{rank}.json"));
         {
-            let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io(&tmp))?;
             f.write_all(body).map_err(io(&tmp))?;
             f.sync_all().map_err(io(&tmp))?;
         }
@@ -150,15 +177,15 @@ mod tests {
     #[test]
     fn survives_reopen_in_order() {
         let d = dir("reopen");
-        let mut s = Spool::open(&d, 10).unwrap();
+        let mut s = Spool::open(&d, "s", 10).unwrap();
         s.push(3, b"a").unwrap();
         s.push(1, b"b").unwrap();
-        fs::write(d.join(".tmp-99"), b"half").unwrap();
+        fs::write(d.join("s/.tmp-99"), b"half").unwrap();
         drop(s);
-        let mut s = Spool::open(&d, 10).unwrap();
+        let mut s = Spool::open(&d, "s", 10).unwrap();
         assert_eq!(s.len(), 2);
         assert!(
-            !d.join(".tmp-99").exists(),
+            !d.join("s/.tmp-99").exists(),
             "interrupted writes are discarded"
         );
         let (it, body) = s.peek().unwrap();
@@ -170,9 +197,31 @@ mod tests {
     }
 
     #[test]
+    fn spool_is_private() {
+        let d = dir("private");
+        fs::create_dir_all(d.join("s")).unwrap();
+        fs::set_permissions(d.join("s"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(d.join("s/00000000000000000007-1.json"), b"old").unwrap();
+        fs::set_permissions(
+            d.join("s/00000000000000000007-1.json"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let mut s = Spool::open(&d, "s", 10).unwrap();
+        s.push(2, b"new").unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&d), 0o700);
+        assert_eq!(mode(&d.join("s")), 0o700);
+        for e in fs::read_dir(d.join("s")).unwrap().flatten() {
+            assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
+        }
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn full_spool_evicts_oldest_lowest_severity() {
         let d = dir("full");
-        let mut s = Spool::open(&d, 3).unwrap();
+        let mut s = Spool::open(&d, "s", 3).unwrap();
         s.push(4, b"crit-1").unwrap();
         s.push(1, b"low-1").unwrap();
         s.push(1, b"low-2").unwrap();

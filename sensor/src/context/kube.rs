@@ -89,11 +89,16 @@ pub struct Pods(Arc<RwLock<HashMap<String, PodMeta>>>);
 
 impl Pods {
     pub fn get(&self, uid: &str) -> Option<PodMeta> {
-        self.0.read().ok()?.get(uid).cloned()
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .cloned()
     }
 
     fn apply(&self, p: Pod, delete: bool) {
-        let Ok(mut m) = self.0.write() else { return };
+        // A panic elsewhere while writing leaves a consistent map (single inserts/removes).
+        let mut m = self.0.write().unwrap_or_else(|p| p.into_inner());
         if delete {
             m.remove(&p.metadata.uid);
             return;
@@ -236,7 +241,7 @@ impl Endpoint {
 
 /// Starts the list/watch thread. The first list is done before returning (so pods known at
 /// start-up are there for the first events), bounded by its timeout.
-pub fn spawn(ep: Endpoint) -> Pods {
+pub fn spawn(health: &crate::health::Health, ep: Endpoint) -> Pods {
     let pods = Pods::default();
     let first = ep.list(&pods);
     match &first {
@@ -244,10 +249,10 @@ pub fn spawn(ep: Endpoint) -> Pods {
         Err(e) => tracing::warn!(api = %ep.base, "Kubernetes API: {e}; retrying in the background"),
     }
     let p = pods.clone();
-    std::thread::Builder::new()
-        .name("kube".into())
-        .spawn(move || {
-            let mut rv = first.ok().flatten();
+    let first = std::sync::Mutex::new(first.ok().flatten());
+    crate::health::supervise_thread(health, "pod_watch", move || {
+            // After a restart: list again.
+            let mut rv = crate::health::lock(&first).take();
             loop {
                 let r = match &rv {
                     Some(v) => ep.watch(&p, v).map(Some),
@@ -262,7 +267,6 @@ pub fn spawn(ep: Endpoint) -> Pods {
                 }
                 std::thread::sleep(Duration::from_secs(2));
             }
-        })
-        .expect("spawning the Kubernetes thread");
+    });
     pods
 }

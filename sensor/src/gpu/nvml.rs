@@ -9,18 +9,19 @@ use nvml_wrapper::{enum_wrappers::device::PcieUtilCounter, Nvml};
 
 use crate::{event::GpuUsage, gpu::session::UsageSample};
 
-/// Starts the sampler thread. Samples go to `tx`; the thread ends when the receiver is gone.
-pub fn spawn(interval: Duration, tx: mpsc::Sender<UsageSample>) {
-    std::thread::Builder::new()
-        .name("nvml".into())
-        .spawn(move || {
+/// Starts the sampler thread, supervised (a panic in the driver library restarts it). Samples
+/// go to `tx`; the thread ends when the receiver is gone.
+pub fn spawn(health: &crate::health::Health, interval: Duration, tx: mpsc::Sender<UsageSample>) {
+    use crate::health::Exit;
+    crate::health::supervise_thread(health, "nvml", move || {
+            let tx = tx.clone();
             let nvml = match Nvml::init() {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::info!(
                         "NVML not available ({e}): GPU sessions are reported without utilisation"
                     );
-                    return;
+                    return Ok(Exit::Done(format!("NVML not available: {e}")));
                 }
             };
             let count = nvml.device_count().unwrap_or(0);
@@ -55,11 +56,10 @@ pub fn spawn(interval: Duration, tx: mpsc::Sender<UsageSample>) {
                             pcie_tx_kbps: txp,
                         };
                         if tx.send(UsageSample { pid: s.pid, usage }).is_err() {
-                            return;
+                            return Ok(Exit::Done("the pipeline stopped".into()));
                         }
                     }
                 }
             }
-        })
-        .expect("spawning the NVML thread");
+    });
 }

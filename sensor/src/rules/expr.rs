@@ -170,11 +170,34 @@ fn lex(s: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
     Ok(out)
 }
 
+/// Limits that make every condition safe to load and to evaluate on the event path, whatever a
+/// rule file holds (README "Rules": limits).
+pub mod limits {
+    /// Longest condition text, in bytes.
+    pub const MAX_CONDITION_BYTES: usize = 16 * 1024;
+    /// Deepest nesting of `(`, `not`, `and`/`or` groups, counted after macros are expanded
+    /// (evaluation and drop are recursive: this bounds their stack use).
+    pub const MAX_DEPTH: usize = 48;
+    /// Largest condition after macro expansion, in cost units: one per operator node and per
+    /// value, plus one per 64 bytes of string values. Bounds memory and per-event work.
+    pub const MAX_COST: usize = 20_000;
+    /// Longest compiled regex program (bytes), per predicate.
+    pub const MAX_REGEX_BYTES: usize = 1 << 20;
+}
+
+/// A compiled condition with what it costs (see [`limits`]).
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub expr: Expr,
+    pub cost: usize,
+    pub depth: usize,
+}
+
 /// Named lists and macros a condition may refer to.
 #[derive(Debug, Default, Clone)]
 pub struct Scope {
     pub lists: HashMap<String, Vec<Lit>>,
-    pub macros: HashMap<String, Expr>,
+    pub macros: HashMap<String, Compiled>,
 }
 
 struct Parser<'a> {
@@ -182,6 +205,21 @@ struct Parser<'a> {
     toks: Vec<(usize, Tok)>,
     i: usize,
     scope: &'a Scope,
+    /// Current nesting depth (with the depth of expanded macros).
+    depth: usize,
+    /// Deepest nesting reached.
+    max_depth: usize,
+    /// Cost so far, macros counted expanded.
+    cost: usize,
+}
+
+fn lits_cost(l: &[Lit]) -> usize {
+    l.iter()
+        .map(|x| match x {
+            Lit::Str(s) => 1 + s.len() / 64,
+            _ => 1,
+        })
+        .sum()
 }
 
 impl Parser<'_> {
@@ -204,6 +242,30 @@ impl Parser<'_> {
     fn kw(&self, k: &str) -> bool {
         matches!(self.peek(), Some(Tok::Ident(s)) if s == k)
     }
+    /// Adds to the cost; an error once the condition is too large (checked before a macro is
+    /// copied, so a macro bomb never allocates).
+    fn spend(&mut self, n: usize) -> Result<(), ParseError> {
+        self.cost = self.cost.saturating_add(n);
+        if self.cost > limits::MAX_COST {
+            return Err(self.err(format!(
+                "condition too large: more than {} units after macro expansion",
+                limits::MAX_COST
+            )));
+        }
+        Ok(())
+    }
+    /// Enters one nesting level of `extra` depth; an error past the limit.
+    fn enter(&mut self, extra: usize) -> Result<(), ParseError> {
+        let d = self.depth + extra;
+        if d > limits::MAX_DEPTH {
+            return Err(self.err(format!(
+                "condition nested too deeply: more than {} levels (macros counted expanded)",
+                limits::MAX_DEPTH
+            )));
+        }
+        self.max_depth = self.max_depth.max(d);
+        Ok(())
+    }
 
     fn or(&mut self) -> Result<Expr, ParseError> {
         let mut v = vec![self.and()?];
@@ -214,6 +276,7 @@ impl Parser<'_> {
         Ok(if v.len() == 1 {
             v.pop().unwrap()
         } else {
+            self.spend(1)?;
             Expr::Or(v)
         })
     }
@@ -226,17 +289,29 @@ impl Parser<'_> {
         Ok(if v.len() == 1 {
             v.pop().unwrap()
         } else {
+            self.spend(1)?;
             Expr::And(v)
         })
     }
     fn unary(&mut self) -> Result<Expr, ParseError> {
         if self.kw("not") {
+            self.enter(1)?;
+            self.spend(1)?;
             self.i += 1;
-            return Ok(Expr::Not(Box::new(self.unary()?)));
+            self.depth += 1;
+            let e = self.unary();
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(e?)));
         }
         match self.next() {
             Some(Tok::LParen) => {
-                let e = self.or()?;
+                self.i -= 1;
+                self.enter(1)?;
+                self.i += 1;
+                self.depth += 1;
+                let e = self.or();
+                self.depth -= 1;
+                let e = e?;
                 match self.next() {
                     Some(Tok::RParen) => Ok(e),
                     _ => {
@@ -247,7 +322,11 @@ impl Parser<'_> {
             }
             Some(Tok::Ident(name)) => {
                 if let Some(m) = self.scope.macros.get(&name) {
-                    return Ok(m.clone());
+                    self.i -= 1;
+                    self.enter(m.depth)?;
+                    self.spend(m.cost)?;
+                    self.i += 1;
+                    return Ok(m.expr.clone());
                 }
                 let field = Field::parse(&name).ok_or_else(|| {
                     self.i -= 1;
@@ -283,6 +362,7 @@ impl Parser<'_> {
                 "regex" => Op::Regex,
                 "cidr" => Op::Cidr,
                 "exists" => {
+                    self.spend(1)?;
                     return Ok(Expr::Pred {
                         field,
                         op: Op::Exists,
@@ -300,6 +380,7 @@ impl Parser<'_> {
             }
         };
         let lits = self.values()?;
+        self.spend(1 + lits_cost(&lits))?;
         if matches!(op, Op::Gt | Op::Ge | Op::Lt | Op::Le)
             && !(lits.len() == 1 && matches!(lits[0], Lit::Int(_)))
         {
@@ -322,7 +403,10 @@ impl Parser<'_> {
                     .collect::<Vec<_>>()
                     .join("|");
                 Pattern::Regex(
-                    regex::Regex::new(&joined).map_err(|e| self.err(format!("bad regex: {e}")))?,
+                    regex::RegexBuilder::new(&joined)
+                        .size_limit(limits::MAX_REGEX_BYTES)
+                        .build()
+                        .map_err(|e| self.err(format!("bad regex: {e}")))?,
                 )
             }
             Op::Glob => Pattern::Globs(
@@ -406,19 +490,43 @@ pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
 }
 
 /// Parses a condition against the lists and macros in `scope`.
+#[cfg(test)]
 pub fn parse(src: &str, scope: &Scope) -> Result<Expr, ParseError> {
+    compile(src, scope).map(|c| c.expr)
+}
+
+/// Parses a condition and reports its cost and depth, within [`limits`].
+pub fn compile(src: &str, scope: &Scope) -> Result<Compiled, ParseError> {
+    if src.len() > limits::MAX_CONDITION_BYTES {
+        return Err(ParseError {
+            message: format!(
+                "condition is {} bytes long, more than the limit of {}",
+                src.len(),
+                limits::MAX_CONDITION_BYTES
+            ),
+            pos: 0,
+            near: src.chars().take(20).collect(),
+        });
+    }
     let toks = lex(src)?;
     let mut p = Parser {
         src,
         toks,
         i: 0,
         scope,
+        depth: 1,
+        max_depth: 1,
+        cost: 0,
     };
     let e = p.or()?;
     if p.i < p.toks.len() {
         return Err(p.err("unexpected text after the condition"));
     }
-    Ok(e)
+    Ok(Compiled {
+        expr: e,
+        cost: p.cost,
+        depth: p.max_depth,
+    })
 }
 
 #[cfg(test)]
@@ -432,7 +540,7 @@ mod tests {
             "ssh".into(),
             vec![Lit::Str("ssh".into()), Lit::Str("dbclient".into())],
         );
-        let m = parse("proc.name in (ssh)", &sc).unwrap();
+        let m = compile("proc.name in (ssh)", &sc).unwrap();
         sc.macros.insert("ssh_client".into(), m);
         let e = parse(
             r#"kind = "exec" and ssh_client or not (dst_port in (22, 2222))"#,
@@ -453,6 +561,52 @@ mod tests {
             panic!()
         };
         assert_eq!(l.len(), 2);
+    }
+
+    #[test]
+    fn nesting_and_size_are_bounded() {
+        let sc = Scope::default();
+        let ok = format!("{}kind = \"exec\"{}", "(".repeat(40), ")".repeat(40));
+        assert!(compile(&ok, &sc).is_ok());
+        for deep in [
+            format!("{}kind = \"exec\"{}", "(".repeat(5000), ")".repeat(5000)),
+            format!("{}kind = \"exec\"", "not ".repeat(2000)),
+        ] {
+            let e = compile(&deep, &sc).unwrap_err();
+            assert!(e.message.contains("nested too deeply"), "{e}");
+        }
+        let long = vec!["kind = \"exec\""; 2000].join(" or ");
+        let e = compile(&long, &sc).unwrap_err();
+        assert!(e.message.contains("bytes long"), "{e}");
+        // A macro bomb: each macro uses the previous one twice. The cost is checked before a
+        // macro is copied, so this fails fast instead of allocating 2^24 nodes.
+        let mut sc = Scope::default();
+        let first = compile("kind = \"exec\"", &sc).unwrap();
+        sc.macros.insert("m0".into(), first);
+        let mut err = None;
+        for i in 1..25 {
+            match compile(&format!("m{} or m{}", i - 1, i - 1), &sc) {
+                Ok(c) => {
+                    assert!(c.cost <= limits::MAX_COST);
+                    sc.macros.insert(format!("m{i}"), c);
+                }
+                Err(e) => {
+                    err = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let (i, e) = err.expect("the bomb is refused");
+        assert!(i < 20, "refused at level {i}");
+        assert!(e.message.contains("too large"), "{e}");
+        // Depth through macros counts too.
+        let mut sc = Scope::default();
+        sc.macros.insert(
+            "d".into(),
+            compile(&format!("{}kind = \"exec\"{}", "(".repeat(40), ")".repeat(40)), &sc).unwrap(),
+        );
+        let e = compile(&format!("{}d{}", "(".repeat(20), ")".repeat(20)), &sc).unwrap_err();
+        assert!(e.message.contains("nested too deeply"), "{e}");
     }
 
     #[test]
