@@ -14,7 +14,7 @@ fi
 
 PKGS=(rustc-web cargo-web rust-web-src llvm-22-dev build-essential pkg-config ca-certificates
       openssh-server openssh-client autossh socat ncat dropbear-bin python3 iproute2 procps
-      prometheus prometheus-alertmanager)
+      prometheus prometheus-alertmanager curl openssl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -99,14 +99,24 @@ fn load_config(path: &Option<PathBuf>) -> anyhow::Result<config::Config> {
     })
 }
 
+/// `SENSOR_LOG` (default `info`), with the HTTP/TLS client libraries capped at `info`: their
+/// debug records print request URLs, and a sink URL can be a secret (a Slack webhook).
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let mut f = tracing_subscriber::EnvFilter::try_from_env("SENSOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for d in ["ureq=info", "ureq_proto=info", "rustls=info", "hyper=info", "hyper_util=info"] {
+        if let Ok(d) = d.parse() {
+            f = f.add_directive(d);
+        }
+    }
+    f
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SENSOR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .init();
     let cli = Cli::parse();
     match cli.cmd {

@@ -265,8 +265,9 @@ fn loss_accounting_is_exact_with_a_tiny_ring() {
         .spawn()
         .unwrap();
     let pid = burst.id();
-    // A one-page ring holds ~39 connect records: the burst must overflow it.
-    let s = Sensor::start(&["--only-pid", &pid.to_string(), "--ring-size", "4KiB"]);
+    // The smallest ring accepted (16 KiB, two exec records) holds ~150 connect records: the
+    // burst must overflow it.
+    let s = Sensor::start(&["--only-pid", &pid.to_string(), "--ring-size", "16KiB"]);
     burst.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let mut line = String::new();
     BufReader::new(burst.stdout.take().unwrap())
