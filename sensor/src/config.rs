@@ -420,4 +420,63 @@ mod tests {
             assert!(e.contains(needle), "{text:?} -> {e}");
         }
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Keys of every section, with values of every TOML shape.
+        fn entry() -> impl Strategy<Value = String> {
+            let key = prop::sample::select(vec![
+                "[ring]\nsize", "[ring]\nqueue", "[ring]\npoll_interval_ms",
+                "[output]\nloss_interval_secs", "[output]\non_stdout_closed",
+                "[gpu]\nrefresh_secs", "[gpu]\nnvml_interval_secs", "[rules]\ndedup_secs",
+                "[rules]\nagent_runtimes", "[metrics]\nmax_connections",
+                "[metrics]\nheader_timeout_secs", "[metrics]\nconnection_timeout_secs",
+                "[metrics]\nlisten", "[context]\nkube_api", "[filter]\nonly_pids",
+                "[[alerting.sinks]]\nname = \"s\"\nkind = \"webhook\"\nurl = \"http://x/\"\ntimeout_secs",
+                "[[alerting.sinks]]\nname = \"s\"\nkind = \"slack\"\nurl = \"http://x/\"\nmax_spool",
+                "[[alerting.sinks]]\nname = \"s\"\nkind = \"pagerduty\"\nrate_limit_window_secs",
+            ]);
+            let value = prop_oneof![
+                any::<u64>().prop_map(|v| v.to_string()),
+                any::<i64>().prop_map(|v| v.to_string()),
+                any::<f64>().prop_map(|v| format!("{v:?}")),
+                "[a-zA-Z0-9*/:.\\[\\] -]{0,12}".prop_map(|v| format!("{v:?}")),
+                Just("[]".to_string()),
+                Just("[\"[\"]".to_string()),
+                Just("true".to_string()),
+            ];
+            (key, value).prop_map(|(k, v)| format!("{k} = {v}\n"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+            /// Whatever the file says: an error or a config whose every duration and size can be
+            /// used without overflow.
+            #[test]
+            fn any_config_loads_or_errors_without_panic(e in entry()) {
+                if let Ok(c) = Config::from_toml("fuzz.toml", &e) {
+                    let now = std::time::Instant::now();
+                    let _ = now + std::time::Duration::from_secs(c.output.loss_interval_secs);
+                    let _ = now + std::time::Duration::from_secs(c.gpu.refresh_secs);
+                    let _ = c.rules.dedup_secs.checked_mul(1_000_000_000).expect("dedup in ns");
+                    for s in &c.alerting.sinks {
+                        let _ = now + std::time::Duration::from_secs(s.timeout_secs);
+                        let _ = std::time::SystemTime::now() + std::time::Duration::from_secs(s.resolve_after_secs);
+                        prop_assert!(s.max_spool >= 1);
+                    }
+                    prop_assert!(c.ring.queue >= 1 && c.ring.queue <= MAX_QUEUE);
+                    let _ = tokio::sync::mpsc::channel::<u8>(c.ring.queue);
+                }
+            }
+
+            /// Arbitrary text never panics the loader.
+            #[test]
+            fn any_text_never_panics(t in "\\PC{0,200}") {
+                let _ = Config::from_toml("fuzz.toml", &t);
+            }
+        }
+    }
 }

@@ -591,4 +591,34 @@ mod tests {
         }
         assert!(decode(&b, &Clock::fixed(0)).is_ok());
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            /// Any bytes: an error or an event, never a panic.
+            #[test]
+            fn any_bytes_decode_without_panic(b in proptest::collection::vec(any::<u8>(), 0..6000)) {
+                let _ = decode(&b, &Clock::now());
+            }
+
+            /// A valid kind with random bytes after it (sizes around each record's size).
+            #[test]
+            fn every_kind_with_random_payload(k in 0u32..(kind::MAX + 2), extra in 0usize..5000, fill in any::<u8>(), seed in any::<u64>()) {
+                let mut b = vec![fill; extra];
+                let mut x = seed;
+                for v in b.iter_mut() {
+                    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                    *v ^= x as u8;
+                }
+                if b.len() >= 4 {
+                    b[..4].copy_from_slice(&k.to_le_bytes());
+                }
+                let _ = decode(&b, &Clock::now());
+            }
+        }
+    }
 }

@@ -630,4 +630,52 @@ mod tests {
             assert!(e.to_string().contains(needle), "{src:?} -> {e}");
         }
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Conditions built from the language's own tokens (and some junk).
+        fn condition() -> impl Strategy<Value = String> {
+            let tok = prop::sample::select(vec![
+                "(", ")", "not", "and", "or", "kind", "=", "==", "!=", "in", "contains",
+                "icontains", "startswith", "endswith", "glob", "regex", "cidr", ">", ">=", "<",
+                "<=", "exists", "\"exec\"", "'x'", "\"[\"", "\"10.0.0.0/8\"", "\"(\"", "22",
+                "-1", "99999999999999999999", "@l", "l", ",", "dst_port", "argv", "proc.name",
+                "dst_ip", "ancestor.exe", "m", "true", "!", "\"\\\"", "\u{e9}", "'",
+            ]);
+            proptest::collection::vec(tok, 0..40).prop_map(|v| v.join(" "))
+        }
+
+        fn scope() -> Scope {
+            let mut sc = Scope::default();
+            sc.lists.insert("l".into(), vec![Lit::Str("a".into()), Lit::Int(3)]);
+            let m = compile("kind = \"exec\" or dst_port in (22, 2222)", &sc).unwrap();
+            sc.macros.insert("m".into(), m);
+            sc
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 5000, ..ProptestConfig::default() })]
+
+            /// Any token soup: a compiled condition within the limits, or an error with a
+            /// position inside the text; never a panic.
+            #[test]
+            fn any_condition_compiles_within_limits_or_errors(src in condition()) {
+                match compile(&src, &scope()) {
+                    Ok(c) => {
+                        prop_assert!(c.cost <= limits::MAX_COST);
+                        prop_assert!(c.depth <= limits::MAX_DEPTH);
+                    }
+                    Err(e) => prop_assert!(e.pos <= src.len(), "{e:?}"),
+                }
+            }
+
+            /// Arbitrary characters too.
+            #[test]
+            fn any_text_never_panics(src in "\\PC{0,120}") {
+                let _ = compile(&src, &scope());
+            }
+        }
+    }
 }

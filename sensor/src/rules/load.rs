@@ -650,4 +650,45 @@ mod tests {
         );
         assert!(compile(&[src("deep2.yaml", &text)]).is_err());
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Rule files assembled from valid and broken pieces.
+        fn file() -> impl Strategy<Value = String> {
+            let piece = prop::sample::select(vec![
+                "lists:\n  l1: [a, 1, true]\n",
+                "lists:\n  l1: [[nested]]\n",
+                "append_lists:\n  l1: [b]\n",
+                "macros:\n  - name: m1\n    condition: kind = \"exec\"\n",
+                "macros:\n  - name: m1\n    override: true\n    condition: m1 or m1\n",
+                "macros:\n  - name: kind\n    condition: kind = \"exec\"\n",
+                "rules:\n  - {id: r1, description: d, severity: low, condition: 'kind = \"exec\"'}\n",
+                "rules:\n  - {id: r1, override: true, description: d, severity: high, condition: m1}\n",
+                "rules:\n  - {id: r2, description: d, severity: loud, condition: x}\n",
+                "rules:\n  - {id: r3, description: d, severity: low, condition: 'kind = \"exec\"', sequence: {after: 'kind = \"fork\"', within: 5}}\n",
+                "rules:\n  - {id: r4, description: d, severity: low, condition: 'kind = \"exec\"', threshold: {count: 0, within: 1}}\n",
+                "rules: [\n",
+                "&a [*a]\n",
+                "\t- :\n",
+                "",
+            ]);
+            proptest::collection::vec(piece, 0..4).prop_map(|v| v.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            /// Any assembly of pieces over the built-in set: a rule set or an error naming a file;
+            /// never a panic.
+            #[test]
+            fn any_rule_file_compiles_or_errors_with_a_location(a in file(), b in file()) {
+                let srcs = [builtin(), Source { name: "a.yaml".into(), text: a }, Source { name: "b.yaml".into(), text: b }];
+                if let Err(e) = compile(&srcs) {
+                    prop_assert!(!e.file.is_empty());
+                }
+            }
+        }
+    }
 }
