@@ -160,8 +160,18 @@ impl Default for MetricsConfig {
 
 impl MetricsConfig {
     fn check(&self) -> Result<(), String> {
-        in_range("metrics.max_connections", self.max_connections as u64, 1, 4096)?;
-        in_range("metrics.header_timeout_secs", self.header_timeout_secs, 1, 300)?;
+        in_range(
+            "metrics.max_connections",
+            self.max_connections as u64,
+            1,
+            4096,
+        )?;
+        in_range(
+            "metrics.header_timeout_secs",
+            self.header_timeout_secs,
+            1,
+            300,
+        )?;
         in_range(
             "metrics.connection_timeout_secs",
             self.connection_timeout_secs,
@@ -308,7 +318,12 @@ impl Config {
         in_range("ring.poll_interval_ms", self.ring.poll_interval_ms, 1, 1000)?;
         in_range("ring.queue", self.ring.queue as u64, 1, MAX_QUEUE as u64)?;
         in_range("gpu.refresh_secs", self.gpu.refresh_secs, 1, DAY)?;
-        in_range("gpu.nvml_interval_secs", self.gpu.nvml_interval_secs, 1, 3600)?;
+        in_range(
+            "gpu.nvml_interval_secs",
+            self.gpu.nvml_interval_secs,
+            1,
+            3600,
+        )?;
         in_range("gpu.devices (count)", self.gpu.devices.len() as u64, 0, 64)?;
         for d in &self.gpu.devices {
             if crate::gpu::devices::kind_from_name(&d.kind).is_none() {
@@ -318,10 +333,16 @@ impl Config {
                 ));
             }
         }
-        in_range("output.loss_interval_secs", self.output.loss_interval_secs, 1, DAY)?;
+        in_range(
+            "output.loss_interval_secs",
+            self.output.loss_interval_secs,
+            1,
+            DAY,
+        )?;
         in_range("rules.dedup_secs", self.rules.dedup_secs, 0, 7 * DAY)?;
         for g in &self.rules.agent_runtimes {
-            glob::Pattern::new(g).map_err(|e| format!("rules.agent_runtimes: bad glob {g:?}: {e}"))?;
+            glob::Pattern::new(g)
+                .map_err(|e| format!("rules.agent_runtimes: bad glob {g:?}: {e}"))?;
         }
         for k in [&self.context.kube_api].into_iter().flatten() {
             if !(k.starts_with("https://") || k.starts_with("http://")) {
@@ -405,8 +426,14 @@ mod tests {
             ("[ring]\nsize = \"8KiB\"\n", "between 16 KiB"),
             ("[ring]\nqueue = 18446744073709551615\n", "ring.queue"),
             ("[ring]\npoll_interval_ms = 0\n", "poll_interval_ms"),
-            ("[gpu]\nrefresh_secs = 18446744073709551615\n", "gpu.refresh_secs"),
-            ("[rules]\ndedup_secs = 18446744073709551615\n", "rules.dedup_secs"),
+            (
+                "[gpu]\nrefresh_secs = 18446744073709551615\n",
+                "gpu.refresh_secs",
+            ),
+            (
+                "[rules]\ndedup_secs = 18446744073709551615\n",
+                "rules.dedup_secs",
+            ),
             ("[rules]\nagent_runtimes = [\"[\"]\n", "bad glob"),
             ("[context]\nkube_api = \"ftp://x\"\n", "http(s) URL"),
             ("ring = 5\n", "line 1"),

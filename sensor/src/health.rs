@@ -61,11 +61,17 @@ pub enum State {
     Starting,
     Running,
     /// Failed and waiting to be restarted.
-    Restarting { last_error: String },
+    Restarting {
+        last_error: String,
+    },
     /// A critical part failed: the sensor is shutting down.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
     /// Ended on purpose (e.g. NVML absent): nothing to supervise any more.
-    Stopped { reason: String },
+    Stopped {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -122,7 +128,12 @@ impl Health {
     }
 
     /// Metric families to register (`component_failures`, `component_up`).
-    pub fn metrics(&self) -> (Family<FailureLabels, Counter>, Family<ComponentLabel, Gauge>) {
+    pub fn metrics(
+        &self,
+    ) -> (
+        Family<FailureLabels, Counter>,
+        Family<ComponentLabel, Gauge>,
+    ) {
         (self.0.failures.clone(), self.0.up.clone())
     }
 
@@ -156,7 +167,8 @@ impl Health {
     }
 
     fn set_state(&self, name: &str, state: State) {
-        let up = state == State::Running;
+        // Ended on purpose (NVML absent) counts as up: nothing is wrong with it.
+        let up = matches!(state, State::Running | State::Stopped { .. });
         if let Some(p) = lock(&self.0.parts).get_mut(name) {
             p.state = state;
         }
@@ -188,16 +200,18 @@ impl Health {
             .inc();
         let critical = lock(&self.0.parts).get(name).is_some_and(|p| p.critical);
         if critical {
-            tracing::error!(component = name, "{} in a critical part: {error}; the sensor stops (a supervisor restarts it)", why.label());
+            tracing::error!(
+                component = name,
+                "{} in a critical part: {error}; the sensor stops (a supervisor restarts it)",
+                why.label()
+            );
             self.set_state(
                 name,
                 State::Failed {
                     error: error.to_string(),
                 },
             );
-            self.0
-                .fatal
-                .send_replace(Some(format!("{name}: {error}")));
+            self.0.fatal.send_replace(Some(format!("{name}: {error}")));
         } else {
             tracing::error!(component = name, "{}: {error}; restarting it", why.label());
             if let Some(p) = lock(&self.0.parts).get_mut(name) {
@@ -393,7 +407,10 @@ mod tests {
             })
             .get();
         assert_eq!(panics, 1);
-        assert!(h.healthy(), "a restartable part never makes the sensor unhealthy");
+        assert!(
+            h.healthy(),
+            "a restartable part never makes the sensor unhealthy"
+        );
         let r = h.readiness();
         assert_eq!(r.components["flaky"]["state"], "stopped");
         assert_eq!(r.components["flaky"]["restarts"], 1);

@@ -104,7 +104,13 @@ fn load_config(path: &Option<PathBuf>) -> anyhow::Result<config::Config> {
 fn log_filter() -> tracing_subscriber::EnvFilter {
     let mut f = tracing_subscriber::EnvFilter::try_from_env("SENSOR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    for d in ["ureq=info", "ureq_proto=info", "rustls=info", "hyper=info", "hyper_util=info"] {
+    for d in [
+        "ureq=info",
+        "ureq_proto=info",
+        "rustls=info",
+        "hyper=info",
+        "hyper_util=info",
+    ] {
         if let Ok(d) = d.parse() {
             f = f.add_directive(d);
         }

@@ -377,7 +377,10 @@ impl Metrics {
                         let body = if r.healthy {
                             "ok\n".to_string()
                         } else {
-                            format!("unhealthy\n{}\n", serde_json::to_string(&r).unwrap_or_default())
+                            format!(
+                                "unhealthy\n{}\n",
+                                serde_json::to_string(&r).unwrap_or_default()
+                            )
                         };
                         (code, body)
                     }
@@ -402,7 +405,10 @@ impl Metrics {
                         };
                         (
                             code,
-                            format!("{head}\n{}\n", serde_json::to_string(&r).unwrap_or_default()),
+                            format!(
+                                "{head}\n{}\n",
+                                serde_json::to_string(&r).unwrap_or_default()
+                            ),
                         )
                     }
                 }),

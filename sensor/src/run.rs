@@ -19,10 +19,10 @@ use tokio::{
 
 use crate::{
     config::{Config, StdoutClosed},
-    health::{lock, panic_message, supervise_task, Exit, Failure, Health},
     context::{container::Containers, process::ProcTable},
     decode::{decode, Clock},
     gpu::{self, session::UsageSample},
+    health::{lock, panic_message, supervise_task, Exit, Failure, Health},
     hook::{self, Hooks},
     metrics::{
         AlertLabels, HookLabel, KindLabel, Metrics, ResultLabel, ServeOptions, SessionLabels,
@@ -189,6 +189,10 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     };
     let alerting = crate::alerting::Alerting::start(&cfg.alerting, metrics.clone())
         .context("starting alert delivery")?;
+    // Install the SIGHUP handler now, before `sensor_start` is printed: until a handler is
+    // installed, SIGHUP's default action ends the process. Each run of the reloader subscribes
+    // again; this one is kept for the life of `run`.
+    let _sighup = signal(SignalKind::hangup())?;
     out.write(&start)?;
     out.flush()?;
     metrics.set_ready();
@@ -319,7 +323,9 @@ where
         match inner.await {
             Ok(Ok(())) => h.stopped(name, "stopped"),
             Ok(Err(e)) => h.failed(name, Failure::Error, &e.to_string()),
-            Err(j) if j.is_panic() => h.failed(name, Failure::Panic, &panic_message(&*j.into_panic())),
+            Err(j) if j.is_panic() => {
+                h.failed(name, Failure::Panic, &panic_message(&*j.into_panic()))
+            }
             Err(j) => h.failed(name, Failure::Error, &j.to_string()),
         }
     })

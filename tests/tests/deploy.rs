@@ -110,7 +110,7 @@ fn prometheus_rules_pass_promtool() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("5 rules found"), "{text}");
+    assert!(text.contains("7 rules found"), "{text}");
     // Every metric the alerts use is one the sensor exports.
     let rules = serde_yaml_ng::to_string(spec).unwrap();
     for m in [
@@ -118,6 +118,8 @@ fn prometheus_rules_pass_promtool() {
         "gpu_sensor_kernel_ring_drops_total",
         "gpu_sensor_user_queue_drops_total",
         "gpu_sensor_rule_reloads_total",
+        "gpu_sensor_component_failures_total",
+        "gpu_sensor_component_up",
         "gpu_sensor_spool_oldest_age_seconds",
         "gpu_sensor_spool_depth",
     ] {

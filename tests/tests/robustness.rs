@@ -47,8 +47,7 @@ fn http(addr: &str, path: &str, extra: &str) -> (u16, String) {
 }
 
 fn metrics_addr(s: &Sensor) -> String {
-    s.wait_for(WAIT, |e| e["kind"] == "sensor_start")
-        .unwrap()["metrics_addr"]
+    s.wait_for(WAIT, |e| e["kind"] == "sensor_start").unwrap()["metrics_addr"]
         .as_str()
         .unwrap()
         .to_string()
@@ -158,16 +157,22 @@ fn hostile_hot_reloads_keep_the_agent_alive_and_small() {
     let d = tmpdir("reload");
     let rules = d.join("rules");
     std::fs::create_dir_all(&rules).unwrap();
-    std::fs::write(rules.join("a.yaml"), MARK_RULE.replace("MARK", "robust-mark")).unwrap();
+    std::fs::write(
+        rules.join("a.yaml"),
+        MARK_RULE.replace("MARK", "robust-mark"),
+    )
+    .unwrap();
     let s = Sensor::start(&["--rules", rules.to_str().unwrap()]);
     let rss0 = rss_kib(s.pid);
+    let rules0 = s.wait_for(WAIT, |e| e["kind"] == "sensor_start").unwrap()["rules"].clone();
     let failures = |s: &Sensor| {
         s.events(|e| e["kind"] == "rules_reload" && e["ok"] == false)
             .len()
     };
     // Each hostile file in turn: the reload fails with its reason, the agent stays up, and the
     // previous rules stay active.
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    type Make = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Make, &str)> = vec![
         (
             "deep.yaml",
             Box::new(|p| std::fs::write(p, nested_rule(5000)).unwrap()),
@@ -180,9 +185,7 @@ fn hostile_hot_reloads_keep_the_agent_alive_and_small() {
         ),
         (
             "fifo.yaml",
-            Box::new(|p| {
-                assert!(Command::new("mkfifo").arg(p).status().unwrap().success())
-            }),
+            Box::new(|p| assert!(Command::new("mkfifo").arg(p).status().unwrap().success())),
             "FIFO",
         ),
         (
@@ -191,33 +194,42 @@ fn hostile_hot_reloads_keep_the_agent_alive_and_small() {
             "device",
         ),
     ];
-    for (i, (name, make, needle)) in cases.iter().enumerate() {
-        let before = failures(&s);
+    let oks = |s: &Sensor| {
+        s.events(|e| e["kind"] == "rules_reload" && e["ok"] == true)
+            .len()
+    };
+    for (name, make, needle) in &cases {
         make(&rules.join(name));
         // Also poke with SIGHUP (the watcher polls every 2 s).
         // SAFETY: signalling the child sensor process.
         unsafe { libc::kill(s.pid as i32, libc::SIGHUP) };
+        let refused = s.wait_for(Duration::from_secs(20), |e| {
+            e["kind"] == "rules_reload"
+                && e["ok"] == false
+                && e["file"].as_str().unwrap_or("").ends_with(name)
+        });
+        let r = refused.unwrap_or_else(|| panic!("no failed reload for {name}"));
         assert!(
-            wait_until(20, || failures(&s) > before),
-            "no failed reload for {name}"
-        );
-        let r = s
-            .events(|e| e["kind"] == "rules_reload" && e["ok"] == false)
-            .pop()
-            .unwrap();
-        assert!(
-            r["file"].as_str().unwrap_or("").ends_with(name)
-                && r["error"].as_str().unwrap_or("").contains(needle),
+            r["error"].as_str().unwrap_or("").contains(needle),
             "{name}: {r}"
         );
+        assert_eq!(r["rules"], rules0, "the previous set stays: {r}");
+        // Remove it: the next reload succeeds, and the rules still alert.
+        let before = oks(&s);
         std::fs::remove_file(rules.join(name)).unwrap();
-        let _ = i;
+        // SAFETY: as above.
+        unsafe { libc::kill(s.pid as i32, libc::SIGHUP) };
+        assert!(
+            wait_until(20, || oks(&s) > before),
+            "no reload after removing {name}"
+        );
         let p = run_true("robust-mark");
         s.wait_for(WAIT, |e| {
             e["kind"] == "alert" && e["rule"] == "robust-marker" && e["pid"] == p
         })
-        .unwrap_or_else(|| panic!("previous rules no longer active after {name}"));
+        .unwrap_or_else(|| panic!("rules no longer active after {name}"));
     }
+    assert!(failures(&s) >= cases.len());
     let rss1 = rss_kib(s.pid);
     println!("RSS before {rss0} KiB, after the hostile reloads {rss1} KiB");
     assert!(
@@ -280,7 +292,11 @@ fn secrets_never_leak_and_signing_sinks_fail_closed() {
         .unwrap()
         .port();
     std::fs::create_dir_all(d.join("rules")).unwrap();
-    std::fs::write(d.join("rules/a.yaml"), MARK_RULE.replace("MARK", "robust-secret")).unwrap();
+    std::fs::write(
+        d.join("rules/a.yaml"),
+        MARK_RULE.replace("MARK", "robust-secret"),
+    )
+    .unwrap();
     let slack_path = "T0000/B0000/XXXXsecretXXXX";
     let base = format!(
         "[rules]\nbuiltin = false\ndirs = [\"{}\"]\n[alerting]\nspool_dir = \"{}\"\n",
@@ -351,7 +367,9 @@ fn secrets_never_leak_and_signing_sinks_fail_closed() {
     let spool = d.join("spool/pd");
     assert!(
         wait_until(15, || std::fs::read_dir(&spool)
-            .map(|r| r.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".json")))
+            .map(|r| r
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".json")))
             .unwrap_or(false)),
         "nothing spooled"
     );
@@ -363,7 +381,10 @@ fn secrets_never_leak_and_signing_sinks_fail_closed() {
     assert_eq!(mode(&spool), 0o700);
     for e in std::fs::read_dir(&spool).unwrap().flatten() {
         let body = std::fs::read_to_string(e.path()).unwrap();
-        assert!(!body.contains("pd-routing-key"), "routing key in the spool: {body}");
+        assert!(
+            !body.contains("pd-routing-key"),
+            "routing key in the spool: {body}"
+        );
         assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
     }
     // SAFETY: signalling our own child.
@@ -371,14 +392,23 @@ fn secrets_never_leak_and_signing_sinks_fail_closed() {
     child.wait().unwrap();
     let log = log.join().unwrap();
     let _ = drain.join();
-    assert!(log.contains("DEBUG") || log.contains("debug"), "debug logging is on");
+    assert!(
+        log.contains("DEBUG") || log.contains("debug"),
+        "debug logging is on"
+    );
     assert!(!log.contains("XXXXsecretXXXX"), "Slack URL in the logs");
     assert!(!log.contains("pd-routing-key"), "routing key in the logs");
     let _ = std::fs::remove_dir_all(&d);
 }
 
 /// Starts `sensor run` with stdout on a pipe whose read end the test controls.
-fn start_raw(args: &[&str]) -> (std::process::Child, BufReader<std::process::ChildStdout>, String) {
+fn start_raw(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    String,
+) {
     let mut child = Command::new(sensor_bin())
         .args(["run", "--metrics-listen", "127.0.0.1:0"])
         .args(args)
@@ -390,7 +420,10 @@ fn start_raw(args: &[&str]) -> (std::process::Child, BufReader<std::process::Chi
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "sensor did not start");
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "sensor did not start"
+        );
         if line.contains("\"sensor_start\"") {
             break;
         }
@@ -408,7 +441,7 @@ fn a_closed_stdout_stops_the_sensor_loudly_by_default() {
     let (mut child, out, addr) = start_raw(&[]);
     assert_eq!(http(&addr, "/healthz", "").0, 200);
     drop(out); // the reader goes away
-    // Events keep coming on a busy machine; make some.
+               // Events keep coming on a busy machine; make some.
     let mut status = None;
     assert!(
         wait_until(30, || {
@@ -420,10 +453,18 @@ fn a_closed_stdout_stops_the_sensor_loudly_by_default() {
     );
     let status = status.unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("stdout") && err.contains("pipeline"), "{err}");
-    assert!(err.contains("detached"), "programs detached on the way out: {err}");
+    assert!(
+        err.contains("detached"),
+        "programs detached on the way out: {err}"
+    );
 }
 
 #[test]
@@ -432,7 +473,11 @@ fn a_closed_stdout_can_be_survived_with_sinks_and_metrics() {
         return;
     }
     let d = tmpdir("continue");
-    std::fs::write(d.join("c.toml"), "[output]\non_stdout_closed = \"continue\"\n").unwrap();
+    std::fs::write(
+        d.join("c.toml"),
+        "[output]\non_stdout_closed = \"continue\"\n",
+    )
+    .unwrap();
     let (mut child, out, addr) = start_raw(&["--config", d.join("c.toml").to_str().unwrap()]);
     drop(out);
     let dropped = || {
@@ -455,7 +500,10 @@ fn a_closed_stdout_can_be_survived_with_sinks_and_metrics() {
     assert_eq!((h, r), (200, 200), "{body}");
     let json: Value = serde_json::from_str(body.lines().last().unwrap()).unwrap();
     assert_eq!(json["components"]["pipeline"]["state"], "running", "{body}");
-    assert_eq!(json["components"]["ring_reader"]["state"], "running", "{body}");
+    assert_eq!(
+        json["components"]["ring_reader"]["state"], "running",
+        "{body}"
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let st = child.wait().unwrap();
@@ -481,7 +529,8 @@ fn metrics_port_closes_idle_and_excess_connections() {
         .map(|_| TcpStream::connect(&addr).unwrap())
         .collect();
     let mut half = TcpStream::connect(&addr).unwrap();
-    half.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").unwrap();
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     idle.push(half);
     // Every one is closed by the server: the excess at once, the others after the header
     // timeout. A read returns 0 (EOF) or an error (reset) instead of blocking.
@@ -498,13 +547,18 @@ fn metrics_port_closes_idle_and_excess_connections() {
     }
     let took = t.elapsed();
     println!("201 idle/half-sent connections all closed by the server in {took:?}");
-    assert!(took < Duration::from_secs(8), "connections held for {took:?}");
+    assert!(
+        took < Duration::from_secs(8),
+        "connections held for {took:?}"
+    );
     // Once they are gone, the endpoint serves again, and the rejections were counted.
     let (code, m) = http(&addr, "/metrics", "");
     assert_eq!(code, 200);
     let limit: f64 = m
         .lines()
-        .find_map(|l| l.strip_prefix("gpu_sensor_metrics_connections_rejected_total{reason=\"limit\"} "))
+        .find_map(|l| {
+            l.strip_prefix("gpu_sensor_metrics_connections_rejected_total{reason=\"limit\"} ")
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0);
     assert!(limit >= 150.0, "excess connections counted: {limit}");
@@ -520,8 +574,19 @@ fn metrics_over_tls_with_a_bearer_token() {
     let d = tmpdir("tls");
     let ok = Command::new("openssl")
         .args([
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
             "-keyout",
         ])
         .arg(d.join("key.pem"))
@@ -562,7 +627,10 @@ fn metrics_over_tls_with_a_bearer_token() {
     assert_eq!(curl("/metrics", Some("wrong-token-wrong-token")).0, "401");
     let (code, body) = curl("/metrics", Some(token));
     assert_eq!(code, "200");
-    assert!(body.contains("gpu_sensor_metrics_unauthorized_total 2"), "{body}");
+    assert!(
+        body.contains("gpu_sensor_metrics_unauthorized_total 2"),
+        "{body}"
+    );
     // Probes need no token.
     assert_eq!(curl("/healthz", None).0, "200");
     assert_eq!(curl("/readyz", None).0, "200");
@@ -591,6 +659,9 @@ fn replay_reports_bad_bytes_by_line_and_goes_on() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("line 2: not UTF-8"), "{err}");
-    assert!(err.contains("replayed 2 events (3 lines, 0 skipped, 1 errors)"), "{err}");
+    assert!(
+        err.contains("replayed 2 events (3 lines, 0 skipped, 1 errors)"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -202,7 +202,13 @@ impl SinkConfig {
         let at = |field: &str| format!("alerting.sinks[{n}].{field}");
         match (&self.url, self.kind) {
             (None, SinkKind::Pagerduty) => {}
-            (None, _) => return Err(format!("{}: required for a {:?} sink", at("url"), self.kind)),
+            (None, _) => {
+                return Err(format!(
+                    "{}: required for a {:?} sink",
+                    at("url"),
+                    self.kind
+                ))
+            }
             (Some(u), _) => {
                 if !(u.starts_with("http://") || u.starts_with("https://"))
                     || u.split_once("://").is_some_and(|(_, r)| r.is_empty())
@@ -216,12 +222,30 @@ impl SinkConfig {
             }
         }
         in_range(&at("timeout_secs"), self.timeout_secs, 1, MAX_TIMEOUT_SECS)?;
-        in_range(&at("resolve_after_secs"), self.resolve_after_secs, 1, 30 * DAY)?;
+        in_range(
+            &at("resolve_after_secs"),
+            self.resolve_after_secs,
+            1,
+            30 * DAY,
+        )?;
         in_range(&at("dedup_secs"), self.dedup_secs, 0, 7 * DAY)?;
         in_range(&at("rate_limit"), self.rate_limit as u64, 1, 1_000_000)?;
-        in_range(&at("rate_limit_window_secs"), self.rate_limit_window_secs, 1, DAY)?;
-        in_range(&at("max_spool"), self.max_spool as u64, 1, MAX_SPOOL_ITEMS as u64)?;
-        if self.kind == SinkKind::Pagerduty && self.secret_env.is_none() && self.secret_file.is_none() {
+        in_range(
+            &at("rate_limit_window_secs"),
+            self.rate_limit_window_secs,
+            1,
+            DAY,
+        )?;
+        in_range(
+            &at("max_spool"),
+            self.max_spool as u64,
+            1,
+            MAX_SPOOL_ITEMS as u64,
+        )?;
+        if self.kind == SinkKind::Pagerduty
+            && self.secret_env.is_none()
+            && self.secret_file.is_none()
+        {
             return Err(format!(
                 "alerting.sinks[{n}]: a PagerDuty sink needs its routing key (secret_env or secret_file)"
             ));
@@ -615,10 +639,12 @@ impl Alerting {
             message,
         })?;
         for c in &cfg.sinks {
-            let secret = c.resolve_secret().map_err(|message| AlertingError::Config {
-                sink: c.name.clone(),
-                message,
-            })?;
+            let secret = c
+                .resolve_secret()
+                .map_err(|message| AlertingError::Config {
+                    sink: c.name.clone(),
+                    message,
+                })?;
             let spool = Spool::open(&cfg.spool_dir, &c.name, c.max_spool)?;
             if spool.len() > 0 {
                 tracing::info!(sink = %c.name, pending = spool.len(), "resuming alert delivery from the spool");
@@ -635,9 +661,11 @@ impl Alerting {
                 wake: Condvar::new(),
             });
             let (s2, m2) = (s.clone(), metrics.clone());
-            crate::health::supervise_thread(&metrics.health, &format!("sink/{}", c.name), move || {
-                s2.run(&m2)
-            });
+            crate::health::supervise_thread(
+                &metrics.health,
+                &format!("sink/{}", c.name),
+                move || s2.run(&m2),
+            );
             sinks.push(s);
         }
         Ok(Alerting { sinks, metrics })
@@ -754,11 +782,7 @@ mod tests {
         );
         assert_eq!(pd["payload"]["severity"], "error");
         assert_eq!(pd["dedup_key"], "abc");
-        let sl = format(
-            SinkKind::Slack,
-            &cfg(SinkKind::Slack),
-            &Payload::Alert(&a),
-        );
+        let sl = format(SinkKind::Slack, &cfg(SinkKind::Slack), &Payload::Alert(&a));
         assert!(sl["text"]
             .as_str()
             .unwrap()

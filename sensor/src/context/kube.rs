@@ -251,22 +251,22 @@ pub fn spawn(health: &crate::health::Health, ep: Endpoint) -> Pods {
     let p = pods.clone();
     let first = std::sync::Mutex::new(first.ok().flatten());
     crate::health::supervise_thread(health, "pod_watch", move || {
-            // After a restart: list again.
-            let mut rv = crate::health::lock(&first).take();
-            loop {
-                let r = match &rv {
-                    Some(v) => ep.watch(&p, v).map(Some),
-                    None => ep.list(&p),
-                };
-                match r {
-                    Ok(v) => rv = v,
-                    Err(e) => {
-                        tracing::warn!("Kubernetes API: {e}");
-                        rv = None; // re-list after an error
-                    }
+        // After a restart: list again.
+        let mut rv = crate::health::lock(&first).take();
+        loop {
+            let r = match &rv {
+                Some(v) => ep.watch(&p, v).map(Some),
+                None => ep.list(&p),
+            };
+            match r {
+                Ok(v) => rv = v,
+                Err(e) => {
+                    tracing::warn!("Kubernetes API: {e}");
+                    rv = None; // re-list after an error
                 }
-                std::thread::sleep(Duration::from_secs(2));
             }
+            std::thread::sleep(Duration::from_secs(2));
+        }
     });
     pods
 }

@@ -14,52 +14,52 @@ use crate::{event::GpuUsage, gpu::session::UsageSample};
 pub fn spawn(health: &crate::health::Health, interval: Duration, tx: mpsc::Sender<UsageSample>) {
     use crate::health::Exit;
     crate::health::supervise_thread(health, "nvml", move || {
-            let tx = tx.clone();
-            let nvml = match Nvml::init() {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::info!(
-                        "NVML not available ({e}): GPU sessions are reported without utilisation"
-                    );
-                    return Ok(Exit::Done(format!("NVML not available: {e}")));
-                }
-            };
-            let count = nvml.device_count().unwrap_or(0);
-            tracing::info!(devices = count, "NVML sampling every {interval:?}");
-            let mut last_seen: Vec<Option<u64>> = vec![None; count as usize];
-            loop {
-                std::thread::sleep(interval);
-                for i in 0..count {
-                    let Ok(dev) = nvml.device_by_index(i) else {
-                        continue;
+        let tx = tx.clone();
+        let nvml = match Nvml::init() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::info!(
+                    "NVML not available ({e}): GPU sessions are reported without utilisation"
+                );
+                return Ok(Exit::Done(format!("NVML not available: {e}")));
+            }
+        };
+        let count = nvml.device_count().unwrap_or(0);
+        tracing::info!(devices = count, "NVML sampling every {interval:?}");
+        let mut last_seen: Vec<Option<u64>> = vec![None; count as usize];
+        loop {
+            std::thread::sleep(interval);
+            for i in 0..count {
+                let Ok(dev) = nvml.device_by_index(i) else {
+                    continue;
+                };
+                let util = dev.utilization_rates().ok();
+                let rx = dev.pcie_throughput(PcieUtilCounter::Receive).unwrap_or(0);
+                let txp = dev.pcie_throughput(PcieUtilCounter::Send).unwrap_or(0);
+                let minor = dev.minor_number().ok();
+                // "On MIG-enabled GPUs, querying process utilization is not currently
+                // supported" (nvml.h): then there is nothing to join.
+                let Ok(samples) = dev.process_utilization_stats(last_seen[i as usize]) else {
+                    continue;
+                };
+                for s in samples {
+                    let ls = last_seen[i as usize].get_or_insert(0);
+                    *ls = (*ls).max(s.timestamp);
+                    let usage = GpuUsage {
+                        gpu_index: i,
+                        gpu_minor: minor,
+                        sm_util: s.sm_util,
+                        mem_util: s.mem_util,
+                        device_gpu_util: util.as_ref().map_or(0, |u| u.gpu),
+                        device_mem_util: util.as_ref().map_or(0, |u| u.memory),
+                        pcie_rx_kbps: rx,
+                        pcie_tx_kbps: txp,
                     };
-                    let util = dev.utilization_rates().ok();
-                    let rx = dev.pcie_throughput(PcieUtilCounter::Receive).unwrap_or(0);
-                    let txp = dev.pcie_throughput(PcieUtilCounter::Send).unwrap_or(0);
-                    let minor = dev.minor_number().ok();
-                    // "On MIG-enabled GPUs, querying process utilization is not currently
-                    // supported" (nvml.h): then there is nothing to join.
-                    let Ok(samples) = dev.process_utilization_stats(last_seen[i as usize]) else {
-                        continue;
-                    };
-                    for s in samples {
-                        let ls = last_seen[i as usize].get_or_insert(0);
-                        *ls = (*ls).max(s.timestamp);
-                        let usage = GpuUsage {
-                            gpu_index: i,
-                            gpu_minor: minor,
-                            sm_util: s.sm_util,
-                            mem_util: s.mem_util,
-                            device_gpu_util: util.as_ref().map_or(0, |u| u.gpu),
-                            device_mem_util: util.as_ref().map_or(0, |u| u.memory),
-                            pcie_rx_kbps: rx,
-                            pcie_tx_kbps: txp,
-                        };
-                        if tx.send(UsageSample { pid: s.pid, usage }).is_err() {
-                            return Ok(Exit::Done("the pipeline stopped".into()));
-                        }
+                    if tx.send(UsageSample { pid: s.pid, usage }).is_err() {
+                        return Ok(Exit::Done("the pipeline stopped".into()));
                     }
                 }
             }
+        }
     });
 }

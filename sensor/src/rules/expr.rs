@@ -367,7 +367,7 @@ impl Parser<'_> {
                         field,
                         op: Op::Exists,
                         pat: Pattern::Lits(vec![]),
-                    })
+                    });
                 }
                 _ => {
                     self.i -= 1;
@@ -603,7 +603,11 @@ mod tests {
         let mut sc = Scope::default();
         sc.macros.insert(
             "d".into(),
-            compile(&format!("{}kind = \"exec\"{}", "(".repeat(40), ")".repeat(40)), &sc).unwrap(),
+            compile(
+                &format!("{}kind = \"exec\"{}", "(".repeat(40), ")".repeat(40)),
+                &sc,
+            )
+            .unwrap(),
         );
         let e = compile(&format!("{}d{}", "(".repeat(20), ")".repeat(20)), &sc).unwrap_err();
         assert!(e.message.contains("nested too deeply"), "{e}");
@@ -638,18 +642,58 @@ mod tests {
         /// Conditions built from the language's own tokens (and some junk).
         fn condition() -> impl Strategy<Value = String> {
             let tok = prop::sample::select(vec![
-                "(", ")", "not", "and", "or", "kind", "=", "==", "!=", "in", "contains",
-                "icontains", "startswith", "endswith", "glob", "regex", "cidr", ">", ">=", "<",
-                "<=", "exists", "\"exec\"", "'x'", "\"[\"", "\"10.0.0.0/8\"", "\"(\"", "22",
-                "-1", "99999999999999999999", "@l", "l", ",", "dst_port", "argv", "proc.name",
-                "dst_ip", "ancestor.exe", "m", "true", "!", "\"\\\"", "\u{e9}", "'",
+                "(",
+                ")",
+                "not",
+                "and",
+                "or",
+                "kind",
+                "=",
+                "==",
+                "!=",
+                "in",
+                "contains",
+                "icontains",
+                "startswith",
+                "endswith",
+                "glob",
+                "regex",
+                "cidr",
+                ">",
+                ">=",
+                "<",
+                "<=",
+                "exists",
+                "\"exec\"",
+                "'x'",
+                "\"[\"",
+                "\"10.0.0.0/8\"",
+                "\"(\"",
+                "22",
+                "-1",
+                "99999999999999999999",
+                "@l",
+                "l",
+                ",",
+                "dst_port",
+                "argv",
+                "proc.name",
+                "dst_ip",
+                "ancestor.exe",
+                "m",
+                "true",
+                "!",
+                "\"\\\"",
+                "\u{e9}",
+                "'",
             ]);
             proptest::collection::vec(tok, 0..40).prop_map(|v| v.join(" "))
         }
 
         fn scope() -> Scope {
             let mut sc = Scope::default();
-            sc.lists.insert("l".into(), vec![Lit::Str("a".into()), Lit::Int(3)]);
+            sc.lists
+                .insert("l".into(), vec![Lit::Str("a".into()), Lit::Int(3)]);
             let m = compile("kind = \"exec\" or dst_port in (22, 2222)", &sc).unwrap();
             sc.macros.insert("m".into(), m);
             sc

@@ -371,12 +371,10 @@ pub fn compile(sources: &[Source]) -> Result<RuleSet, LoadError> {
                 )));
             }
             match (macro_src.get(&m.name), m.override_) {
-                (Some(first), false) => {
-                    return Err(err(format!(
-                        "macro `{}` is already defined in {first}: set `override: true` to replace it",
-                        m.name
-                    )))
-                }
+                (Some(first), false) => return Err(err(format!(
+                    "macro `{}` is already defined in {first}: set `override: true` to replace it",
+                    m.name
+                ))),
                 (None, true) => {
                     return Err(err(format!(
                         "macro `{}`: `override: true` but no earlier macro has this name",
@@ -509,26 +507,39 @@ mod tests {
         // Redefining a built-in macro would change every built-in rule that uses it.
         let e = compile(&[builtin(), src("site.yaml", SITE_MACRO)]).unwrap_err();
         assert_eq!((e.file.as_str(), e.line), ("site.yaml", 2), "{e}");
-        assert!(e.reason.contains("already defined in <builtin>/default.yaml"), "{e}");
+        assert!(
+            e.reason
+                .contains("already defined in <builtin>/default.yaml"),
+            "{e}"
+        );
         assert!(e.reason.contains("override: true"), "{e}");
         // Said explicitly, it is allowed.
         let ok = SITE_MACRO.replace("    condition:", "    override: true\n    condition:");
         assert!(compile(&[builtin(), src("site.yaml", &ok)]).is_ok());
         // A list: extending needs `append_lists`.
-        let e = compile(&[builtin(), src("l.yaml", "lists:\n  gpu_workload_launchers: [python3]\n")])
-            .unwrap_err();
+        let e = compile(&[
+            builtin(),
+            src("l.yaml", "lists:\n  gpu_workload_launchers: [python3]\n"),
+        ])
+        .unwrap_err();
         assert!(e.reason.contains("append_lists"), "{e}");
         let set = compile(&[
             builtin(),
-            src("l.yaml", "append_lists:\n  gpu_workload_launchers: [mylauncher]\n"),
+            src(
+                "l.yaml",
+                "append_lists:\n  gpu_workload_launchers: [mylauncher]\n",
+            ),
         ])
         .unwrap();
         assert_eq!(set.len(), compile(&[builtin()]).unwrap().len());
         let e = compile(&[src("l.yaml", "append_lists:\n  nosuch: [x]\n")]).unwrap_err();
         assert!(e.reason.contains("no list `nosuch`"), "{e}");
         // A macro may not shadow a field or a keyword.
-        let e = compile(&[src("f.yaml", "macros:\n  - name: dst_port\n    condition: kind = \"exec\"\n")])
-            .unwrap_err();
+        let e = compile(&[src(
+            "f.yaml",
+            "macros:\n  - name: dst_port\n    condition: kind = \"exec\"\n",
+        )])
+        .unwrap_err();
         assert!(e.reason.contains("keyword or a field"), "{e}");
         // A rule replaces a built-in one only with `override: true`.
         let r = "rules:\n  - id: tun-device-open\n    description: d\n    severity: low\n    condition: kind = \"exec\"\n";
@@ -536,10 +547,17 @@ mod tests {
         assert!(e.reason.contains("duplicate rule id"), "{e}");
         let set = compile(&[
             builtin(),
-            src("r.yaml", &r.replace("    severity:", "    override: true\n    severity:")),
+            src(
+                "r.yaml",
+                &r.replace("    severity:", "    override: true\n    severity:"),
+            ),
         ])
         .unwrap();
-        let t = set.rules.iter().find(|r| r.id == "tun-device-open").unwrap();
+        let t = set
+            .rules
+            .iter()
+            .find(|r| r.id == "tun-device-open")
+            .unwrap();
         assert_eq!((t.source.as_str(), t.severity), ("r.yaml", Severity::Low));
     }
 
@@ -607,7 +625,11 @@ mod tests {
         assert!(e.reason.contains("device"), "{e}");
         std::fs::remove_file(d.join("b.yaml")).unwrap();
         // Too big.
-        std::fs::write(d.join("c.yaml"), vec![b'#'; limits::MAX_FILE_BYTES as usize + 1]).unwrap();
+        std::fs::write(
+            d.join("c.yaml"),
+            vec![b'#'; limits::MAX_FILE_BYTES as usize + 1],
+        )
+        .unwrap();
         let e = read_dir(&d).err().expect("a huge file is refused");
         assert!(e.reason.contains("limit"), "{e}");
         std::fs::remove_file(d.join("c.yaml")).unwrap();
@@ -628,10 +650,19 @@ mod tests {
     #[test]
     fn windows_are_bounded() {
         for (extra, needle) in [
-            ("    sequence: {after: 'kind = \"exec\"', within: 1e30}\n", "sequence.within"),
-            ("    sequence: {after: 'kind = \"exec\"', within: .nan}\n", "sequence.within"),
+            (
+                "    sequence: {after: 'kind = \"exec\"', within: 1e30}\n",
+                "sequence.within",
+            ),
+            (
+                "    sequence: {after: 'kind = \"exec\"', within: .nan}\n",
+                "sequence.within",
+            ),
             ("    threshold: {count: 3, within: -1}\n", "threshold"),
-            ("    threshold: {count: 100000000, within: 1}\n", "threshold"),
+            (
+                "    threshold: {count: 100000000, within: 1}\n",
+                "threshold",
+            ),
         ] {
             let text = format!("rules:\n  - id: w\n    description: d\n    severity: low\n    condition: kind = \"exec\"\n{extra}");
             let e = compile(&[src("w.yaml", &text)]).unwrap_err();
