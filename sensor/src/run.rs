@@ -443,7 +443,18 @@ impl<W: std::io::Write> Pipeline<W> {
     /// Runs on a blocking thread: decode, enrich and write until the reader closes the queue.
     fn run(mut self, mut rx: mpsc::Receiver<Bytes>, loss_every: Duration) -> anyhow::Result<()> {
         let mut next_loss = Instant::now() + loss_every;
+        // Side inputs (rule reloads, NVML samples, metric sync) are also taken while the queue
+        // never runs empty, so a busy node still gets its reloads.
+        const SIDE_EVERY: Duration = Duration::from_millis(200);
+        let mut next_side = Instant::now() + SIDE_EVERY;
+        let mut n: u32 = 0;
         loop {
+            n = n.wrapping_add(1);
+            if n % 256 == 0 && Instant::now() >= next_side {
+                self.flush()?;
+                self.side_inputs()?;
+                next_side = Instant::now() + SIDE_EVERY;
+            }
             let item = match rx.try_recv() {
                 Ok(b) => Some(b),
                 Err(mpsc::error::TryRecvError::Empty) => {

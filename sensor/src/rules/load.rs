@@ -371,10 +371,12 @@ pub fn compile(sources: &[Source]) -> Result<RuleSet, LoadError> {
                 )));
             }
             match (macro_src.get(&m.name), m.override_) {
-                (Some(first), false) => return Err(err(format!(
+                (Some(first), false) => {
+                    return Err(err(format!(
                     "macro `{}` is already defined in {first}: set `override: true` to replace it",
                     m.name
-                ))),
+                )))
+                }
                 (None, true) => {
                     return Err(err(format!(
                         "macro `{}`: `override: true` but no earlier macro has this name",
