@@ -16,23 +16,119 @@ pub const ARGS_MAX: usize = 4096;
 /// Bytes of `bprm->filename` copied at exec time.
 pub const FILENAME_MAX: usize = 256;
 
-/// Fixed numeric event kind ids. Never renumber: recorded streams and the agent depend on them.
+/// Declares [`Kind`]: the one definition of every event kind (id, name, description).
+macro_rules! kinds {
+    ($($(#[$m:meta])* $v:ident = $id:literal, $name:literal, $desc:literal;)*) => {
+        /// Every kind of event the sensor reports. The id is the ring record's `kind` for the
+        /// kernel records (ids below [`kind::MAX`]; never renumber: recordings depend on them)
+        /// and an agent-side id for the kinds the agent makes; the name is the JSON `kind`, the
+        /// rules' `kind`, and the `kind`/`hook` metric label.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Kind {
+            $($(#[$m])* $v = $id,)*
+        }
+
+        impl Kind {
+            /// Every kind, in id order.
+            pub const ALL: &'static [Kind] = &[$(Kind::$v,)*];
+
+            pub const fn id(self) -> u32 {
+                self as u32
+            }
+
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Kind::$v => $name,)*
+                }
+            }
+
+            pub const fn description(self) -> &'static str {
+                match self {
+                    $(Kind::$v => $desc,)*
+                }
+            }
+
+            pub const fn from_id(id: u32) -> Option<Kind> {
+                match id {
+                    $($id => Some(Kind::$v),)*
+                    _ => None,
+                }
+            }
+
+            pub fn from_name(name: &str) -> Option<Kind> {
+                match name {
+                    $($name => Some(Kind::$v),)*
+                    _ => None,
+                }
+            }
+
+            /// Written by a kernel probe into the ring buffer (else made by the agent).
+            pub const fn is_kernel_record(self) -> bool {
+                (self as u32) < kind::MAX
+            }
+        }
+    };
+}
+
+kinds! {
+    Exec = 1, "exec", "a successful execve/execveat (sched_process_exec)";
+    Fork = 2, "fork", "a new process (not a thread) was forked";
+    Exit = 3, "exit", "the last thread of a process exited";
+    Connect = 4, "connect", "an IPv4/IPv6 connect, by connect(2) or seen at SYN_SENT (io_uring)";
+    Bind = 5, "bind", "an IPv4/IPv6 bind(2)";
+    Listen = 6, "listen", "a TCP socket entered LISTEN";
+    GpuIoctl = 7, "gpu_ioctl", "an ioctl on a GPU device file";
+    GpuOpen = 8, "gpu_open", "an open of a GPU device file";
+    NetPayload = 9, "net_payload", "the first bytes written to a new outbound TCP connection";
+    /// A tracked TCP connection reached TCP_CLOSE (`NetEvent`; only `hdr.pid`, the owner
+    /// recorded at connect, is meaningful in the header: closes may run in softirq context).
+    TcpClose = 10, "tcp_close", "a TCP connection the sensor saw opening reached TCP_CLOSE";
+    /// Decoded from a `gpu_open` record of /dev/net/tun.
+    TunOpen = 32, "tun_open", "an open of /dev/net/tun";
+    GpuSessionStart = 33, "gpu_session_start", "derived: a process created its first GPU compute object";
+    GpuSessionEnd = 34, "gpu_session_end", "derived: a process with a GPU compute session exited";
+    GpuQuery = 35, "gpu_query", "derived: a process used GPU devices without computing (nvidia-smi) and exited";
+    GpuUsage = 36, "gpu_usage", "derived: NVML utilisation joined to a running compute session";
+}
+
+/// Numeric ids of the kernel ring records (the eBPF side writes these).
 pub mod kind {
-    pub const EXEC: u32 = 1;
-    pub const FORK: u32 = 2;
-    pub const EXIT: u32 = 3;
-    pub const CONNECT: u32 = 4;
-    pub const BIND: u32 = 5;
-    pub const LISTEN: u32 = 6;
-    pub const GPU_IOCTL: u32 = 7;
-    pub const GPU_OPEN: u32 = 8;
-    pub const NET_PAYLOAD: u32 = 9;
-    /// A tracked TCP connection reached TCP_CLOSE (`NetEvent`; only `hdr.pid`, the owner recorded
-    /// at connect, is meaningful in the header: closes may run in softirq context).
-    pub const TCP_CLOSE: u32 = 10;
-    /// One past the highest kind id: size of per-kind counter arrays.
+    use super::Kind;
+    pub const EXEC: u32 = Kind::Exec.id();
+    pub const FORK: u32 = Kind::Fork.id();
+    pub const EXIT: u32 = Kind::Exit.id();
+    pub const CONNECT: u32 = Kind::Connect.id();
+    pub const BIND: u32 = Kind::Bind.id();
+    pub const LISTEN: u32 = Kind::Listen.id();
+    pub const GPU_IOCTL: u32 = Kind::GpuIoctl.id();
+    pub const GPU_OPEN: u32 = Kind::GpuOpen.id();
+    pub const NET_PAYLOAD: u32 = Kind::NetPayload.id();
+    pub const TCP_CLOSE: u32 = Kind::TcpClose.id();
+    /// One past the highest kernel record id: size of per-kind counter arrays.
     pub const MAX: u32 = 11;
 }
+
+/// Name of a kernel record kind id for counters (index 0 and unknown ids: "unknown").
+pub const fn record_kind_name(id: u32) -> &'static str {
+    match Kind::from_id(id) {
+        Some(k) if k.is_kernel_record() => k.name(),
+        _ => "unknown",
+    }
+}
+
+const _: () = {
+    // Kernel record ids are 1..MAX-1, contiguous; agent kinds are above.
+    let mut i = 0;
+    while i < Kind::ALL.len() {
+        let k = Kind::ALL[i];
+        assert!(k.is_kernel_record() == (i < (kind::MAX as usize - 1)));
+        if k.is_kernel_record() {
+            assert!(k.id() == i as u32 + 1);
+        }
+        i += 1;
+    }
+};
 
 /// Bits of [`EventHeader::flags`].
 pub mod flags {

@@ -1,6 +1,7 @@
 //! Decoded events: what the pipeline, the rules and the JSON stream work with. The JSON field
 //! names are the documented schema (README "Event schema").
 
+pub use sensor_common::Kind;
 use serde::{Deserialize, Serialize};
 
 /// One kernel event after decoding and enrichment.
@@ -53,6 +54,29 @@ pub enum Body {
     GpuQuery(GpuSession),
     /// Derived: NVML utilisation joined to a running compute session.
     GpuUsage(GpuUsage),
+}
+
+impl Body {
+    /// The event's kind (its name is the JSON `kind` tag; a test checks they agree).
+    pub fn kind(&self) -> Kind {
+        match self {
+            Body::Exec(_) => Kind::Exec,
+            Body::Fork(_) => Kind::Fork,
+            Body::Exit(_) => Kind::Exit,
+            Body::Connect(_) => Kind::Connect,
+            Body::Bind(_) => Kind::Bind,
+            Body::Listen(_) => Kind::Listen,
+            Body::TcpClose(_) => Kind::TcpClose,
+            Body::NetPayload(_) => Kind::NetPayload,
+            Body::GpuIoctl(_) => Kind::GpuIoctl,
+            Body::GpuOpen(_) => Kind::GpuOpen,
+            Body::TunOpen(_) => Kind::TunOpen,
+            Body::GpuSessionStart(_) => Kind::GpuSessionStart,
+            Body::GpuSessionEnd(_) => Kind::GpuSessionEnd,
+            Body::GpuQuery(_) => Kind::GpuQuery,
+            Body::GpuUsage(_) => Kind::GpuUsage,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,4 +268,66 @@ pub struct NetPayload {
     pub data: String,
     /// The captured bytes as text (invalid UTF-8 replaced), for rules.
     pub text: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON `kind` tag of every body is its [`Kind`]'s name (serde names the variants, the
+    /// table in sensor-common names the kinds: they must agree).
+    #[test]
+    fn serde_tags_are_the_kind_names() {
+        let net = Net {
+            family: "inet".into(),
+            sock_type: "stream".into(),
+            protocol: None,
+            dst_ip: None,
+            dst_port: None,
+            local_ip: None,
+            local_port: None,
+            fd: None,
+            result: "ok".into(),
+            errno: None,
+            error: None,
+            via: "syscall".into(),
+            conn_id: None,
+            duration_s: None,
+        };
+        let bodies = vec![
+            Body::Exec(Exec {
+                filename: "/bin/true".into(),
+                argv: vec![],
+                args_truncated: false,
+                args_size: 0,
+                filename_truncated: false,
+                args_unreadable: false,
+            }),
+            Body::Fork(Fork { child_pid: 2 }),
+            Body::Exit(Exit {
+                exit_code: 0,
+                exit_status: Some(0),
+                signal: None,
+            }),
+            Body::Connect(net.clone()),
+            Body::Bind(net.clone()),
+            Body::Listen(net.clone()),
+            Body::TcpClose(net),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for b in &bodies {
+            let v = serde_json::to_value(b).unwrap();
+            assert_eq!(v["kind"], b.kind().name());
+            seen.insert(b.kind());
+        }
+        // Every kind name is a body's tag: deserialising just the tag fails for missing
+        // fields, never for an unknown variant.
+        for k in Kind::ALL {
+            let e = serde_json::from_value::<Body>(serde_json::json!({"kind": k.name()}))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("missing field"), "{}: {e}", k.name());
+        }
+        assert_eq!(seen.len(), bodies.len());
+    }
 }

@@ -90,6 +90,8 @@ enum RulesCmd {
     Check { dir: PathBuf },
     /// Also run every rule's examples (must / must not match).
     Test { dir: PathBuf },
+    /// Print the event kinds and the fields a rule can test (Markdown; the README's list).
+    Fields,
 }
 
 fn load_config(path: &Option<PathBuf>) -> anyhow::Result<config::Config> {
@@ -155,6 +157,10 @@ fn main() -> anyhow::Result<()> {
             let (dir, test) = match cmd {
                 RulesCmd::Check { dir } => (dir, false),
                 RulesCmd::Test { dir } => (dir, true),
+                RulesCmd::Fields => {
+                    print!("{}", rules::fields::reference_markdown());
+                    return Ok(());
+                }
             };
             let cfg = rules::RulesConfig {
                 dirs: vec![dir],

@@ -7,24 +7,32 @@ use anyhow::Context;
 
 use crate::{
     context::process::ProcTable,
-    event::Event,
+    event::{Event, Kind},
     output::JsonLines,
     pipeline::{Out, Processor},
     rules::{Engine, RuleSet},
 };
 
-/// Kinds that are status records or derived by the pipeline itself: skipped on input (the
-/// pipeline derives sessions again from the ioctls and exits).
-const SKIP: &[&str] = &[
+/// Status records (not events): skipped on input.
+const STATUS: &[&str] = &[
     "sensor_start",
     "loss",
     "alert",
     "decode_error",
     "rules_reload",
-    "gpu_session_start",
-    "gpu_session_end",
-    "gpu_query",
 ];
+
+/// Kinds the pipeline derives itself (again, from the ioctls and exits): skipped on input.
+fn derived_by_pipeline(k: Kind) -> bool {
+    matches!(
+        k,
+        Kind::GpuSessionStart | Kind::GpuSessionEnd | Kind::GpuQuery
+    )
+}
+
+fn skipped(kind: &str) -> bool {
+    STATUS.contains(&kind) || Kind::from_name(kind).is_some_and(derived_by_pipeline)
+}
 
 pub struct Summary {
     pub lines: u64,
@@ -84,11 +92,7 @@ pub fn replay(
             Ok(e) => e,
             Err(e) => {
                 match serde_json::from_str::<serde_json::Value>(line) {
-                    Ok(v)
-                        if v.get("kind")
-                            .and_then(|k| k.as_str())
-                            .is_some_and(|k| SKIP.contains(&k)) =>
-                    {
+                    Ok(v) if v.get("kind").and_then(|k| k.as_str()).is_some_and(skipped) => {
                         s.skipped += 1;
                     }
                     Ok(_) => {
@@ -103,7 +107,7 @@ pub fn replay(
                 continue;
             }
         };
-        if SKIP.contains(&crate::rules::fields::kind_name(&ev.body)) {
+        if derived_by_pipeline(ev.body.kind()) {
             s.skipped += 1;
             continue;
         }

@@ -34,24 +34,14 @@ use crate::{
     rules::{self, Engine, RuleSet},
 };
 
-/// Names of kinds for the counters in `loss` events (index = kind id; 0 = unknown).
-const KIND_NAMES: [&str; kind::MAX as usize] = [
-    "unknown",
-    "exec",
-    "fork",
-    "exit",
-    "connect",
-    "bind",
-    "listen",
-    "gpu_ioctl",
-    "gpu_open",
-    "net_payload",
-    "tcp_close",
-];
+/// Names of the kernel record kinds for the counters in `loss` events and the drop metrics
+/// (index = kind id; 0 = unknown).
+fn kind_names() -> impl Iterator<Item = &'static str> {
+    (0..kind::MAX).map(sensor_common::record_kind_name)
+}
 
 fn by_kind(values: &[u64]) -> serde_json::Map<String, serde_json::Value> {
-    KIND_NAMES
-        .iter()
+    kind_names()
         .zip(values)
         .map(|(k, v)| (k.to_string(), json!(v)))
         .collect()
@@ -561,7 +551,7 @@ impl<W: std::io::Write> Pipeline<W> {
     /// Copies the drop counters and session count into the metrics.
     fn sync_metrics(&mut self) {
         let m = &self.sink.metrics;
-        for (k, v) in KIND_NAMES.iter().zip(hook::read_drops(&self.drops)) {
+        for (k, v) in kind_names().zip(hook::read_drops(&self.drops)) {
             if v > 0 {
                 Metrics::sync_counter(
                     &m.kernel_drops.get_or_create(&HookLabel {
@@ -571,7 +561,7 @@ impl<W: std::io::Write> Pipeline<W> {
                 );
             }
         }
-        for (k, v) in KIND_NAMES.iter().zip(self.counters.user_dropped()) {
+        for (k, v) in kind_names().zip(self.counters.user_dropped()) {
             if v > 0 {
                 Metrics::sync_counter(
                     &m.user_drops.get_or_create(&KindLabel {

@@ -59,6 +59,28 @@ pub enum Op {
     Exists,
 }
 
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Eq => "=",
+            Op::Ne => "!=",
+            Op::In => "in",
+            Op::Contains => "contains",
+            Op::IContains => "icontains",
+            Op::StartsWith => "startswith",
+            Op::EndsWith => "endswith",
+            Op::Glob => "glob",
+            Op::Regex => "regex",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Cidr => "cidr",
+            Op::Exists => "exists",
+        }
+    }
+}
+
 /// A compiled comparison value.
 #[derive(Debug, Clone)]
 pub enum Pattern {
@@ -381,6 +403,7 @@ impl Parser<'_> {
         };
         let lits = self.values()?;
         self.spend(1 + lits_cost(&lits))?;
+        self.check_types(field, op, &lits)?;
         if matches!(op, Op::Gt | Op::Ge | Op::Lt | Op::Le)
             && !(lits.len() == 1 && matches!(lits[0], Lit::Int(_)))
         {
@@ -431,6 +454,68 @@ impl Parser<'_> {
         };
         Ok(Expr::Pred { field, op, pat })
     }
+    /// The operator must apply to the field's type and every value must be of that type (an
+    /// unknown event kind, `dst_port startswith "x"`, `cidr` on a name: load errors).
+    fn check_types(&self, field: Field, op: Op, lits: &[Lit]) -> Result<(), ParseError> {
+        use super::fields::Type;
+        let d = field.def();
+        let ok_op = match d.ty {
+            Type::Int => matches!(
+                op,
+                Op::Eq | Op::Ne | Op::In | Op::Gt | Op::Ge | Op::Lt | Op::Le
+            ),
+            Type::Bool | Type::Kind => matches!(op, Op::Eq | Op::Ne | Op::In),
+            Type::Str | Type::StrList => !matches!(
+                op,
+                Op::Gt | Op::Ge | Op::Lt | Op::Le | Op::Cidr | Op::Exists
+            ),
+            Type::Ip => !matches!(op, Op::Gt | Op::Ge | Op::Lt | Op::Le | Op::Exists),
+        };
+        if !ok_op {
+            return Err(self.err(format!(
+                "`{}` cannot apply to `{}` (a {})",
+                op.name(),
+                d.name,
+                d.ty.name()
+            )));
+        }
+        for l in lits {
+            let bad =
+                |what: &str| self.err(format!("`{}` is a {}: {l} is {what}", d.name, d.ty.name()));
+            match (d.ty, l) {
+                (Type::Int, Lit::Int(_)) | (Type::Bool, Lit::Bool(_)) => {}
+                (Type::Int, _) => return Err(bad("not a number")),
+                (Type::Bool, _) => return Err(bad("not true or false")),
+                (Type::Kind, Lit::Str(k)) => {
+                    if crate::event::Kind::from_name(k).is_none() {
+                        let known: Vec<&str> =
+                            crate::event::Kind::ALL.iter().map(|k| k.name()).collect();
+                        return Err(self.err(format!(
+                            "unknown event kind {k:?} (kinds: {})",
+                            known.join(", ")
+                        )));
+                    }
+                }
+                (Type::Kind, _) => return Err(bad("not a kind name")),
+                (Type::Str | Type::StrList | Type::Ip, Lit::Str(v)) => {
+                    if d.ty == Type::Ip
+                        && matches!(op, Op::Eq | Op::Ne | Op::In)
+                        && v.parse::<std::net::IpAddr>().is_err()
+                    {
+                        return Err(bad("not an IP address (use cidr for networks)"));
+                    }
+                }
+                (Type::Str | Type::StrList | Type::Ip, _) if op == Op::Cidr => {
+                    return Err(bad("not a CIDR string"))
+                }
+                (Type::Str | Type::StrList | Type::Ip, _) => {
+                    return Err(bad("not a string (quote it)"))
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn values(&mut self) -> Result<Vec<Lit>, ParseError> {
         match self.next() {
             Some(Tok::Str(s)) => Ok(vec![Lit::Str(s)]),
@@ -623,7 +708,25 @@ mod tests {
             ("kind frob 1", "unknown operator"),
             ("kind = \"exec\" and", "expected a condition"),
             ("(kind = \"exec\"", "expected ')'"),
-            ("dst_port > \"x\"", "one number"),
+            (
+                "dst_port > \"x\"",
+                "`dst_port` is a number: \"x\" is not a number",
+            ),
+            ("dst_port > (1, 2)", "one number"),
+            ("kind = \"exce\"", "unknown event kind \"exce\""),
+            (
+                "kind in (\"exec\", \"conect\")",
+                "unknown event kind \"conect\"",
+            ),
+            (
+                "dst_port startswith \"x\"",
+                "`startswith` cannot apply to `dst_port` (a number)",
+            ),
+            ("dst_port = \"22\"", "`dst_port` is a number"),
+            ("comm cidr \"10.0.0.0/8\"", "`cidr` cannot apply to `comm`"),
+            ("dst_ip = \"example.com\"", "not an IP address"),
+            ("comm = 3", "not a string"),
+            ("dst.external = \"yes\"", "not true or false"),
             ("argv regex \"(\"", "bad regex"),
             ("argv in (nolist)", "unknown list"),
             ("dst_ip cidr \"10.0.0.0/99\"", "bad CIDR"),

@@ -6,131 +6,201 @@ use std::{borrow::Cow, net::IpAddr};
 use super::expr::{Expr, Lit, Op, Pattern};
 use crate::{
     context::{container::Container, process::ProcTable},
-    event::{Ancestor, Body, Event},
+    event::{Ancestor, Body, Event, Kind},
 };
 
+/// The type of a field's value: it decides which operators and values a rule may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Field {
+pub enum Type {
+    Str,
+    Int,
+    Bool,
+    /// An IP address (text): string operators, `cidr`, and `=`/`in` values must be addresses.
+    Ip,
+    /// An event kind name: `=`/`!=`/`in` values must be known kinds.
     Kind,
-    Pid,
-    Ppid,
-    Uid,
-    Comm,
-    Exe,
-    ExeName,
-    CgroupId,
-    Filename,
-    Argv,
-    Argc,
-    Cmdline,
-    ArgsTruncated,
-    DstIp,
-    DstPort,
-    LocalIp,
-    LocalPort,
-    Family,
-    SockType,
-    Protocol,
-    Result,
-    Via,
-    DstLoopback,
-    DstPrivate,
-    DstExternal,
-    ChildPid,
-    ExitStatus,
-    Device,
-    Op,
-    Class,
-    Path,
-    Trigger,
-    Classes,
-    SmUtil,
-    MemUtil,
-    PcieRxKbps,
-    PcieTxKbps,
-    ParentExe,
-    ParentName,
-    ParentCmdline,
-    AncestorExe,
-    AncestorName,
-    AncestorCmdline,
-    /// Ancestor names joined with '<', parent first: "bash<python3<containerd-shim".
-    LineageNames,
-    ProcConnections,
-    ProcExternalConnections,
-    ProcGpuSession,
-    ProcEpisode,
-    ContainerId,
-    PodUid,
-    SshFlags,
-    SshOptions,
-    Payload,
-    DurationS,
-    ProcOldestExternalConnectionS,
+    /// A list of strings: a predicate matches when any element does.
+    StrList,
+}
+
+impl Type {
+    pub fn name(self) -> &'static str {
+        match self {
+            Type::Str => "string",
+            Type::Int => "number",
+            Type::Bool => "boolean",
+            Type::Ip => "IP address",
+            Type::Kind => "event kind",
+            Type::StrList => "list of strings",
+        }
+    }
+}
+
+/// Which events carry a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carried {
+    /// Every event (process, lineage, container fields).
+    Any,
+    Only(&'static [Kind]),
+}
+
+/// One row of the field table.
+#[derive(Debug)]
+pub struct FieldDef {
+    pub field: Field,
+    pub name: &'static str,
+    pub aliases: &'static [&'static str],
+    pub ty: Type,
+    pub carried: Carried,
+    pub doc: &'static str,
+}
+
+/// Declares [`Field`] and [`FIELDS`] from one table; the value of each field is read by
+/// [`Ctx::get`] (an exhaustive match, so a new field cannot lack a getter).
+macro_rules! fields {
+    ($($v:ident: $name:literal, &[$($alias:literal),*], Type::$ty:ident, $carried:expr, $doc:literal;)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Field {
+            $($v,)*
+        }
+
+        /// Every field a rule can test: name, aliases, type, the kinds that carry it, and what
+        /// it is. The README's field list is generated from it (`sensor rules fields`).
+        pub static FIELDS: &[FieldDef] = &[
+            $(FieldDef {
+                field: Field::$v,
+                name: $name,
+                aliases: &[$($alias),*],
+                ty: Type::$ty,
+                carried: $carried,
+                doc: $doc,
+            },)*
+        ];
+    };
+}
+
+fields! {
+    Kind: "kind", &[], Type::Kind, Carried::Any, "the event kind (the table above)";
+    Pid: "pid", &[], Type::Int, Carried::Any, "process (thread-group) id";
+    Ppid: "ppid", &[], Type::Int, Carried::Any, "parent's process id";
+    Uid: "uid", &[], Type::Int, Carried::Any, "real uid";
+    Comm: "comm", &[], Type::Str, Carried::Any, "task comm (16 bytes)";
+    Exe: "exe", &["proc.exe"], Type::Str, Carried::Any, "the process's executable path (absent when unknown)";
+    ExeName: "proc.name", &["exe.name"], Type::Str, Carried::Any, "basename of `exe` (else `comm`)";
+    CgroupId: "cgroup_id", &[], Type::Int, Carried::Any, "cgroup v2 id";
+    Filename: "filename", &[], Type::Str, Carried::Only(&[Kind::Exec]), "path given to execve";
+    Argv: "argv", &["proc.argv"], Type::StrList, Carried::Any, "arguments (of the exec, else of the process from the process table)";
+    Argc: "argc", &[], Type::Int, Carried::Any, "number of arguments";
+    Cmdline: "cmdline", &["proc.cmdline"], Type::Str, Carried::Any, "arguments joined with spaces";
+    ArgsTruncated: "args_truncated", &[], Type::Bool, Carried::Only(&[Kind::Exec]), "the argv block was longer than the kernel copy";
+    DstIp: "dst_ip", &[], Type::Ip, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose, Kind::NetPayload]), "destination (connect, payload) or local (bind, listen) address";
+    DstPort: "dst_port", &[], Type::Int, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose, Kind::NetPayload]), "port of `dst_ip`";
+    LocalIp: "local_ip", &[], Type::Ip, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "local address of a connection";
+    LocalPort: "local_port", &[], Type::Int, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "local port of a connection";
+    Family: "family", &[], Type::Str, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`inet` or `inet6`";
+    SockType: "sock_type", &[], Type::Str, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`stream`, `dgram`, `raw`, …";
+    Protocol: "protocol", &[], Type::Str, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`tcp`, `udp`, … when known";
+    Result: "result", &[], Type::Str, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose, Kind::GpuIoctl, Kind::GpuOpen, Kind::TunOpen]), "`ok`, `in_progress`, `error`, `unknown`";
+    Via: "via", &[], Type::Str, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`syscall` or `sock_state` (a TCP connect outside connect(2))";
+    DstLoopback: "dst.loopback", &[], Type::Bool, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`dst_ip` is a loopback address";
+    DstPrivate: "dst.private", &[], Type::Bool, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`dst_ip` is private or link-local (RFC 1918, fc00::/7, fe80::/10)";
+    DstExternal: "dst.external", &[], Type::Bool, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`dst_ip` is neither loopback nor private";
+    ChildPid: "child_pid", &[], Type::Int, Carried::Only(&[Kind::Fork]), "the new process";
+    ExitStatus: "exit_status", &[], Type::Int, Carried::Only(&[Kind::Exit]), "exit status of a normal exit";
+    Device: "device", &[], Type::Str, Carried::Only(&[Kind::GpuIoctl, Kind::GpuOpen, Kind::TunOpen]), "GPU/TUN device kind (`nvidiactl`, `nvidia-uvm`, `tun`, …)";
+    Op: "op", &[], Type::Str, Carried::Only(&[Kind::GpuIoctl]), "decoded GPU ioctl operation";
+    Class: "class", &[], Type::Str, Carried::Only(&[Kind::GpuIoctl]), "GPU object class allocated (`HOPPER_COMPUTE_A`, …)";
+    Path: "path", &[], Type::Str, Carried::Only(&[Kind::GpuOpen, Kind::TunOpen]), "device path opened";
+    Trigger: "trigger", &[], Type::Str, Carried::Only(&[Kind::GpuSessionStart, Kind::GpuSessionEnd, Kind::GpuQuery]), "what started or identified the GPU session";
+    Classes: "classes", &[], Type::StrList, Carried::Only(&[Kind::GpuSessionStart, Kind::GpuSessionEnd, Kind::GpuQuery]), "GPU object classes the session allocated";
+    SmUtil: "sm_util", &[], Type::Int, Carried::Only(&[Kind::GpuUsage]), "NVML SM utilisation of the process, %";
+    MemUtil: "mem_util", &[], Type::Int, Carried::Only(&[Kind::GpuUsage]), "NVML memory utilisation of the process, %";
+    PcieRxKbps: "pcie_rx_kbps", &[], Type::Int, Carried::Only(&[Kind::GpuUsage]), "PCIe host→device throughput of the GPU, KB/s";
+    PcieTxKbps: "pcie_tx_kbps", &[], Type::Int, Carried::Only(&[Kind::GpuUsage]), "PCIe device→host throughput of the GPU, KB/s";
+    ParentExe: "parent.exe", &[], Type::Str, Carried::Any, "the parent's executable";
+    ParentName: "parent.name", &[], Type::Str, Carried::Any, "basename of `parent.exe`";
+    ParentCmdline: "parent.cmdline", &[], Type::Str, Carried::Any, "the parent's arguments joined";
+    AncestorExe: "ancestor.exe", &[], Type::StrList, Carried::Any, "executables of every ancestor";
+    AncestorName: "ancestor.name", &[], Type::StrList, Carried::Any, "basenames of `ancestor.exe`";
+    AncestorCmdline: "ancestor.cmdline", &[], Type::StrList, Carried::Any, "every ancestor's arguments joined";
+    LineageNames: "lineage.names", &[], Type::Str, Carried::Any, "ancestor names joined with `<`, parent first: `bash<python3<containerd-shim`";
+    ProcConnections: "proc.connections", &[], Type::Int, Carried::Any, "outbound TCP connections the process made";
+    ProcExternalConnections: "proc.external_connections", &[], Type::Int, Carried::Any, "of those, to external addresses";
+    ProcGpuSession: "proc.gpu_session", &[], Type::Bool, Carried::Any, "the process has a GPU compute session";
+    ProcEpisode: "proc.episode", &[], Type::Str, Carried::Any, "agent episode tag (env var or pod annotation)";
+    ContainerId: "container.id", &[], Type::Str, Carried::Any, "container id from the cgroup path";
+    PodUid: "pod.uid", &[], Type::Str, Carried::Any, "pod UID from the cgroup path";
+    SshFlags: "ssh.flags", &[], Type::StrList, Carried::Any, "single-letter options of an ssh/dbclient/autossh command line, parsed like OpenSSH's getopt";
+    SshOptions: "ssh.options", &[], Type::StrList, Carried::Any, "lower-cased keys of its `-o Key=Value` options";
+    Payload: "payload", &[], Type::Str, Carried::Only(&[Kind::NetPayload]), "the captured first bytes as text (lossy UTF-8)";
+    DurationS: "duration_s", &[], Type::Int, Carried::Only(&[Kind::TcpClose]), "how long the connection was open, s";
+    ProcOldestExternalConnectionS: "proc.oldest_external_connection_s", &[], Type::Int, Carried::Any, "age of the process's oldest open external connection, s (0 when none)";
 }
 
 impl Field {
     pub fn parse(s: &str) -> Option<Field> {
-        use Field::*;
-        Some(match s {
-            "kind" => Kind,
-            "pid" => Pid,
-            "ppid" => Ppid,
-            "uid" => Uid,
-            "comm" => Comm,
-            "exe" | "proc.exe" => Exe,
-            "exe.name" | "proc.name" => ExeName,
-            "cgroup_id" => CgroupId,
-            "filename" => Filename,
-            "argv" | "proc.argv" => Argv,
-            "argc" => Argc,
-            "cmdline" | "proc.cmdline" => Cmdline,
-            "args_truncated" => ArgsTruncated,
-            "dst_ip" => DstIp,
-            "dst_port" => DstPort,
-            "local_ip" => LocalIp,
-            "local_port" => LocalPort,
-            "family" => Family,
-            "sock_type" => SockType,
-            "protocol" => Protocol,
-            "result" => Result,
-            "via" => Via,
-            "dst.loopback" => DstLoopback,
-            "dst.private" => DstPrivate,
-            "dst.external" => DstExternal,
-            "child_pid" => ChildPid,
-            "exit_status" => ExitStatus,
-            "device" => Device,
-            "op" => Op,
-            "class" => Class,
-            "path" => Path,
-            "trigger" => Trigger,
-            "classes" => Classes,
-            "sm_util" => SmUtil,
-            "mem_util" => MemUtil,
-            "pcie_rx_kbps" => PcieRxKbps,
-            "pcie_tx_kbps" => PcieTxKbps,
-            "parent.exe" => ParentExe,
-            "parent.name" => ParentName,
-            "parent.cmdline" => ParentCmdline,
-            "ancestor.exe" => AncestorExe,
-            "ancestor.name" => AncestorName,
-            "ancestor.cmdline" => AncestorCmdline,
-            "lineage.names" => LineageNames,
-            "proc.connections" => ProcConnections,
-            "proc.external_connections" => ProcExternalConnections,
-            "proc.gpu_session" => ProcGpuSession,
-            "proc.episode" => ProcEpisode,
-            "container.id" => ContainerId,
-            "pod.uid" => PodUid,
-            "ssh.flags" => SshFlags,
-            "ssh.options" => SshOptions,
-            "payload" => Payload,
-            "duration_s" => DurationS,
-            "proc.oldest_external_connection_s" => ProcOldestExternalConnectionS,
-            _ => return None,
-        })
+        FIELDS
+            .iter()
+            .find(|d| d.name == s || d.aliases.contains(&s))
+            .map(|d| d.field)
     }
+
+    pub fn def(self) -> &'static FieldDef {
+        // Every variant has a row: the macro makes both from the same list.
+        FIELDS
+            .iter()
+            .find(|d| d.field == self)
+            .unwrap_or(&FIELDS[0])
+    }
+
+    /// Whether an event of kind `k` carries this field.
+    pub fn carried_by(self, k: Kind) -> bool {
+        match self.def().carried {
+            Carried::Any => true,
+            Carried::Only(ks) => ks.contains(&k),
+        }
+    }
+}
+
+/// The field list as a Markdown table (README "Rules": fields), from [`FIELDS`].
+pub fn fields_markdown() -> String {
+    let mut out = String::from("| field | type | carried by | meaning |\n|---|---|---|---|\n");
+    for d in FIELDS {
+        let names = std::iter::once(d.name)
+            .chain(d.aliases.iter().copied())
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let carried = match d.carried {
+            Carried::Any => "every event".to_string(),
+            Carried::Only(ks) => ks
+                .iter()
+                .map(|k| format!("`{}`", k.name()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        out += &format!("| {names} | {} | {carried} | {} |\n", d.ty.name(), d.doc);
+    }
+    out
+}
+
+/// What the README holds between its `<!-- rules-reference -->` markers: the kinds and the
+/// fields (`sensor rules fields` prints it; a test checks the README against it).
+pub fn reference_markdown() -> String {
+    format!(
+        "Event kinds (`kind`):\n\n{}\nFields:\n\n{}",
+        kinds_markdown(),
+        fields_markdown()
+    )
+}
+
+/// The kinds as a Markdown table, from [`Kind::ALL`].
+pub fn kinds_markdown() -> String {
+    let mut out = String::from("| kind | what |\n|---|---|\n");
+    for k in Kind::ALL {
+        out += &format!("| `{}` | {} |\n", k.name(), k.description());
+    }
+    out
 }
 
 /// A field's value.
@@ -454,23 +524,7 @@ impl Ctx<'_> {
 }
 
 pub fn kind_name(b: &Body) -> &'static str {
-    match b {
-        Body::Exec(_) => "exec",
-        Body::Fork(_) => "fork",
-        Body::Exit(_) => "exit",
-        Body::Connect(_) => "connect",
-        Body::Bind(_) => "bind",
-        Body::Listen(_) => "listen",
-        Body::NetPayload(_) => "net_payload",
-        Body::TcpClose(_) => "tcp_close",
-        Body::GpuIoctl(_) => "gpu_ioctl",
-        Body::GpuOpen(_) => "gpu_open",
-        Body::TunOpen(_) => "tun_open",
-        Body::GpuSessionStart(_) => "gpu_session_start",
-        Body::GpuSessionEnd(_) => "gpu_session_end",
-        Body::GpuQuery(_) => "gpu_query",
-        Body::GpuUsage(_) => "gpu_usage",
-    }
+    b.kind().name()
 }
 
 fn lit_str(l: &Lit) -> Cow<'_, str> {
@@ -578,6 +632,36 @@ pub fn eval(e: &Expr, cx: &Ctx<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readme_field_list_is_generated_from_the_table() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let (_, rest) = readme
+            .split_once("<!-- rules-reference:begin -->\n")
+            .expect("README has the rules-reference markers");
+        let (section, _) = rest.split_once("<!-- rules-reference:end -->").unwrap();
+        assert!(
+            section == reference_markdown(),
+            "README's field list differs from the field table: replace the text between the \
+             rules-reference markers with the output of `sensor rules fields`"
+        );
+    }
+
+    #[test]
+    fn field_table_is_consistent() {
+        let mut names = std::collections::HashSet::new();
+        for d in FIELDS {
+            for n in std::iter::once(d.name).chain(d.aliases.iter().copied()) {
+                assert!(names.insert(n), "field name {n} twice");
+                assert_eq!(Field::parse(n), Some(d.field));
+            }
+            assert_eq!(d.field.def().name, d.name);
+            if let Carried::Only(ks) = d.carried {
+                assert!(!ks.is_empty(), "{}", d.name);
+            }
+        }
+    }
 
     fn sv(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()

@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use super::{
     expr::{self, Expr, Lit, Scope},
-    Rule, RuleSet, Scoped, Sequence, Severity, Threshold,
+    Kind, Rule, RuleSet, Scoped, Sequence, Severity, Threshold,
 };
 
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -249,8 +249,9 @@ fn lit(v: &serde_yaml_ng::Value) -> Option<Lit> {
     }
 }
 
-/// Kinds a condition is restricted to by a top-level `kind = …`/`kind in (…)`.
-fn kinds_of(e: &Expr) -> Option<Vec<String>> {
+/// Kinds a condition is restricted to by a top-level `kind = …`/`kind in (…)` (the parser has
+/// checked that every name is a known kind).
+fn kinds_of(e: &Expr) -> Option<Vec<Kind>> {
     use super::{expr::Op, expr::Pattern, fields::Field};
     let one = |e: &Expr| match e {
         Expr::Pred {
@@ -259,9 +260,9 @@ fn kinds_of(e: &Expr) -> Option<Vec<String>> {
             pat: Pattern::Lits(l),
         } => Some(
             l.iter()
-                .map(|x| match x {
-                    Lit::Str(s) => s.clone(),
-                    o => o.to_string(),
+                .filter_map(|x| match x {
+                    Lit::Str(s) => Kind::from_name(s),
+                    _ => None,
                 })
                 .collect(),
         ),
@@ -270,6 +271,36 @@ fn kinds_of(e: &Expr) -> Option<Vec<String>> {
     match e {
         Expr::And(v) => v.iter().find_map(one),
         e => one(e),
+    }
+}
+
+/// Every field tested in `e` must be carried by at least one of `kinds` (a rule on `exec`
+/// events that tests `dst_port` can never fire).
+fn check_carried(e: &Expr, kinds: &[Kind]) -> Result<(), String> {
+    match e {
+        Expr::And(v) | Expr::Or(v) => v.iter().try_for_each(|x| check_carried(x, kinds)),
+        Expr::Not(x) => check_carried(x, kinds),
+        Expr::Pred { field, .. } => {
+            if kinds.iter().any(|k| field.carried_by(*k)) {
+                return Ok(());
+            }
+            let d = field.def();
+            let on = match d.carried {
+                super::fields::Carried::Only(ks) => {
+                    ks.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+                }
+                super::fields::Carried::Any => String::new(),
+            };
+            let these = kinds
+                .iter()
+                .map(|k| k.name())
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(format!(
+                "field `{}` is never set on {these} events (only on {on}): the condition can never match",
+                d.name
+            ))
+        }
     }
 }
 
@@ -424,11 +455,20 @@ pub fn compile(sources: &[Source]) -> Result<RuleSet, LoadError> {
             let cond = expr::compile(&d.condition, &scope)
                 .map_err(|e| err(format!("rule `{}` condition: {e}", d.id)))?;
             spend(cond.cost, &s.name, &line)?;
+            let kinds = kinds_of(&cond.expr);
+            if let Some(k) = &kinds {
+                check_carried(&cond.expr, k)
+                    .map_err(|e| err(format!("rule `{}` condition: {e}", d.id)))?;
+            }
             let mut exceptions = vec![];
             for x in &d.exceptions {
                 let c = expr::compile(x, &scope)
                     .map_err(|e| err(format!("rule `{}` exception: {e}", d.id)))?;
                 spend(c.cost, &s.name, &line)?;
+                if let Some(k) = &kinds {
+                    check_carried(&c.expr, k)
+                        .map_err(|e| err(format!("rule `{}` exception: {e}", d.id)))?;
+                }
                 exceptions.push(c.expr);
             }
             let sequence = match &d.sequence {
@@ -436,6 +476,10 @@ pub fn compile(sources: &[Source]) -> Result<RuleSet, LoadError> {
                     let after = expr::compile(&sq.after, &scope)
                         .map_err(|e| err(format!("rule `{}` sequence.after: {e}", d.id)))?;
                     spend(after.cost, &s.name, &line)?;
+                    if let Some(k) = kinds_of(&after.expr) {
+                        check_carried(&after.expr, &k)
+                            .map_err(|e| err(format!("rule `{}` sequence.after: {e}", d.id)))?;
+                    }
                     if !(sq.within > 0.0 && sq.within <= MAX_WINDOW_SECS) {
                         return Err(err(format!(
                             "rule `{}`: sequence.within must be > 0 and at most {MAX_WINDOW_SECS} s",
@@ -463,7 +507,7 @@ pub fn compile(sources: &[Source]) -> Result<RuleSet, LoadError> {
             }
             let cond = cond.expr;
             let rule = Rule {
-                kinds: kinds_of(&cond),
+                kinds,
                 id: d.id.clone(),
                 description: d.description.clone(),
                 severity: d.severity,
@@ -647,6 +691,41 @@ mod tests {
         std::os::unix::fs::symlink(d.join("real"), d.join("e.yaml")).unwrap();
         assert_eq!(read_dir(&d).unwrap().len(), 1);
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn rules_are_type_checked_when_loaded() {
+        for (cond, needle) in [
+            ("kind = \"exce\"", "unknown event kind \"exce\""),
+            (
+                "kind = \"connect\" and dst_port startswith \"x\"",
+                "cannot apply to `dst_port`",
+            ),
+            (
+                "kind = \"exec\" and dst_port = 22",
+                "field `dst_port` is never set on exec events",
+            ),
+            (
+                "kind in (\"exec\", \"fork\") and not sm_util > 90",
+                "field `sm_util` is never set on exec, fork events",
+            ),
+            (
+                "kind = \"connect\" and nosuch = 1",
+                "unknown field or macro `nosuch`",
+            ),
+        ] {
+            let text = format!("rules:\n  - id: t\n    description: d\n    severity: low\n    condition: '{cond}'\n");
+            let e = compile(&[src("t.yaml", &text)]).unwrap_err();
+            assert_eq!((e.file.as_str(), e.line), ("t.yaml", 2), "{e}");
+            assert!(e.reason.contains(needle), "{cond} -> {e}");
+        }
+        // Exceptions are checked against the rule's kinds too.
+        let text = "rules:\n  - id: t\n    description: d\n    severity: low\n    condition: kind = \"exec\"\n    exceptions: ['duration_s > 3']\n";
+        let e = compile(&[src("t.yaml", text)]).unwrap_err();
+        assert!(e.reason.contains("exception: field `duration_s`"), "{e}");
+        // A field every event carries is fine on any kind.
+        let ok = "rules:\n  - id: t\n    description: d\n    severity: low\n    condition: kind in (\"exec\", \"connect\") and parent.name = \"bash\" and dst_port = 22\n";
+        assert!(compile(&[src("t.yaml", ok)]).is_ok());
     }
 
     #[test]

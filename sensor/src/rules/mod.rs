@@ -14,12 +14,13 @@ use std::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::event::Kind;
 use crate::{
     context::{container::Container, process::ProcTable},
     event::{Ancestor, Event},
 };
 use expr::Expr;
-use fields::{basename, eval, kind_name, Ctx, ProcFacts};
+use fields::{basename, eval, Ctx, ProcFacts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,7 +83,7 @@ pub struct Rule {
     pub sequence: Option<Sequence>,
     pub threshold: Option<Threshold>,
     pub enabled: bool,
-    pub kinds: Option<Vec<String>>,
+    pub kinds: Option<Vec<Kind>>,
     pub def: load::RuleDef,
     pub source: String,
 }
@@ -91,13 +92,13 @@ pub struct Rule {
 #[derive(Debug)]
 pub struct RuleSet {
     pub rules: Vec<Rule>,
-    by_kind: HashMap<String, Vec<usize>>,
+    by_kind: HashMap<Kind, Vec<usize>>,
     any_kind: Vec<usize>,
 }
 
 impl RuleSet {
     pub fn new(rules: Vec<Rule>) -> RuleSet {
-        let mut by_kind: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_kind: HashMap<Kind, Vec<usize>> = HashMap::new();
         let mut any_kind = vec![];
         for (i, r) in rules.iter().enumerate() {
             if !r.enabled {
@@ -107,7 +108,7 @@ impl RuleSet {
             match (&r.kinds, &r.sequence) {
                 (Some(k), None) => k
                     .iter()
-                    .for_each(|k| by_kind.entry(k.clone()).or_default().push(i)),
+                    .for_each(|k| by_kind.entry(*k).or_default().push(i)),
                 _ => any_kind.push(i),
             }
         }
@@ -258,10 +259,10 @@ impl Engine {
     /// Evaluates every applicable rule on `ev`.
     pub fn process(&mut self, inp: &Input<'_>) -> Vec<Alert> {
         let set = self.set.clone();
-        let kind = kind_name(&inp.ev.body);
+        let kind = inp.ev.body.kind();
         let idx = set
             .by_kind
-            .get(kind)
+            .get(&kind)
             .into_iter()
             .flatten()
             .chain(set.any_kind.iter());
