@@ -3,7 +3,7 @@
 
 use std::{
     mem::size_of,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, SystemTime},
 };
 
@@ -14,8 +14,11 @@ use sensor_common::{
 use thiserror::Error;
 
 use crate::{
-    event::{Body, Event, Exec, Exit, Fork, GpuIoctl, GpuOpen, Net, NetPayload},
-    gpu::{classes, devices::kind_name},
+    event::{
+        Body, Device, Event, Exec, Exit, Family, Fork, GpuIoctl, GpuOpen, Net, NetPayload, Outcome,
+        SockType, Via,
+    },
+    gpu::classes,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -105,34 +108,34 @@ pub fn split_argv(block: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Formats a `NetEvent` address: IPv4 in the first 4 bytes for AF_INET, else IPv6.
-pub fn ip_string(family: u16, addr: &[u8; 16]) -> String {
+/// A `NetEvent` address: IPv4 in the first 4 bytes for AF_INET, else IPv6.
+pub fn ip_addr(family: u16, addr: &[u8; 16]) -> IpAddr {
     match family {
-        2 => Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).to_string(),
-        _ => Ipv6Addr::from(*addr).to_string(),
+        2 => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
+        _ => IpAddr::V6(Ipv6Addr::from(*addr)),
     }
 }
 
-fn family_name(f: u16) -> &'static str {
-    // include/linux/socket.h
+fn family(f: u16) -> Family {
+    // include/linux/socket.h (v6.18): AF_INET 2, AF_INET6 10.
     match f {
-        2 => "inet",
-        10 => "inet6",
-        _ => "other",
+        2 => Family::Inet,
+        10 => Family::Inet6,
+        _ => Family::Other,
     }
 }
 
-fn sock_type_name(t: u16) -> &'static str {
-    // include/linux/net.h, enum sock_type
+fn sock_type(t: u16) -> SockType {
+    // include/linux/net.h (v6.18), enum sock_type.
     match t {
-        1 => "stream",
-        2 => "dgram",
-        3 => "raw",
-        4 => "rdm",
-        5 => "seqpacket",
-        6 => "dccp",
-        10 => "packet",
-        _ => "unknown",
+        1 => SockType::Stream,
+        2 => SockType::Dgram,
+        3 => SockType::Raw,
+        4 => SockType::Rdm,
+        5 => SockType::Seqpacket,
+        6 => SockType::Dccp,
+        10 => SockType::Packet,
+        _ => SockType::Unknown,
     }
 }
 
@@ -152,39 +155,46 @@ fn protocol_name(p: u16) -> Option<String> {
 const EINPROGRESS: i32 = 115;
 
 fn decode_net(n: &NetEvent, k: u32) -> Net {
-    let ip = ip_string(n.family, &n.addr);
+    let ip = ip_addr(n.family, &n.addr);
     let via_sock_state = n.hdr.flags & flags::NET_NO_SYSCALL != 0;
     let (result, errno, error) = if via_sock_state {
-        ("unknown", None, None)
+        (Outcome::Unknown, None, None)
     } else if n.ret == 0 {
-        ("ok", None, None)
+        (Outcome::Ok, None, None)
     } else if n.ret == -EINPROGRESS {
-        ("in_progress", Some(n.ret), None)
+        (Outcome::InProgress, Some(n.ret), None)
     } else {
         let e = std::io::Error::from_raw_os_error(-n.ret).to_string();
-        ("error", Some(n.ret), Some(e))
+        (Outcome::Error, Some(n.ret), Some(e))
     };
     let connect = k == kind::CONNECT || k == kind::TCP_CLOSE;
     Net {
-        family: family_name(n.family).into(),
-        sock_type: sock_type_name(n.sock_type).into(),
+        family: family(n.family),
+        sock_type: sock_type(n.sock_type),
         protocol: protocol_name(n.protocol),
-        dst_ip: connect.then(|| ip.clone()),
+        dst_ip: connect.then_some(ip),
         dst_port: connect.then_some(n.port),
         local_ip: (!connect).then_some(ip),
         local_port: (!connect).then_some(n.port),
         fd: (n.fd >= 0).then_some(n.fd),
-        result: result.into(),
+        result,
         errno,
         error,
         via: if via_sock_state || k == kind::TCP_CLOSE {
-            "sock_state"
+            Via::SockState
         } else {
-            "syscall"
-        }
-        .into(),
+            Via::Syscall
+        },
         conn_id: (n.cookie != 0).then(|| format!("{:016x}", n.cookie)),
         duration_s: None,
+    }
+}
+
+fn outcome(ret: i32) -> Outcome {
+    if ret >= 0 {
+        Outcome::Ok
+    } else {
+        Outcome::Error
     }
 }
 
@@ -215,18 +225,19 @@ fn decode_gpu_ioctl(e: &GpuIoctlEvent) -> GpuIoctl {
     let other = (!rm_alloc && !rm_control && e.object != 0).then_some(e.object);
     GpuIoctl {
         fd: e.fd,
-        device: kind_name(e.dev_kind).into(),
+        device: Device::from_id(e.dev_kind),
         major: e.major,
         minor: e.minor,
         gpu_minor: e.gpu_minor,
         cmd: format!("{:#010x}", e.cmd),
         op: gpu_op_name(e.op, e.cmd),
+        op_code: e.op,
         class: rm_alloc.then(|| classes::class_name(e.object)),
         class_id: rm_alloc.then_some(e.object),
         control: rm_control.then(|| format!("{:#010x}", e.object)),
         object: other,
         ret: e.ret,
-        result: if e.ret >= 0 { "ok" } else { "error" }.into(),
+        result: outcome(e.ret),
         xfer: e.hdr.flags & flags::GPU_XFER != 0,
         emulated: e.hdr.flags & flags::GPU_EMULATED != 0,
         arg: hex(&e.arg[..(e.arg_len as usize).min(e.arg.len())]),
@@ -248,13 +259,13 @@ fn decode_gpu_open(e: &GpuOpenEvent) -> GpuOpen {
     };
     GpuOpen {
         path,
-        device: kind_name(e.dev_kind).into(),
+        device: Device::from_id(e.dev_kind),
         major: e.major,
         minor: e.minor,
         gpu_minor: e.gpu_minor,
         flags: e.flags,
         ret: e.ret,
-        result: if e.ret >= 0 { "ok" } else { "error" }.into(),
+        result: outcome(e.ret),
         emulated: e.hdr.flags & flags::GPU_EMULATED != 0,
     }
 }
@@ -299,7 +310,7 @@ pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
                 kind::CONNECT => Body::Connect(n),
                 kind::BIND => Body::Bind(n),
                 kind::TCP_CLOSE => {
-                    n.result = "closed".into();
+                    n.result = Outcome::Closed;
                     Body::TcpClose(n)
                 }
                 _ => Body::Listen(n),
@@ -310,8 +321,8 @@ pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
             let d = &e.data[..(e.data_len as usize).min(e.data.len())];
             Body::NetPayload(NetPayload {
                 fd: e.fd,
-                family: family_name(e.family).into(),
-                dst_ip: ip_string(e.family, &e.addr),
+                family: family(e.family),
+                dst_ip: ip_addr(e.family, &e.addr),
                 dst_port: e.port,
                 len: e.len,
                 data: hex(d),
@@ -321,9 +332,9 @@ pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
         kind::GPU_IOCTL => Body::GpuIoctl(decode_gpu_ioctl(&read::<GpuIoctlEvent>(buf, hdr.kind)?)),
         kind::GPU_OPEN => {
             let o = decode_gpu_open(&read::<GpuOpenEvent>(buf, hdr.kind)?);
-            if o.device == "tun" || o.path.starts_with("/dev/net/tun") {
+            if o.device == Device::Tun || o.path.starts_with("/dev/net/tun") {
                 Body::TunOpen(GpuOpen {
-                    device: "tun".into(),
+                    device: Device::Tun,
                     ..o
                 })
             } else {
@@ -434,20 +445,20 @@ mod tests {
         n.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         let ev = decode(&bytes_of(&n), &Clock::fixed(0)).unwrap();
         let Body::Connect(c) = ev.body else { panic!() };
-        assert_eq!(c.dst_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(c.dst_ip, Some("127.0.0.1".parse().unwrap()));
         assert_eq!(c.dst_port, Some(22));
-        assert_eq!(c.result, "error");
+        assert_eq!(c.result, Outcome::Error);
         assert_eq!(c.errno, Some(-111));
         assert!(c.error.unwrap().contains("refused"));
-        assert_eq!(c.sock_type, "stream");
+        assert_eq!(c.sock_type, SockType::Stream);
 
         n.family = 10;
         n.addr = Ipv6Addr::LOCALHOST.octets();
         n.ret = -115;
         let ev = decode(&bytes_of(&n), &Clock::fixed(0)).unwrap();
         let Body::Connect(c) = ev.body else { panic!() };
-        assert_eq!(c.dst_ip.as_deref(), Some("::1"));
-        assert_eq!(c.result, "in_progress");
+        assert_eq!(c.dst_ip, Some("::1".parse().unwrap()));
+        assert_eq!(c.result, Outcome::InProgress);
 
         n.hdr.kind = kind::LISTEN;
         n.hdr.flags = 0;
@@ -518,7 +529,7 @@ mod tests {
         assert_eq!(g.op, "NV_ESC_RM_ALLOC");
         assert_eq!(g.class.as_deref(), Some("HOPPER_COMPUTE_A"));
         assert_eq!(g.cmd, "0xc030462b");
-        assert_eq!(g.result, "error");
+        assert_eq!(g.result, Outcome::Error);
         assert_eq!(g.arg.len(), 128);
         let mut u = e;
         u.dev_kind = gpu::dev::NVIDIA_UVM;
@@ -530,7 +541,7 @@ mod tests {
         };
         assert_eq!(g.op, "UVM_INITIALIZE");
         assert_eq!(g.class, None);
-        assert_eq!(g.device, "nvidia-uvm");
+        assert_eq!(g.device, Device::NvidiaUvm);
     }
 
     #[test]

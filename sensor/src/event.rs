@@ -1,6 +1,8 @@
 //! Decoded events: what the pipeline, the rules and the JSON stream work with. The JSON field
 //! names are the documented schema (README "Event schema").
 
+use std::net::IpAddr;
+
 pub use sensor_common::Kind;
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +81,137 @@ impl Body {
     }
 }
 
+/// Declares a closed set of values that serialise as fixed strings.
+macro_rules! names {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $s)] $v,)*
+        }
+
+        impl $name {
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$v => $s,)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+names! {
+    /// Address family (include/linux/socket.h: AF_INET 2, AF_INET6 10).
+    Family { Inet = "inet", Inet6 = "inet6", Other = "other", }
+}
+
+names! {
+    /// Socket type (include/linux/net.h, enum sock_type).
+    SockType {
+        Stream = "stream",
+        Dgram = "dgram",
+        Raw = "raw",
+        Rdm = "rdm",
+        Seqpacket = "seqpacket",
+        Dccp = "dccp",
+        Packet = "packet",
+        Unknown = "unknown",
+    }
+}
+
+names! {
+    /// How an operation ended.
+    Outcome {
+        Ok = "ok",
+        /// A non-blocking connect that returned EINPROGRESS.
+        InProgress = "in_progress",
+        Error = "error",
+        /// The operation did not go through the syscall (io_uring): no return value.
+        Unknown = "unknown",
+        /// `tcp_close`: the connection reached TCP_CLOSE.
+        Closed = "closed",
+    }
+}
+
+names! {
+    /// Where a network event was seen.
+    Via {
+        Syscall = "syscall",
+        /// `sock/inet_sock_set_state` (a TCP connect outside connect(2), or a close).
+        SockState = "sock_state",
+    }
+}
+
+names! {
+    /// The kind of device file a GPU/TUN event is about (`sensor_common::gpu::dev`).
+    Device {
+        Nvidia = "nvidia",
+        NvidiaUvm = "nvidia-uvm",
+        NvidiaCaps = "nvidia-caps",
+        NvidiaFabric = "nvidia-fabric",
+        Kfd = "kfd",
+        Drm = "drm",
+        Tun = "tun",
+        Unknown = "unknown",
+    }
+}
+
+impl Device {
+    /// From the kernel's device-kind id.
+    pub fn from_id(kind: u32) -> Device {
+        use sensor_common::gpu::dev;
+        match kind {
+            dev::NVIDIA => Device::Nvidia,
+            dev::NVIDIA_UVM => Device::NvidiaUvm,
+            dev::NVIDIA_CAPS => Device::NvidiaCaps,
+            dev::NVIDIA_FABRIC => Device::NvidiaFabric,
+            dev::KFD => Device::Kfd,
+            dev::DRM => Device::Drm,
+            dev::TUN => Device::Tun,
+            _ => Device::Unknown,
+        }
+    }
+}
+
+/// Where an address points: loopback, private (RFC 1918, link-local, fc00::/7, fe80::/10;
+/// IPv4-mapped addresses as their IPv4 address), or else external.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpClass {
+    pub loopback: bool,
+    pub private: bool,
+}
+
+impl IpClass {
+    pub fn of(ip: IpAddr) -> IpClass {
+        match ip {
+            IpAddr::V4(a) => IpClass {
+                loopback: a.is_loopback(),
+                private: a.is_private() || a.is_link_local(),
+            },
+            IpAddr::V6(a) => {
+                if let Some(v4) = a.to_ipv4_mapped() {
+                    return IpClass::of(IpAddr::V4(v4));
+                }
+                let seg = a.segments()[0];
+                IpClass {
+                    loopback: a.is_loopback(),
+                    private: (seg & 0xfe00) == 0xfc00 || (seg & 0xffc0) == 0xfe80,
+                }
+            }
+        }
+    }
+
+    pub fn external(self) -> bool {
+        !self.loopback && !self.private
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Exec {
     /// The path given to execve (`bprm->filename`).
@@ -116,34 +249,30 @@ pub struct Exit {
 /// is the local address.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Net {
-    /// "inet" or "inet6".
-    pub family: String,
-    /// "stream", "dgram", "raw", … or "unknown".
-    pub sock_type: String,
+    pub family: Family,
+    pub sock_type: SockType,
     /// "tcp", "udp", … when the kernel hook knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dst_ip: Option<String>,
+    pub dst_ip: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dst_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub local_ip: Option<String>,
+    pub local_ip: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_port: Option<u16>,
     /// The socket fd; absent when the hook does not know it (io_uring, listen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fd: Option<i32>,
-    /// "ok", "in_progress" (non-blocking connect, EINPROGRESS), "error", or "unknown" when the
-    /// operation did not go through the syscall (io_uring).
-    pub result: String,
+    /// `unknown` when the operation did not go through the syscall (io_uring).
+    pub result: Outcome,
     /// Negative errno on error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errno: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// "syscall" or "sock_state" (seen by `inet_sock_set_state` only).
-    pub via: String,
+    pub via: Via,
     /// Connection id pairing a TCP connect with its `tcp_close`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conn_id: Option<String>,
@@ -155,8 +284,7 @@ pub struct Net {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GpuIoctl {
     pub fd: i32,
-    /// "nvidia", "nvidia-uvm", "nvidia-caps", "nvidia-fabric", "kfd", "drm".
-    pub device: String,
+    pub device: Device,
     pub major: u32,
     pub minor: u32,
     pub gpu_minor: u32,
@@ -165,6 +293,10 @@ pub struct GpuIoctl {
     /// Name of the operation (NV_ESC_RM_ALLOC, UVM_INITIALIZE, AMDKFD_IOC_CREATE_QUEUE, …)
     /// or the hex request when unknown.
     pub op: String,
+    /// The operation as the kernel side decoded it: family in the high byte
+    /// (`sensor_common::gpu::OP_*`), the family's command below.
+    #[serde(default)]
+    pub op_code: u32,
     /// RM_ALLOC: the class allocated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
@@ -177,8 +309,8 @@ pub struct GpuIoctl {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<u32>,
     pub ret: i32,
-    /// "ok" or "error".
-    pub result: String,
+    /// `ok` or `error`.
+    pub result: Outcome,
     /// NV_ESC_IOCTL_XFER_CMD was unwrapped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub xfer: bool,
@@ -194,14 +326,14 @@ pub struct GpuOpen {
     /// Device path, rebuilt from the dentry names ("/dev/nvidia0", "/dev/dri/renderD128"),
     /// or the path given when the open failed.
     pub path: String,
-    pub device: String,
+    pub device: Device,
     pub major: u32,
     pub minor: u32,
     pub gpu_minor: u32,
     pub flags: u32,
     /// The fd, or -errno.
     pub ret: i32,
-    pub result: String,
+    pub result: Outcome,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub emulated: bool,
 }
@@ -259,8 +391,8 @@ pub struct GpuUsage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetPayload {
     pub fd: i32,
-    pub family: String,
-    pub dst_ip: String,
+    pub family: Family,
+    pub dst_ip: IpAddr,
     pub dst_port: u16,
     /// Bytes the write asked for.
     pub len: u32,
@@ -279,18 +411,18 @@ mod tests {
     #[test]
     fn serde_tags_are_the_kind_names() {
         let net = Net {
-            family: "inet".into(),
-            sock_type: "stream".into(),
+            family: Family::Inet,
+            sock_type: SockType::Stream,
             protocol: None,
             dst_ip: None,
             dst_port: None,
             local_ip: None,
             local_port: None,
             fd: None,
-            result: "ok".into(),
+            result: Outcome::Ok,
             errno: None,
             error: None,
-            via: "syscall".into(),
+            via: Via::Syscall,
             conn_id: None,
             duration_s: None,
         };

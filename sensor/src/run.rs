@@ -354,7 +354,7 @@ impl<W: std::io::Write> Sink<W> {
     fn emit(&mut self, o: Out<'_>) -> std::io::Result<()> {
         match o {
             Out::Event(e) => {
-                let k = crate::rules::fields::kind_name(&e.body);
+                let k = e.body.kind().name();
                 let metrics = &self.metrics;
                 self.by_kind
                     .entry(k)
@@ -440,7 +440,7 @@ impl<W: std::io::Write> Pipeline<W> {
         let mut n: u32 = 0;
         loop {
             n = n.wrapping_add(1);
-            if n % 256 == 0 && Instant::now() >= next_side {
+            if n.is_multiple_of(256) && Instant::now() >= next_side {
                 self.flush()?;
                 self.side_inputs()?;
                 next_side = Instant::now() + SIDE_EVERY;

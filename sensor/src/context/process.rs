@@ -7,7 +7,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::event::{Ancestor, Body, Event};
+use crate::event::{Ancestor, Body, Event, IpClass, Outcome, SockType};
 
 /// Exited processes kept so that descendants' lineage still resolves through them.
 const TOMBSTONES: usize = 8192;
@@ -255,12 +255,9 @@ impl ProcTable {
                 if let Some(p) = self.procs.get_mut(&ev.pid) {
                     // TCP sessions only: UDP "connects" (resolver probes, getaddrinfo's
                     // AI_ADDRCONFIG checks) open no session.
-                    if n.result != "error" && n.sock_type == "stream" {
+                    if n.result != Outcome::Error && n.sock_type == SockType::Stream {
                         p.connections += 1;
-                        let external = n
-                            .dst_ip
-                            .as_deref()
-                            .is_some_and(|ip| crate::rules::fields::ip_class(ip) == (false, false));
+                        let external = n.dst_ip.is_some_and(|ip| IpClass::of(ip).external());
                         if external {
                             p.external_connections += 1;
                         }

@@ -44,19 +44,6 @@ pub fn kind_from_name(name: &str) -> Option<u32> {
     })
 }
 
-pub fn kind_name(kind: u32) -> &'static str {
-    match kind {
-        dev::NVIDIA => "nvidia",
-        dev::NVIDIA_UVM => "nvidia-uvm",
-        dev::NVIDIA_CAPS => "nvidia-caps",
-        dev::NVIDIA_FABRIC => "nvidia-fabric",
-        dev::KFD => "kfd",
-        dev::DRM => "drm",
-        dev::TUN => "tun",
-        _ => "unknown",
-    }
-}
-
 /// Driver names in the "Character devices" part of /proc/devices → kind. Names: NVIDIA
 /// `nv.c` ("nvidia-frontend"/"nvidia"), `uvm.c` ("nvidia-uvm"), `nv-caps.c` ("nvidia-caps",
 /// "nvidia-caps-imex-channels"), nvswitch/nvlink modules; amdkfd `kfd_chardev.c` ("kfd").

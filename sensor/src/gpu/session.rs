@@ -6,9 +6,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use sensor_common::gpu;
+
 use crate::{
     context::process::ProcTable,
-    event::{Body, Event, GpuIoctl, GpuSession, GpuUsage},
+    event::{Body, Device, Event, GpuIoctl, GpuSession, GpuUsage},
     gpu::classes,
 };
 
@@ -67,7 +69,7 @@ impl Sessions {
         match &ev.body {
             Body::GpuOpen(o) if o.ret >= 0 => {
                 let p = self.procs.entry(ev.pid).or_default();
-                note_minor(p, &o.device, o.gpu_minor);
+                note_minor(p, o.device, o.gpu_minor);
                 None
             }
             Body::GpuIoctl(g) => {
@@ -79,7 +81,7 @@ impl Sessions {
                     p.failed += 1;
                     return None;
                 }
-                note_minor(p, &g.device, g.gpu_minor);
+                note_minor(p, g.device, g.gpu_minor);
                 let trigger = compute_trigger(g, p);
                 if p.started_ns.is_none() {
                     if let Some(t) = trigger {
@@ -129,15 +131,26 @@ impl Sessions {
     }
 }
 
-fn note_minor(p: &mut ProcGpu, device: &str, minor: u32) {
-    if (device == "nvidia" && minor <= NV_MINOR_REGULAR_MAX) || device == "drm" {
+/// Decoded operations that matter for sessions (`GpuIoctl::op_code`; sensor_common::gpu).
+/// UVM_INITIALIZE is the raw request 0x30000001 (uvm_linux_ioctl.h, 550.x).
+const OP_UVM_INITIALIZE: u32 = gpu::OP_UVM | (0x3000_0001 & 0xff_ffff);
+const OP_KFD_CREATE_QUEUE: u32 = gpu::OP_KFD | gpu::KFD_CREATE_QUEUE;
+const OP_DRM_AMDGPU_CS: u32 = gpu::OP_DRM | gpu::DRM_AMDGPU_CS;
+
+/// `g` is operation `code`; a recording made before `op_code` existed carries only the name.
+fn op_is(g: &GpuIoctl, code: u32, name: &str) -> bool {
+    g.op_code == code || (g.op_code == 0 && g.op == name)
+}
+
+fn note_minor(p: &mut ProcGpu, device: Device, minor: u32) {
+    if (device == Device::Nvidia && minor <= NV_MINOR_REGULAR_MAX) || device == Device::Drm {
         p.gpu_minors.insert(minor);
     }
 }
 
 /// Records the object the ioctl creates and says whether it makes the process a compute client.
 fn compute_trigger(g: &GpuIoctl, p: &mut ProcGpu) -> Option<String> {
-    if g.op == "UVM_INITIALIZE" {
+    if op_is(g, OP_UVM_INITIALIZE, "UVM_INITIALIZE") {
         p.uvm = true;
     }
     if let Some(c) = g.class_id {
@@ -148,13 +161,13 @@ fn compute_trigger(g: &GpuIoctl, p: &mut ProcGpu) -> Option<String> {
             return Some(classes::class_name(c));
         }
     }
-    match g.op.as_str() {
-        "AMDKFD_IOC_CREATE_QUEUE" if classes::kfd_queue_is_compute(g.object.unwrap_or(0)) => {
-            Some(g.op.clone())
-        }
-        "DRM_AMDGPU_CS" => Some(g.op.clone()),
-        _ => None,
+    if op_is(g, OP_KFD_CREATE_QUEUE, "AMDKFD_IOC_CREATE_QUEUE")
+        && classes::kfd_queue_is_compute(g.object.unwrap_or(0))
+        || op_is(g, OP_DRM_AMDGPU_CS, "DRM_AMDGPU_CS")
+    {
+        return Some(g.op.clone());
     }
+    None
 }
 
 fn session(p: &ProcGpu, pid: u32, procs: &ProcTable, duration_s: Option<f64>) -> GpuSession {

@@ -88,6 +88,8 @@ pub enum Pattern {
     Regex(regex::Regex),
     Globs(Vec<glob::Pattern>),
     Cidrs(Vec<(std::net::IpAddr, u8)>),
+    /// `=`/`!=`/`in` on an address field: the values parsed once, at load.
+    Ips(Vec<std::net::IpAddr>),
 }
 
 #[derive(Debug, Clone)]
@@ -442,6 +444,15 @@ impl Parser<'_> {
                 strs()?
                     .iter()
                     .map(|c| parse_cidr(c).ok_or_else(|| self.err(format!("bad CIDR {c:?}"))))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Op::Eq | Op::Ne | Op::In if field.def().ty == super::fields::Type::Ip => Pattern::Ips(
+                strs()?
+                    .iter()
+                    .map(|a| {
+                        a.parse()
+                            .map_err(|_| self.err(format!("bad IP address {a:?}")))
+                    })
                     .collect::<Result<_, _>>()?,
             ),
             Op::IContains => Pattern::Lits(

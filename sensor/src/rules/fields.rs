@@ -6,7 +6,7 @@ use std::{borrow::Cow, net::IpAddr};
 use super::expr::{Expr, Lit, Op, Pattern};
 use crate::{
     context::{container::Container, process::ProcTable},
-    event::{Ancestor, Body, Event, Kind},
+    event::{Ancestor, Body, Event, IpClass, Kind},
 };
 
 /// The type of a field's value: it decides which operators and values a rule may use.
@@ -100,7 +100,7 @@ fields! {
     Family: "family", &[], Type::Str, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`inet` or `inet6`";
     SockType: "sock_type", &[], Type::Str, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`stream`, `dgram`, `raw`, …";
     Protocol: "protocol", &[], Type::Str, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`tcp`, `udp`, … when known";
-    Result: "result", &[], Type::Str, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose, Kind::GpuIoctl, Kind::GpuOpen, Kind::TunOpen]), "`ok`, `in_progress`, `error`, `unknown`";
+    Result: "result", &[], Type::Str, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose, Kind::GpuIoctl, Kind::GpuOpen, Kind::TunOpen]), "`ok`, `in_progress`, `error`, `unknown`, `closed` (tcp_close)";
     Via: "via", &[], Type::Str, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`syscall` or `sock_state` (a TCP connect outside connect(2))";
     DstLoopback: "dst.loopback", &[], Type::Bool, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`dst_ip` is a loopback address";
     DstPrivate: "dst.private", &[], Type::Bool, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`dst_ip` is private or link-local (RFC 1918, fc00::/7, fe80::/10)";
@@ -210,6 +210,7 @@ pub enum Val<'a> {
     Str(Cow<'a, str>),
     Int(i64),
     Bool(bool),
+    Ip(IpAddr),
     List(Vec<Cow<'a, str>>),
 }
 
@@ -236,23 +237,6 @@ pub struct Ctx<'a> {
 
 pub fn basename(p: &str) -> &str {
     p.rsplit('/').next().unwrap_or(p)
-}
-
-pub fn ip_class(ip: &str) -> (bool, bool) {
-    match ip.parse::<IpAddr>() {
-        Ok(IpAddr::V4(a)) => (a.is_loopback(), a.is_private() || a.is_link_local()),
-        Ok(IpAddr::V6(a)) => {
-            if let Some(v4) = a.to_ipv4_mapped() {
-                return (v4.is_loopback(), v4.is_private() || v4.is_link_local());
-            }
-            let seg = a.segments()[0];
-            (
-                a.is_loopback(),
-                (seg & 0xfe00) == 0xfc00 || (seg & 0xffc0) == 0xfe80,
-            )
-        }
-        Err(_) => (false, false),
-    }
 }
 
 /// getopt-style parse of an OpenSSH/dropbear client command line: the single-letter options
@@ -340,7 +324,7 @@ impl Ctx<'_> {
         }
         let ev = self.ev;
         match f {
-            Field::Kind => Str(Cow::Borrowed(kind_name(&ev.body))),
+            Field::Kind => Str(Cow::Borrowed(ev.body.kind().name())),
             Field::Pid => Int(ev.pid as i64),
             Field::Ppid => Int(ev.ppid as i64),
             Field::Uid => Int(ev.uid as i64),
@@ -369,8 +353,8 @@ impl Ctx<'_> {
                 _ => Null,
             },
             Field::DstIp => match &ev.body {
-                Body::NetPayload(p) => s(&p.dst_ip),
-                _ => opt(self.net().and_then(|n| n.dst_ip.as_deref())),
+                Body::NetPayload(p) => Ip(p.dst_ip),
+                _ => self.net().and_then(|n| n.dst_ip).map_or(Null, Ip),
             },
             Field::DstPort => match &ev.body {
                 Body::NetPayload(p) => Int(p.dst_port as i64),
@@ -392,7 +376,7 @@ impl Ctx<'_> {
                 Body::NetPayload(p) => s(&p.text),
                 _ => Null,
             },
-            Field::LocalIp => opt(self.net().and_then(|n| n.local_ip.as_deref())),
+            Field::LocalIp => self.net().and_then(|n| n.local_ip).map_or(Null, Ip),
             Field::LocalPort => self
                 .net()
                 .and_then(|n| n.local_port)
@@ -402,22 +386,22 @@ impl Ctx<'_> {
             Field::Protocol => opt(self.net().and_then(|n| n.protocol.as_deref())),
             Field::Result => match &ev.body {
                 Body::Connect(n) | Body::Bind(n) | Body::Listen(n) | Body::TcpClose(n) => {
-                    s(&n.result)
+                    s(n.result.as_str())
                 }
-                Body::GpuIoctl(g) => s(&g.result),
-                Body::GpuOpen(g) | Body::TunOpen(g) => s(&g.result),
+                Body::GpuIoctl(g) => s(g.result.as_str()),
+                Body::GpuOpen(g) | Body::TunOpen(g) => s(g.result.as_str()),
                 _ => Null,
             },
             Field::Via => opt(self.net().map(|n| n.via.as_str())),
             Field::DstLoopback | Field::DstPrivate | Field::DstExternal => {
-                let Some(ip) = self.net().and_then(|n| n.dst_ip.as_deref()) else {
+                let Some(ip) = self.net().and_then(|n| n.dst_ip) else {
                     return Null;
                 };
-                let (lo, private) = ip_class(ip);
+                let c = IpClass::of(ip);
                 Bool(match f {
-                    Field::DstLoopback => lo,
-                    Field::DstPrivate => private,
-                    _ => !lo && !private,
+                    Field::DstLoopback => c.loopback,
+                    Field::DstPrivate => c.private,
+                    _ => c.external(),
                 })
             }
             Field::ChildPid => match &ev.body {
@@ -429,8 +413,8 @@ impl Ctx<'_> {
                 _ => Null,
             },
             Field::Device => match &ev.body {
-                Body::GpuIoctl(g) => s(&g.device),
-                Body::GpuOpen(g) | Body::TunOpen(g) => s(&g.device),
+                Body::GpuIoctl(g) => s(g.device.as_str()),
+                Body::GpuOpen(g) | Body::TunOpen(g) => s(g.device.as_str()),
                 _ => Null,
             },
             Field::Op => match &ev.body {
@@ -523,10 +507,6 @@ impl Ctx<'_> {
     }
 }
 
-pub fn kind_name(b: &Body) -> &'static str {
-    b.kind().name()
-}
-
 fn lit_str(l: &Lit) -> Cow<'_, str> {
     match l {
         Lit::Str(s) => Cow::Borrowed(s),
@@ -552,6 +532,26 @@ fn str_match(v: &str, op: Op, pat: &Pattern) -> bool {
             .is_ok_and(|ip| c.iter().any(|&(net, len)| cidr_contains(net, len, ip))),
         _ => false,
     }
+}
+
+/// An address against a pattern: `cidr` and the address list of `=`/`!=`/`in` (parsed once,
+/// when the rule was compiled) compare addresses; other string operators see its text.
+fn ip_match(ip: IpAddr, op: Op, pat: &Pattern) -> bool {
+    match (op, pat) {
+        (Op::Cidr, Pattern::Cidrs(c)) => c.iter().any(|&(net, len)| cidr_contains(net, len, ip)),
+        (Op::Eq | Op::In, Pattern::Ips(l)) => l.iter().any(|a| same_ip(*a, ip)),
+        (Op::Ne, Pattern::Ips(l)) => l.iter().all(|a| !same_ip(*a, ip)),
+        _ => str_match(&ip.to_string(), op, pat),
+    }
+}
+
+/// Equal addresses, an IPv4-mapped IPv6 address equal to its IPv4 address.
+fn same_ip(a: IpAddr, b: IpAddr) -> bool {
+    let canon = |x: IpAddr| match x {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(x, IpAddr::V4),
+        v4 => v4,
+    };
+    canon(a) == canon(b)
 }
 
 fn cidr_contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
@@ -612,6 +612,7 @@ pub fn eval(e: &Expr, cx: &Ctx<'_>) -> bool {
                 (Op::Ne, Val::Null) => true,
                 (_, Val::Null) => false,
                 (_, Val::Str(s)) => str_match(&s, *op, pat),
+                (_, Val::Ip(ip)) => ip_match(ip, *op, pat),
                 (_, Val::Int(i)) => int_match(i, *op, pat),
                 (_, Val::Bool(b)) => {
                     let Pattern::Lits(l) = pat else { return false };
@@ -692,12 +693,20 @@ mod tests {
 
     #[test]
     fn ip_classes_and_cidr() {
-        assert_eq!(ip_class("127.0.0.1"), (true, false));
-        assert_eq!(ip_class("10.1.2.3"), (false, true));
-        assert_eq!(ip_class("8.8.8.8"), (false, false));
-        assert_eq!(ip_class("::1"), (true, false));
-        assert_eq!(ip_class("fd00::1"), (false, true));
-        assert_eq!(ip_class("::ffff:192.168.1.1"), (false, true));
+        let c = |s: &str| {
+            let c = IpClass::of(s.parse().unwrap());
+            (c.loopback, c.private)
+        };
+        assert_eq!(c("127.0.0.1"), (true, false));
+        assert_eq!(c("10.1.2.3"), (false, true));
+        assert_eq!(c("8.8.8.8"), (false, false));
+        assert_eq!(c("::1"), (true, false));
+        assert_eq!(c("fd00::1"), (false, true));
+        assert_eq!(c("::ffff:192.168.1.1"), (false, true));
+        let p = Pattern::Ips(vec!["10.0.0.1".parse().unwrap()]);
+        assert!(ip_match("::ffff:10.0.0.1".parse().unwrap(), Op::Eq, &p));
+        assert!(!ip_match("10.0.0.2".parse().unwrap(), Op::In, &p));
+        assert!(ip_match("10.0.0.2".parse().unwrap(), Op::Ne, &p));
         let (n, l) = super::super::expr::parse_cidr("10.0.0.0/8").unwrap();
         assert!(cidr_contains(n, l, "10.9.9.9".parse().unwrap()));
         assert!(cidr_contains(n, l, "::ffff:10.9.9.9".parse().unwrap()));

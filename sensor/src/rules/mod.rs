@@ -372,7 +372,12 @@ impl Engine {
         h.update(ev.exe.as_deref().unwrap_or(&ev.comm).as_bytes());
         h.update(ev.pid.to_le_bytes());
         if let crate::event::Body::Connect(n) = &ev.body {
-            h.update(n.dst_ip.as_deref().unwrap_or("").as_bytes());
+            h.update(
+                n.dst_ip
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default()
+                    .as_bytes(),
+            );
             h.update(n.dst_port.unwrap_or(0).to_le_bytes());
         }
         let fingerprint: String = h.finalize()[..12]
