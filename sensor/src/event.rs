@@ -26,7 +26,7 @@ pub struct Event {
     pub exe: Option<String>,
     /// Container/pod identity of the cgroup, when the process runs in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<crate::context::container::Container>,
+    pub container: Option<Container>,
     #[serde(flatten)]
     pub body: Body,
 }
@@ -79,6 +79,32 @@ impl Body {
             Body::GpuUsage(_) => Kind::GpuUsage,
         }
     }
+}
+
+/// Container/pod identity of a cgroup (parsed from its path by `context::container`, pod
+/// metadata from the Kubernetes API).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Container {
+    /// cgroup path below the cgroup2 root.
+    pub cgroup: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// From the Kubernetes API (when available).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Configured annotations (`context.episode_annotations`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// Declares a closed set of values that serialise as fixed strings.

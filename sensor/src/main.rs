@@ -169,7 +169,7 @@ fn main() -> anyhow::Result<()> {
             let set = run::load_rules(&cfg)?;
             println!("{} rules OK", set.len());
             if test {
-                let (checked, failures) = rules::test_examples(&set);
+                let (checked, failures) = pipeline::test_examples(&set);
                 for f in &failures {
                     println!("FAIL {} ({}): {}", f.rule, f.source, f.message);
                 }

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use crate::{
     context::{container::Containers, process::ProcTable},
-    event::Event,
+    event::{Ancestor, Event},
     gpu::session::{Sessions, UsageSample},
-    rules::{Alert, Engine, Input, RuleSet},
+    rules::{Alert, Engine, Input, RuleSet, RulesConfig},
 };
 
 /// Something the pipeline emits.
@@ -104,5 +104,161 @@ impl Processor {
             emit(Out::Alert(a))?;
         }
         Ok(())
+    }
+}
+
+/// Result of running a rule's shipped examples.
+#[derive(Debug)]
+pub struct ExampleFailure {
+    pub rule: String,
+    pub source: String,
+    pub message: String,
+}
+
+/// Runs every rule's `examples` through the same per-event path as `sensor run`
+/// ([`Processor`]) with an engine holding only that rule (so other rules cannot
+/// interfere): `match` items must alert on their last event, `no_match` items never.
+pub fn test_examples(set: &RuleSet) -> (usize, Vec<ExampleFailure>) {
+    let mut checked = 0;
+    let mut failures = vec![];
+    for r in &set.rules {
+        let mut rule = r.clone();
+        rule.enabled = true;
+        let one = Arc::new(RuleSet::new(vec![rule]));
+        let cases = r.def.examples.matching.iter().map(|e| (true, e));
+        let cases = cases.chain(r.def.examples.no_match.iter().map(|e| (false, e)));
+        let mut any = false;
+        for (want, ex) in cases {
+            any = true;
+            checked += 1;
+            if let Err(m) = run_example(&one, want, ex) {
+                failures.push(ExampleFailure {
+                    rule: r.id.clone(),
+                    source: r.source.clone(),
+                    message: m,
+                });
+            }
+        }
+        if !any {
+            failures.push(ExampleFailure {
+                rule: r.id.clone(),
+                source: r.source.clone(),
+                message: "rule ships no examples".into(),
+            });
+        }
+    }
+    (checked, failures)
+}
+
+fn run_example(set: &Arc<RuleSet>, want: bool, ex: &serde_json::Value) -> Result<(), String> {
+    let events = match ex.get("events") {
+        Some(serde_json::Value::Array(a)) => a.clone(),
+        _ => vec![ex.clone()],
+    };
+    let cfg = RulesConfig {
+        agent_runtimes: vec![],
+        ..Default::default()
+    };
+    let mut p = Processor::new(ProcTable::default(), None, Engine::new(set.clone(), cfg));
+    let n = events.len();
+    for (k, raw) in events.into_iter().enumerate() {
+        let (ev, lineage) =
+            example_event(raw).map_err(|e| format!("example event does not parse: {e}"))?;
+        p.procs.add_lineage(ev.pid, ev.exe.as_deref(), &lineage);
+        let mut alerts = 0;
+        p.process(ev, &mut |o| {
+            if let Out::Alert(_) = o {
+                alerts += 1;
+            }
+            Ok::<(), ()>(())
+        })
+        .ok();
+        if alerts > 0 && (!want || k + 1 < n) {
+            return Err(format!(
+                "alerted on event {} of {n} ({})",
+                k + 1,
+                if want {
+                    "too early"
+                } else {
+                    "no_match example"
+                }
+            ));
+        }
+        if want && k + 1 == n && alerts == 0 {
+            return Err(format!("match example did not alert: {ex}"));
+        }
+    }
+    Ok(())
+}
+
+/// An example event (JSON as the sensor prints it; short forms get defaults) and its `lineage`.
+fn example_event(mut raw: serde_json::Value) -> Result<(Event, Vec<Ancestor>), serde_json::Error> {
+    // `lineage` is context for the example (the ancestors); GPU session events also carry it
+    // in their body, so it stays in the object.
+    let lineage: Vec<Ancestor> = match raw.get("lineage") {
+        Some(v) if !v.is_null() => serde_json::from_value(v.clone())?,
+        _ => vec![],
+    };
+    if let Some(o) = raw.as_object_mut() {
+        for (k, v) in [
+            ("ts", serde_json::json!("1970-01-01T00:00:00Z")),
+            ("ts_ns", 0.into()),
+            ("pid", 1000.into()),
+            ("ppid", 0.into()),
+            ("uid", 0.into()),
+            ("gid", 0.into()),
+            ("comm", "".into()),
+            ("cgroup_id", 1.into()),
+            ("mntns", 0.into()),
+        ] {
+            o.entry(k).or_insert(v);
+        }
+        let pid = o["pid"].clone();
+        o.entry("tid").or_insert(pid);
+        let session = o
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .is_some_and(|k| k.starts_with("gpu_session") || k == "gpu_query");
+        if session {
+            o.entry("lineage").or_insert(serde_json::json!([]));
+        } else {
+            o.remove("lineage");
+        }
+    }
+    Ok((serde_json::from_value(raw)?, lineage))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::load;
+
+    #[test]
+    fn builtin_rules_compile_and_their_examples_pass() {
+        let set = load::compile(&[load::builtin()]).unwrap();
+        assert!(set.len() >= 15, "{} rules", set.len());
+        let (checked, failures) = test_examples(&set);
+        for f in &failures {
+            eprintln!("{} ({}): {}", f.rule, f.source, f.message);
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {checked} examples failed",
+            failures.len()
+        );
+        assert!(checked >= 2 * set.len());
+    }
+
+    #[test]
+    fn example_that_does_not_alert_is_reported() {
+        let text = "rules:\n  - id: t\n    description: d\n    severity: low\n    condition: kind = \"exec\" and comm = \"zzz\"\n    examples:\n      match:\n        - {kind: exec, comm: aaa, filename: /a, argv: [a], args_truncated: false, args_size: 2}\n";
+        let set = load::compile(&[load::Source {
+            name: "t".into(),
+            text: text.into(),
+        }])
+        .unwrap();
+        let (_, f) = test_examples(&set);
+        assert_eq!(f.len(), 1);
+        assert!(f[0].message.contains("did not alert"));
     }
 }

@@ -179,10 +179,14 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     };
     let alerting = crate::alerting::Alerting::start(&cfg.alerting, metrics.clone())
         .context("starting alert delivery")?;
-    // Install the SIGHUP handler now, before `sensor_start` is printed: until a handler is
-    // installed, SIGHUP's default action ends the process. Each run of the reloader subscribes
-    // again; this one is kept for the life of `run`.
-    let _sighup = signal(SignalKind::hangup())?;
+    // Subscribe to SIGHUP and take the rule files' state now, before `sensor_start` is printed:
+    // until a handler is installed SIGHUP's default action ends the process, and a change made
+    // right after start must not be missed because the reloader task started late. The
+    // reloader's first run takes these; a restarted one subscribes again.
+    let reload_start = Arc::new(std::sync::Mutex::new(Some((
+        signal(SignalKind::hangup())?,
+        rules_mtime(&cfg.rules),
+    ))));
     out.write(&start)?;
     out.flush()?;
     metrics.set_ready();
@@ -206,9 +210,12 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     let rcfg = cfg.rules.clone();
     let reloader = supervise_task(&health, "rules_reload", move || {
         let (rcfg, reload_tx) = (rcfg.clone(), reload_tx.clone());
+        let first = lock(&reload_start).take();
         async move {
-            let mut sighup = signal(SignalKind::hangup())?;
-            let mut last = rules_mtime(&rcfg);
+            let (mut sighup, mut last) = match first {
+                Some(f) => f,
+                None => (signal(SignalKind::hangup())?, rules_mtime(&rcfg)),
+            };
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 let why = tokio::select! {

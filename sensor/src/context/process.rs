@@ -9,6 +9,17 @@ use std::{
 
 use crate::event::{Ancestor, Body, Event, IpClass, Outcome, SockType};
 
+/// Per-process facts the rules can use beyond the event itself.
+#[derive(Debug, Clone, Default)]
+pub struct ProcFacts {
+    pub connections: u64,
+    pub external_connections: u64,
+    pub gpu_session: bool,
+    pub episode: Option<String>,
+    /// Start (ts_ns) of the oldest still-open outbound TCP connection to an external address.
+    pub oldest_external_start_ns: Option<u64>,
+}
+
 /// Exited processes kept so that descendants' lineage still resolves through them.
 const TOMBSTONES: usize = 8192;
 /// Longest ancestor chain reported.
@@ -141,10 +152,10 @@ impl ProcTable {
     }
 
     /// Facts the rules use about `pid`.
-    pub fn facts(&self, pid: u32) -> crate::rules::fields::ProcFacts {
+    pub fn facts(&self, pid: u32) -> ProcFacts {
         self.procs
             .get(&pid)
-            .map_or_else(Default::default, |p| crate::rules::fields::ProcFacts {
+            .map_or_else(Default::default, |p| ProcFacts {
                 connections: p.connections,
                 external_connections: p.external_connections,
                 gpu_session: false,

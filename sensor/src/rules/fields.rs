@@ -5,7 +5,8 @@ use std::{borrow::Cow, net::IpAddr};
 
 use super::expr::{Expr, Lit, Op, Pattern};
 use crate::{
-    context::{container::Container, process::ProcTable},
+    context::process::{ProcFacts, ProcTable},
+    event::Container,
     event::{Ancestor, Body, Event, IpClass, Kind},
 };
 
@@ -212,17 +213,6 @@ pub enum Val<'a> {
     Bool(bool),
     Ip(IpAddr),
     List(Vec<Cow<'a, str>>),
-}
-
-/// Per-process facts the rules can use beyond the event itself.
-#[derive(Debug, Clone, Default)]
-pub struct ProcFacts {
-    pub connections: u64,
-    pub external_connections: u64,
-    pub gpu_session: bool,
-    pub episode: Option<String>,
-    /// Start (ts_ns) of the oldest still-open outbound TCP connection to an external address.
-    pub oldest_external_start_ns: Option<u64>,
 }
 
 /// Everything a condition is evaluated against.
