@@ -249,6 +249,87 @@ mod tests {
         assert!(checked >= 2 * set.len());
     }
 
+    /// A reused pid does not inherit the pending first step of a sequence from the process
+    /// that had the pid before.
+    #[test]
+    fn a_reused_pid_inherits_no_pending_sequence() {
+        let text = r#"
+rules:
+  - id: seq
+    description: d
+    severity: low
+    condition: kind = "connect"
+    sequence: {after: 'kind = "exec" and argv contains "first-step"', within: 600, by: process}
+"#;
+        let set = Arc::new(
+            load::compile(&[load::Source {
+                name: "s".into(),
+                text: text.into(),
+            }])
+            .unwrap(),
+        );
+        let ev = |ts: u64, pid: u32, body: serde_json::Value| -> Event {
+            let mut v = serde_json::json!({
+                "ts": "2026-11-30T00:00:00Z", "ts_ns": ts, "pid": pid, "tid": pid, "ppid": 99,
+                "uid": 0, "gid": 0, "comm": "x", "cgroup_id": 1, "mntns": 1,
+            });
+            v.as_object_mut()
+                .unwrap()
+                .extend(body.as_object().unwrap().clone());
+            serde_json::from_value(v).unwrap()
+        };
+        let exec = serde_json::json!({"kind": "exec", "filename": "/bin/x", "argv": ["x", "first-step"], "args_truncated": false, "args_size": 10});
+        let connect = serde_json::json!({"kind": "connect", "family": "inet", "sock_type": "stream", "dst_ip": "10.0.0.1", "dst_port": 22, "result": "ok", "via": "syscall"});
+        let run = |reuse: bool| {
+            let mut p = Processor::new(
+                ProcTable::default(),
+                None,
+                Engine::new(set.clone(), RulesConfig::default()),
+            );
+            let mut alerts = 0;
+            let mut feed = |p: &mut Processor, e: Event| {
+                p.process(e, &mut |o| {
+                    if let Out::Alert(_) = o {
+                        alerts += 1;
+                    }
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            };
+            feed(
+                &mut p,
+                ev(
+                    1_000,
+                    99,
+                    serde_json::json!({"kind": "fork", "child_pid": 100}),
+                ),
+            );
+            feed(&mut p, ev(2_000, 100, exec.clone()));
+            if reuse {
+                feed(
+                    &mut p,
+                    ev(
+                        3_000,
+                        100,
+                        serde_json::json!({"kind": "exit", "exit_code": 0}),
+                    ),
+                );
+                feed(
+                    &mut p,
+                    ev(
+                        4_000,
+                        99,
+                        serde_json::json!({"kind": "fork", "child_pid": 100}),
+                    ),
+                );
+            }
+            feed(&mut p, ev(5_000, 100, connect.clone()));
+            alerts
+        };
+        assert_eq!(run(false), 1, "the same process completes the sequence");
+        assert_eq!(run(true), 0, "a new process with the same pid does not");
+    }
+
     #[test]
     fn example_that_does_not_alert_is_reported() {
         let text = "rules:\n  - id: t\n    description: d\n    severity: low\n    condition: kind = \"exec\" and comm = \"zzz\"\n    examples:\n      match:\n        - {kind: exec, comm: aaa, filename: /a, argv: [a], args_truncated: false, args_size: 2}\n";

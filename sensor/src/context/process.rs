@@ -28,6 +28,10 @@ const MAX_LINEAGE: usize = 64;
 #[derive(Debug, Clone, Default)]
 pub struct Proc {
     pub ppid: u32,
+    /// When the process started (CLOCK_BOOTTIME ns: its fork event, or /proc's starttime for
+    /// processes older than the sensor). With the pid it identifies the process: pids are
+    /// reused, (pid, start) pairs are not.
+    pub start_ns: u64,
     pub exe: Option<Arc<str>>,
     pub argv: Arc<[String]>,
     pub exited: bool,
@@ -65,17 +69,34 @@ fn episode_from_environ(pid: u32, names: &[String]) -> Option<Arc<str>> {
     None
 }
 
-/// Parses the ppid out of `/proc/PID/stat` (field 4; the comm in field 2 may contain spaces
-/// and parentheses, so split after the last ')').
-fn stat_ppid(stat: &str) -> Option<u32> {
+/// Parses the ppid (field 4) and starttime (field 22, clock ticks since boot) out of
+/// `/proc/PID/stat` (proc(5); the comm in field 2 may contain spaces and parentheses, so split
+/// after the last ')').
+fn stat_ppid_start(stat: &str) -> Option<(u32, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    let mut f = rest.split_whitespace();
+    let ppid = f.nth(1)?.parse().ok()?;
+    // Fields 3.. follow the comm; starttime is field 22, the 20th after it.
+    let start_ticks: u64 = f.nth(17)?.parse().ok()?;
+    Some((ppid, start_ticks))
+}
+
+/// Clock ticks per second of /proc's times (`sysconf(_SC_CLK_TCK)`).
+fn clk_tck() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
 }
 
 impl ProcTable {
     /// Reads every process in `/proc`. Unreadable entries (races with exit) are skipped.
     pub fn scan() -> ProcTable {
         let mut t = ProcTable::default();
+        let tck = clk_tck();
         let Ok(dir) = fs::read_dir("/proc") else {
             return t;
         };
@@ -84,9 +105,9 @@ impl ProcTable {
                 continue;
             };
             let base = ent.path();
-            let Some(ppid) = fs::read_to_string(base.join("stat"))
+            let Some((ppid, start_ticks)) = fs::read_to_string(base.join("stat"))
                 .ok()
-                .and_then(|s| stat_ppid(&s))
+                .and_then(|s| stat_ppid_start(&s))
             else {
                 continue;
             };
@@ -100,6 +121,7 @@ impl ProcTable {
                 pid,
                 Proc {
                     ppid,
+                    start_ns: start_ticks.saturating_mul(1_000_000_000) / tck,
                     exe,
                     argv: argv.into(),
                     ..Proc::default()
@@ -164,6 +186,12 @@ impl ProcTable {
             })
     }
 
+    /// The identity of the process now running as `pid`: (pid, start). Keys per-process state
+    /// (rule sequences and thresholds) so a reused pid never inherits a dead process's state.
+    pub fn key(&self, pid: u32) -> (u32, u64) {
+        (pid, self.procs.get(&pid).map_or(0, |p| p.start_ns))
+    }
+
     pub fn argv(&self, pid: u32) -> Vec<String> {
         self.procs
             .get(&pid)
@@ -213,6 +241,7 @@ impl ProcTable {
                 };
                 let p = self.procs.entry(ev.pid).or_insert_with(|| Proc {
                     ppid: ev.ppid,
+                    start_ns: ev.ts_ns,
                     ..Proc::default()
                 });
                 // Keep the parent recorded at fork time: it is the real ancestor even when the
@@ -238,6 +267,7 @@ impl ProcTable {
                 ev.exe = parent.exe.as_deref().map(str::to_string);
                 let child = Proc {
                     ppid: ev.pid,
+                    start_ns: ev.ts_ns,
                     exe: parent.exe,
                     argv: parent.argv,
                     episode: parent.episode,
@@ -332,8 +362,16 @@ mod tests {
 
     #[test]
     fn stat_ppid_with_odd_comm() {
-        assert_eq!(stat_ppid("42 (a b) c)) S 7 42 42 0"), Some(7));
-        assert_eq!(stat_ppid("garbage"), None);
+        assert_eq!(
+            stat_ppid_start(
+                "42 (a b) c)) S 7 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 99"
+            ),
+            Some((7, 12345))
+        );
+        assert_eq!(stat_ppid_start("42 (x) S 7 42 42 0"), None);
+        assert_eq!(stat_ppid_start("garbage"), None);
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(stat_ppid_start(&own).is_some_and(|(_, t)| t > 0));
     }
 
     #[test]

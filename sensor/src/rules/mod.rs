@@ -203,15 +203,23 @@ pub struct Engine {
     cfg: RulesConfig,
     runtimes: Vec<glob::Pattern>,
     /// (rule, scope key) → recent first-step matches (ts_ns, event).
-    seq_state: HashMap<(usize, u64), VecDeque<(u64, Event)>>,
+    seq_state: HashMap<(usize, ScopeKey), VecDeque<(u64, Event)>>,
     /// (rule, scope key) → match timestamps in the window.
-    thr_state: HashMap<(usize, u64), VecDeque<u64>>,
+    thr_state: HashMap<(usize, ScopeKey), VecDeque<u64>>,
     /// fingerprint → last emitted ts_ns.
     dedup: HashMap<String, u64>,
     pub suppressed: u64,
 }
 
 const MAX_PENDING: usize = 64;
+
+/// What sequences and thresholds are counted per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ScopeKey {
+    /// (pid, start ns) of the process (or of the tree's root).
+    Process((u32, u64)),
+    Container(u64),
+}
 
 impl Engine {
     pub fn new(set: Arc<RuleSet>, cfg: RulesConfig) -> Engine {
@@ -242,17 +250,22 @@ impl Engine {
         self.thr_state.clear();
     }
 
-    fn scope_key(by: Scoped, cx: &Ctx<'_>) -> u64 {
+    /// Processes are identified by (pid, start time), never by pid alone: a reused pid must not
+    /// inherit a dead process's pending sequence or threshold window.
+    fn scope_key(by: Scoped, cx: &Ctx<'_>) -> ScopeKey {
         let ev = cx.ev;
         match by {
-            Scoped::Process => ev.pid as u64,
-            Scoped::Container => ev.cgroup_id,
-            Scoped::Tree => cx
-                .lin()
-                .iter()
-                .take_while(|a| a.pid != 1)
-                .last()
-                .map_or(ev.pid as u64, |a| a.pid as u64),
+            Scoped::Process => ScopeKey::Process(cx.procs.key(ev.pid)),
+            Scoped::Container => ScopeKey::Container(ev.cgroup_id),
+            Scoped::Tree => ScopeKey::Process(
+                cx.procs.key(
+                    cx.lin()
+                        .iter()
+                        .take_while(|a| a.pid != 1)
+                        .last()
+                        .map_or(ev.pid, |a| a.pid),
+                ),
+            ),
         }
     }
 
