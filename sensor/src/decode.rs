@@ -198,9 +198,7 @@ fn outcome(ret: i32) -> Outcome {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use crate::hex;
 
 /// Name of a decoded GPU operation (`GpuIoctlEvent::op`).
 pub fn gpu_op_name(op: u32, cmd: u32) -> String {

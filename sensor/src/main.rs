@@ -1,23 +1,6 @@
-//! `sensor`: eBPF security sensor for GPU nodes.
-//!
-//! Data path: [`hook`] (load + attach) → [`ring`] (BPF ring buffer) → [`decode`] →
-//! [`context`] (process table) → [`output`] (JSON lines). [`run`] wires them.
+//! `sensor`: the command line. Everything else is the `sensor` library (src/lib.rs).
 
-mod alerting;
-mod config;
-mod context;
-mod decode;
-mod event;
-mod gpu;
-mod health;
-mod hook;
-mod metrics;
-mod output;
-mod pipeline;
-mod replay;
-mod ring;
-mod rules;
-mod run;
+use sensor::{config, pipeline, replay, rules, run};
 
 use std::path::PathBuf;
 

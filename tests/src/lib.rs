@@ -51,9 +51,61 @@ pub fn require_root(test: &str) -> bool {
     true
 }
 
+/// One line of the sensor's output, deserialized into the sensor's own types.
+#[derive(Debug)]
+pub enum Record {
+    Event(Box<sensor::event::Event>),
+    Alert(Box<sensor::rules::Alert>),
+    /// `sensor_start`, `loss`, `decode_error`, `rules_reload`.
+    Status(Value),
+}
+
+/// Status records: not events.
+pub const STATUS_KINDS: &[&str] = &["sensor_start", "loss", "decode_error", "rules_reload"];
+
+impl Record {
+    /// Types one JSON line: an event kind must deserialize into `sensor::event::Event`, an
+    /// alert into `sensor::rules::Alert`; anything else is an error.
+    pub fn from_value(v: &Value) -> Result<Record, String> {
+        let kind = v["kind"].as_str().unwrap_or("");
+        if kind == "alert" {
+            return serde_json::from_value(v.clone())
+                .map(|a| Record::Alert(Box::new(a)))
+                .map_err(|e| format!("alert does not deserialize ({e}): {v}"));
+        }
+        if STATUS_KINDS.contains(&kind) {
+            return Ok(Record::Status(v.clone()));
+        }
+        if sensor::event::Kind::from_name(kind).is_none() {
+            return Err(format!("unknown record kind {kind:?}: {v}"));
+        }
+        serde_json::from_value(v.clone())
+            .map(|e| Record::Event(Box::new(e)))
+            .map_err(|e| format!("{kind} event does not deserialize ({e}): {v}"))
+    }
+}
+
+/// A record known to be an event, as the sensor's own type.
+pub fn event(v: &Value) -> sensor::event::Event {
+    match Record::from_value(v) {
+        Ok(Record::Event(e)) => *e,
+        other => panic!("not an event: {other:?}"),
+    }
+}
+
+/// A record known to be an alert, as the sensor's own type.
+pub fn alert(v: &Value) -> sensor::rules::Alert {
+    match Record::from_value(v) {
+        Ok(Record::Alert(a)) => *a,
+        other => panic!("not an alert: {other:?}"),
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     events: Vec<Value>,
+    /// Lines that did not deserialize into the sensor's types (checked at `stop`).
+    untyped: Vec<String>,
     closed: bool,
 }
 
@@ -91,8 +143,12 @@ impl Sensor {
                 let Ok(line) = line else { break };
                 let v: Value = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("sensor printed a non-JSON line ({e}): {line}"));
+                let typed = Record::from_value(&v).err();
                 let (m, cv) = &*sh;
-                m.lock().unwrap().events.push(v);
+                let mut g = m.lock().unwrap();
+                g.untyped.extend(typed);
+                g.events.push(v);
+                drop(g);
                 cv.notify_all();
             }
             let (m, cv) = &*sh;
@@ -137,7 +193,19 @@ impl Sensor {
             .collect()
     }
 
-    /// SIGINT, wait for a clean exit, return every event printed.
+    /// Every record so far, typed.
+    pub fn records(&self) -> Vec<Record> {
+        let (m, _) = &*self.shared;
+        m.lock()
+            .unwrap()
+            .events
+            .iter()
+            .filter_map(|v| Record::from_value(v).ok())
+            .collect()
+    }
+
+    /// SIGINT, wait for a clean exit, return every event printed. Every line printed must have
+    /// deserialized into the sensor's own types.
     pub fn stop(mut self) -> Vec<Value> {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
@@ -149,6 +217,12 @@ impl Sensor {
         while !g.closed && Instant::now() < deadline {
             g = cv.wait_timeout(g, Duration::from_millis(100)).unwrap().0;
         }
+        assert!(
+            g.untyped.is_empty(),
+            "{} lines did not deserialize into the sensor's types, e.g. {}",
+            g.untyped.len(),
+            g.untyped[0]
+        );
         std::mem::take(&mut g.events)
     }
 }

@@ -8,7 +8,8 @@ use std::{
     time::Duration,
 };
 
-use sensor_tests::{is, require_root, run_helper, Sensor, WAIT};
+use sensor::event::Body;
+use sensor_tests::{event, is, require_root, run_helper, Sensor, WAIT};
 use serde_json::Value;
 
 const NETPROBE: &str = env!("CARGO_BIN_EXE_netprobe");
@@ -37,21 +38,25 @@ fn exec_argv_40_args_and_truncation() {
     let child = Command::new("/bin/true").args(&args).spawn().unwrap();
     let pid = child.id();
     child.wait_with_output().unwrap();
-    let ev = s
-        .wait_for(WAIT, |e| is(e, "exec", pid))
-        .expect("exec event");
+    // Typed: the sensor's own `Event`.
+    let ev = event(
+        &s.wait_for(WAIT, |e| is(e, "exec", pid))
+            .expect("exec event"),
+    );
+    let Body::Exec(x) = &ev.body else {
+        panic!("{ev:?}")
+    };
     let mut want = vec!["/bin/true".to_string()];
     want.extend(args.iter().cloned());
-    let got: Vec<String> = serde_json::from_value(ev["argv"].clone()).unwrap();
-    assert_eq!(got.len(), 41);
-    assert_eq!(got, want);
-    assert_eq!(ev["args_truncated"], false);
-    assert_eq!(ev["filename"], "/bin/true");
-    assert_eq!(ev["exe"], "/bin/true");
+    assert_eq!(x.argv.len(), 41);
+    assert_eq!(x.argv, want);
+    assert!(!x.args_truncated);
+    assert_eq!(x.filename, "/bin/true");
+    assert_eq!(ev.exe.as_deref(), Some("/bin/true"));
     let size: usize = want.iter().map(|a| a.len() + 1).sum();
-    assert_eq!(ev["args_size"], size);
-    assert_eq!(ev["comm"], "true");
-    assert_eq!(ev["ppid"], std::process::id());
+    assert_eq!(x.args_size as usize, size);
+    assert_eq!(ev.comm, "true");
+    assert_eq!(ev.ppid, std::process::id());
 
     // Five 1 KiB arguments: longer than the capture → flag set, prefix intact, size exact.
     let big: Vec<String> = (0..5).map(|i| format!("{i}{}", &kib[1..])).collect();

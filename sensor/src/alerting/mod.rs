@@ -583,12 +583,7 @@ impl Sink {
                     let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
                         .expect("HMAC takes any key");
                     mac.update(&body);
-                    let sig: String = mac
-                        .finalize()
-                        .into_bytes()
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect();
+                    let sig = crate::hex(&mac.finalize().into_bytes());
                     req = req.header("X-Gpu-Sensor-Signature", format!("sha256={sig}"));
                 }
             }
@@ -646,7 +641,7 @@ impl Alerting {
                     message,
                 })?;
             let spool = Spool::open(&cfg.spool_dir, &c.name, c.max_spool)?;
-            if spool.len() > 0 {
+            if !spool.is_empty() {
                 tracing::info!(sink = %c.name, pending = spool.len(), "resuming alert delivery from the spool");
             }
             metrics.sync_spool(&c.name, spool.len(), spool.oldest_age_secs(), 0);

@@ -106,6 +106,10 @@ impl Spool {
         self.items.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
     /// Age in seconds of the oldest pending item.
     pub fn oldest_age_secs(&self) -> f64 {
         self.items

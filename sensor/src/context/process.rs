@@ -140,6 +140,10 @@ impl ProcTable {
         self.procs.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
     pub fn set_episode_env(&mut self, names: Vec<String>) {
         self.episode_env = names;
     }

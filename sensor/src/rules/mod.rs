@@ -122,6 +122,10 @@ impl RuleSet {
     pub fn len(&self) -> usize {
         self.rules.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
 }
 
 /// Engine settings (config `[rules]`).
@@ -393,10 +397,7 @@ impl Engine {
             );
             h.update(n.dst_port.unwrap_or(0).to_le_bytes());
         }
-        let fingerprint: String = h.finalize()[..12]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let fingerprint = crate::hex(&h.finalize()[..12]);
         let dedup_ns = self.cfg.dedup_secs * 1_000_000_000;
         if let Some(&last) = self.dedup.get(&fingerprint) {
             if ev.ts_ns.saturating_sub(last) < dedup_ns {
