@@ -1,8 +1,88 @@
 //! Outputs: one JSON object per line on stdout (events, alerts, sensor status records).
 
-use std::io::{self, Write};
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// The records the sensor prints beside events and alerts (README "Event schema": status).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Status {
+    SensorStart(SensorStart),
+    Loss(Loss),
+    DecodeError(DecodeFailure),
+    RulesReload(RulesReload),
+}
+
+impl Status {
+    /// The `kind` names of status records.
+    pub const KINDS: &'static [&'static str] =
+        &["sensor_start", "loss", "decode_error", "rules_reload"];
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SensorStart {
+    pub ts: String,
+    pub version: String,
+    pub ebpf_sha256: String,
+    pub kernel: String,
+    /// Attached programs.
+    pub hooks: Vec<String>,
+    pub tracefs_mounted_by_sensor: bool,
+    pub ring_size: u64,
+    pub processes_scanned: usize,
+    pub gpu_class_table: String,
+    pub rules: usize,
+    pub sensor_pid: u32,
+    /// Where `/metrics` is served (absent when disabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
+}
+
+/// Cumulative counters, printed when a drop counter changed and always at exit (`final`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Loss {
+    pub ts: String,
+    pub received: BTreeMap<String, u64>,
+    pub received_total: u64,
+    pub kernel_dropped: BTreeMap<String, u64>,
+    pub kernel_dropped_total: u64,
+    pub user_dropped: u64,
+    pub user_dropped_by_kind: BTreeMap<String, u64>,
+    pub decode_errors: u64,
+    pub alerts: u64,
+    pub alerts_deduplicated: u64,
+    #[serde(rename = "final")]
+    pub last: bool,
+}
+
+/// A ring record that did not decode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecodeFailure {
+    pub ts: String,
+    pub error: String,
+    pub len: usize,
+}
+
+/// The outcome of a rules reload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RulesReload {
+    pub ts: String,
+    pub ok: bool,
+    /// `SIGHUP` or `file change`.
+    pub trigger: String,
+    /// Rules active after it (the previous set when it failed).
+    pub rules: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
 
 /// A buffered JSON-lines writer. `flush` is called by the pipeline whenever its queue is empty,
 /// so output latency stays low without a syscall per event under load.

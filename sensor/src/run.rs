@@ -11,7 +11,6 @@ use anyhow::Context;
 use aya::maps::{MapData, PerCpuArray};
 use bytes::Bytes;
 use sensor_common::kind;
-use serde_json::json;
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::{mpsc, watch},
@@ -28,7 +27,7 @@ use crate::{
         AlertLabels, HookLabel, KindLabel, Metrics, ResultLabel, ServeOptions, SessionLabels,
         MAX_SESSION_SERIES,
     },
-    output::JsonLines,
+    output::{DecodeFailure, JsonLines, Loss, RulesReload, SensorStart, Status},
     pipeline::{Out, Processor},
     ring::{self, Counters},
     rules::{self, Engine, RuleSet},
@@ -40,10 +39,10 @@ fn kind_names() -> impl Iterator<Item = &'static str> {
     (0..kind::MAX).map(sensor_common::record_kind_name)
 }
 
-fn by_kind(values: &[u64]) -> serde_json::Map<String, serde_json::Value> {
+fn by_kind(values: &[u64]) -> std::collections::BTreeMap<String, u64> {
     kind_names()
         .zip(values)
-        .map(|(k, v)| (k.to_string(), json!(v)))
+        .map(|(k, v)| (k.to_string(), *v))
         .collect()
 }
 
@@ -140,21 +139,20 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     };
     let mut procs = ProcTable::scan();
     procs.set_episode_env(cfg.context.episode_env.clone());
-    let start = json!({
-        "kind": "sensor_start",
-        "ts": clock.rfc3339(now_boot_ns()),
-        "version": env!("CARGO_PKG_VERSION"),
-        "ebpf_sha256": hook::EBPF_SHA256,
-        "kernel": kernel_release(),
-        "hooks": hooks.attached,
-        "tracefs_mounted_by_sensor": hooks.tracefs_mounted,
-        "ring_size": cfg.ring.size,
-        "processes_scanned": procs.len(),
-        "gpu_class_table": gpu::classes::TABLE_VERSION,
-        "rules": set.len(),
-        "sensor_pid": std::process::id(),
-    });
-    let mut start = start;
+    let mut start = SensorStart {
+        ts: clock.rfc3339(now_boot_ns()),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ebpf_sha256: hook::EBPF_SHA256.into(),
+        kernel: kernel_release(),
+        hooks: hooks.attached.clone(),
+        tracefs_mounted_by_sensor: hooks.tracefs_mounted,
+        ring_size: cfg.ring.size,
+        processes_scanned: procs.len(),
+        gpu_class_table: gpu::classes::TABLE_VERSION.into(),
+        rules: set.len(),
+        sensor_pid: std::process::id(),
+        metrics_addr: None,
+    };
     metrics.rules_loaded.set(set.len() as i64);
     let metrics_task = if cfg.metrics.enabled {
         // Bound here so a port clash is a start-up error, and port 0 can be reported.
@@ -162,7 +160,7 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
             .with_context(|| format!("metrics listener on {}", cfg.metrics.listen))?;
         let opts = ServeOptions::from_config(&cfg.metrics).context("metrics endpoint")?;
         let addr = l.local_addr()?;
-        start["metrics_addr"] = json!(addr.to_string());
+        start.metrics_addr = Some(addr.to_string());
         let scheme = if opts.tls.is_some() { "https" } else { "http" };
         tracing::info!("metrics on {scheme}://{addr}/metrics");
         let m = metrics.clone();
@@ -187,7 +185,7 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
         signal(SignalKind::hangup())?,
         rules_mtime(&cfg.rules),
     ))));
-    out.write(&start)?;
+    out.write(&Status::SensorStart(start))?;
     out.flush()?;
     metrics.set_ready();
     tracing::info!(
@@ -340,7 +338,8 @@ struct Pipeline<W: std::io::Write> {
     clock: Clock,
     counters: Arc<Counters>,
     drops: PerCpuArray<MapData, u64>,
-    last_loss: Option<serde_json::Value>,
+    /// The counters of the last `loss` record (ts empty, `last` false), to print only changes.
+    last_loss: Option<Loss>,
 }
 
 /// Where pipeline outputs go: stdout, the optional recording, the alert sinks and the metrics.
@@ -499,11 +498,10 @@ impl<W: std::io::Write> Pipeline<W> {
             }
             Err(e) => {
                 self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
-                self.sink.print(&json!({
-                    "kind": "decode_error",
-                    "ts": self.clock.rfc3339(now_boot_ns()),
-                    "error": e.to_string(),
-                    "len": b.len(),
+                self.sink.print(&Status::DecodeError(DecodeFailure {
+                    ts: self.clock.rfc3339(now_boot_ns()),
+                    error: e.to_string(),
+                    len: b.len(),
                 }))?;
             }
         }
@@ -532,7 +530,15 @@ impl<W: std::io::Write> Pipeline<W> {
                         })
                         .inc();
                     self.sink.metrics.rules_loaded.set(set.len() as i64);
-                    self.sink.print(&json!({"kind": "rules_reload", "ts": ts, "ok": true, "trigger": why, "rules": set.len()}))?;
+                    self.sink.print(&Status::RulesReload(RulesReload {
+                        ts,
+                        ok: true,
+                        trigger: why.into(),
+                        rules: set.len(),
+                        file: None,
+                        line: None,
+                        error: None,
+                    }))?;
                     self.proc.replace_rules(set);
                 }
                 Reload::Failed(e, why) => {
@@ -544,10 +550,14 @@ impl<W: std::io::Write> Pipeline<W> {
                             result: "error".into(),
                         })
                         .inc();
-                    self.sink.print(&json!({
-                        "kind": "rules_reload", "ts": ts, "ok": false, "trigger": why,
-                        "file": e.file, "line": e.line, "error": e.reason,
-                        "rules": self.proc.engine.set().len(),
+                    self.sink.print(&Status::RulesReload(RulesReload {
+                        ts,
+                        ok: false,
+                        trigger: why.into(),
+                        rules: self.proc.engine.set().len(),
+                        file: Some(e.file),
+                        line: Some(e.line),
+                        error: Some(e.reason),
                     }))?;
                 }
             }
@@ -631,25 +641,28 @@ impl<W: std::io::Write> Pipeline<W> {
         let kernel = hook::read_drops(&self.drops);
         let received = self.counters.received();
         let user = self.counters.user_dropped();
-        let body = json!({
-            "received": by_kind(&received),
-            "received_total": received.iter().sum::<u64>(),
-            "kernel_dropped": by_kind(&kernel),
-            "kernel_dropped_total": kernel.iter().sum::<u64>(),
-            "user_dropped": user.iter().sum::<u64>(),
-            "user_dropped_by_kind": by_kind(&user),
-            "decode_errors": self.counters.decode_errors.load(Ordering::Relaxed),
-            "alerts": self.proc.alerts,
-            "alerts_deduplicated": self.proc.engine.suppressed,
-        });
-        let dropped = body["kernel_dropped_total"] != 0 || body["user_dropped"] != 0;
-        if last || (dropped && self.last_loss.as_ref() != Some(&body)) {
-            let mut ev = body.clone();
-            ev["kind"] = json!("loss");
-            ev["ts"] = json!(self.clock.rfc3339(now_boot_ns()));
-            ev["final"] = json!(last);
-            self.sink.print(&ev)?;
-            self.last_loss = Some(body);
+        let mut loss = Loss {
+            ts: String::new(),
+            received: by_kind(&received),
+            received_total: received.iter().sum(),
+            kernel_dropped: by_kind(&kernel),
+            kernel_dropped_total: kernel.iter().sum(),
+            user_dropped: user.iter().sum(),
+            user_dropped_by_kind: by_kind(&user),
+            decode_errors: self.counters.decode_errors.load(Ordering::Relaxed),
+            alerts: self.proc.alerts,
+            alerts_deduplicated: self.proc.engine.suppressed,
+            last,
+        };
+        let dropped = loss.kernel_dropped_total != 0 || loss.user_dropped != 0;
+        // Counters compared without the time stamp and the `final` flag.
+        let changed = self.last_loss.as_ref() != Some(&loss);
+        if last || (dropped && changed) {
+            let mut printed = loss.clone();
+            printed.ts = self.clock.rfc3339(now_boot_ns());
+            self.sink.print(&Status::Loss(printed))?;
+            loss.last = false;
+            self.last_loss = Some(loss);
         }
         Ok(())
     }

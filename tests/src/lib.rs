@@ -57,11 +57,8 @@ pub enum Record {
     Event(Box<sensor::event::Event>),
     Alert(Box<sensor::rules::Alert>),
     /// `sensor_start`, `loss`, `decode_error`, `rules_reload`.
-    Status(Value),
+    Status(Box<sensor::output::Status>),
 }
-
-/// Status records: not events.
-pub const STATUS_KINDS: &[&str] = &["sensor_start", "loss", "decode_error", "rules_reload"];
 
 impl Record {
     /// Types one JSON line: an event kind must deserialize into `sensor::event::Event`, an
@@ -73,8 +70,10 @@ impl Record {
                 .map(|a| Record::Alert(Box::new(a)))
                 .map_err(|e| format!("alert does not deserialize ({e}): {v}"));
         }
-        if STATUS_KINDS.contains(&kind) {
-            return Ok(Record::Status(v.clone()));
+        if sensor::output::Status::KINDS.contains(&kind) {
+            return serde_json::from_value(v.clone())
+                .map(|s| Record::Status(Box::new(s)))
+                .map_err(|e| format!("{kind} record does not deserialize ({e}): {v}"));
         }
         if sensor::event::Kind::from_name(kind).is_none() {
             return Err(format!("unknown record kind {kind:?}: {v}"));

@@ -338,15 +338,17 @@ fn secrets_never_leak_and_signing_sinks_fail_closed() {
         "[[alerting.sinks]]\nname = \"pd\"\nkind = \"pagerduty\"\nurl = \"http://127.0.0.1:{port}/pd\"\nsecret_env = \"ROBUST_PD_KEY\"\n"
     );
     std::fs::write(d.join("c.toml"), format!("{base}{pd}{slack}")).unwrap();
-    let mut child = Command::new(sensor_bin())
-        .args(["run", "--metrics-listen", "127.0.0.1:0", "--config"])
-        .arg(d.join("c.toml"))
-        .env("ROBUST_PD_KEY", "pd-routing-key-0123456789")
-        .env("SENSOR_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reap(
+        Command::new(sensor_bin())
+            .args(["run", "--metrics-listen", "127.0.0.1:0", "--config"])
+            .arg(d.join("c.toml"))
+            .env("ROBUST_PD_KEY", "pd-routing-key-0123456789")
+            .env("SENSOR_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let stderr = child.stderr.take().unwrap();
     let log = std::thread::spawn(move || {
         let mut s = String::new();
@@ -401,14 +403,31 @@ fn secrets_never_leak_and_signing_sinks_fail_closed() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// A child sensor that is killed if the test fails before it stops it.
+struct Reap(std::process::Child);
+
+impl std::ops::Deref for Reap {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reap {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `sensor run` with stdout on a pipe whose read end the test controls.
-fn start_raw(
-    args: &[&str],
-) -> (
-    std::process::Child,
-    BufReader<std::process::ChildStdout>,
-    String,
-) {
+fn start_raw(args: &[&str]) -> (Reap, BufReader<std::process::ChildStdout>, String) {
     let mut child = Command::new(sensor_bin())
         .args(["run", "--metrics-listen", "127.0.0.1:0"])
         .args(args)
@@ -430,7 +449,7 @@ fn start_raw(
     }
     let v: Value = serde_json::from_str(&line).unwrap();
     let addr = v["metrics_addr"].as_str().unwrap().to_string();
-    (child, out, addr)
+    (Reap(child), out, addr)
 }
 
 #[test]
