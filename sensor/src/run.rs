@@ -25,8 +25,8 @@ use crate::{
     health::{lock, panic_message, supervise_task, Exit, Failure, Health},
     hook::{self, Hooks},
     metrics::{
-        AlertLabels, HookLabel, KindLabel, Metrics, ResultLabel, ServeOptions, SessionLabels,
-        MAX_SESSION_SERIES,
+        AlertLabels, HookLabel, KindLabel, Metrics, ProbeErrorLabels, ResultLabel, ServeOptions,
+        SessionLabels, MAX_SESSION_SERIES,
     },
     output::JsonLines,
     pipeline::{Out, Processor},
@@ -91,6 +91,7 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     let mut hooks = Hooks::load(&cfg).context("setting up the kernel hooks")?;
     let ring = hooks.take_ring()?;
     let drops = hooks.take_drops()?;
+    let probe_errors = hooks.take_probe_errors()?;
     let gpu_devs = Arc::new(std::sync::Mutex::new(hooks.take_gpu_devs()?));
     let extra = cfg.gpu.devices.clone();
     let refresh = Duration::from_secs(cfg.gpu.refresh_secs);
@@ -262,6 +263,7 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
         clock,
         counters,
         drops,
+        probe_errors,
         last_loss: None,
     };
     let loss_every = Duration::from_secs(cfg.output.loss_interval_secs);
@@ -333,6 +335,7 @@ struct Pipeline<W: std::io::Write> {
     clock: Clock,
     counters: Arc<Counters>,
     drops: PerCpuArray<MapData, u64>,
+    probe_errors: PerCpuArray<MapData, u64>,
     last_loss: Option<serde_json::Value>,
 }
 
@@ -440,7 +443,7 @@ impl<W: std::io::Write> Pipeline<W> {
         let mut n: u32 = 0;
         loop {
             n = n.wrapping_add(1);
-            if n % 256 == 0 && Instant::now() >= next_side {
+            if n.is_multiple_of(256) && Instant::now() >= next_side {
                 self.flush()?;
                 self.side_inputs()?;
                 next_side = Instant::now() + SIDE_EVERY;
@@ -561,6 +564,16 @@ impl<W: std::io::Write> Pipeline<W> {
                 );
             }
         }
+        let errors = hook::read_probe_errors(&self.probe_errors);
+        for &h in sensor_common::Hook::ALL {
+            for &e in sensor_common::ProbeError::ALL {
+                let v = errors[h as usize][e as usize];
+                if v > 0 {
+                    let c = m.probe_errors.get_or_create(&ProbeErrorLabels::new(h, e));
+                    Metrics::sync_counter(&c, v);
+                }
+            }
+        }
         for (k, v) in kind_names().zip(self.counters.user_dropped()) {
             if v > 0 {
                 Metrics::sync_counter(
@@ -619,6 +632,21 @@ impl<W: std::io::Write> Pipeline<W> {
         }
     }
 
+    /// The non-zero probe error counters, as `"hook/error": n`.
+    fn probe_errors_nonzero(&self) -> serde_json::Map<String, serde_json::Value> {
+        let errors = hook::read_probe_errors(&self.probe_errors);
+        let mut out = serde_json::Map::new();
+        for &h in sensor_common::Hook::ALL {
+            for &e in sensor_common::ProbeError::ALL {
+                let v = errors[h as usize][e as usize];
+                if v > 0 {
+                    out.insert(format!("{}/{}", h.name(), e.name()), json!(v));
+                }
+            }
+        }
+        out
+    }
+
     /// Emits a `loss` event with cumulative counters when they changed (always when `last`).
     fn report_loss(&mut self, last: bool) -> anyhow::Result<()> {
         let kernel = hook::read_drops(&self.drops);
@@ -641,6 +669,8 @@ impl<W: std::io::Write> Pipeline<W> {
             ev["kind"] = json!("loss");
             ev["ts"] = json!(self.clock.rfc3339(now_boot_ns()));
             ev["final"] = json!(last);
+            // Not part of the comparison above: probe errors alone do not make a record.
+            ev["probe_errors"] = json!(self.probe_errors_nonzero());
             self.sink.print(&ev)?;
             self.last_loss = Some(body);
         }
