@@ -130,6 +130,132 @@ const _: () = {
     }
 };
 
+/// Declares a `#[repr(u32)]` enum with contiguous ids from 0, `ALL`, `COUNT`, `name()` and
+/// `from_id()`; the ids are checked at compile time.
+macro_rules! numbered {
+    (
+        $(#[$em:meta])* $enum:ident;
+        $($(#[$m:meta])* $v:ident = $id:literal, $name:literal;)*
+    ) => {
+        $(#[$em])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $enum {
+            $($(#[$m])* $v = $id,)*
+        }
+
+        impl $enum {
+            /// Every value, in id order.
+            pub const ALL: &'static [$enum] = &[$($enum::$v,)*];
+            /// Number of values (ids are `0..COUNT`).
+            pub const COUNT: usize = Self::ALL.len();
+
+            pub const fn id(self) -> u32 {
+                self as u32
+            }
+
+            /// The metric label / `loss` record key.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $($enum::$v => $name,)*
+                }
+            }
+
+            pub const fn from_id(id: u32) -> Option<$enum> {
+                match id {
+                    $($id => Some($enum::$v),)*
+                    _ => None,
+                }
+            }
+        }
+
+        const _: () = {
+            let mut i = 0;
+            while i < $enum::ALL.len() {
+                assert!($enum::ALL[i] as u32 == i as u32, "ids must be 0, 1, 2, …");
+                i += 1;
+            }
+            // Fits in a register, so `Result<(), _>` is returned in one.
+            assert!(size_of::<$enum>() == 4);
+        };
+    };
+}
+
+numbered! {
+    /// Why a probe failed, or failed in part. Every failure is counted in the per-CPU
+    /// `PROBE_ERRORS` map at [`probe_error_index`] (by [`Hook`]) and exported by the agent as
+    /// `gpu_sensor_probe_errors_total{hook,error}`. A probe stops where it used to stop (no
+    /// record) and otherwise still writes its record with the fallback value it always used
+    /// (empty filename, zero flags, …): the count is what is new. One exception: a failed copy
+    /// of the tracepoint record (or a field outside it) stops the probe, where it used to go on
+    /// with zeros.
+    ProbeError;
+    /// The ring buffer had no room: the record was lost (also counted in `DROPS`, by kind, as
+    /// `kernel_dropped` of the `loss` record).
+    RingFull = 0, "ring_full";
+    /// Reading kernel memory failed: the tracepoint record, a struct member or a kernel string
+    /// (`bpf_probe_read_kernel*`), or a kernel pointer on the way was NULL.
+    KernelRead = 1, "kernel_read";
+    /// Reading user memory failed (a sockaddr, the argv block, an ioctl argument, an open path,
+    /// a payload): a bad pointer of the traced program (the syscall fails with EFAULT too) or
+    /// a page not yet faulted in.
+    UserRead = 2, "user_read";
+    /// An offset the agent left unresolved (`u32::MAX`), or a field outside the record copy
+    /// (the agent checks this at load time, so it means a build mismatch).
+    BadOffset = 3, "bad_offset";
+    /// A map insert failed (hash map full): an in-flight syscall, a followed connection, a GPU
+    /// process mark or an allow-list inheritance was lost.
+    MapUpdate = 4, "map_update";
+    /// A lookup that cannot miss did (a per-CPU scratch slot).
+    MapLookup = 5, "map_lookup";
+}
+
+numbered! {
+    /// Every attached program (one id each), for [`ProbeError`] counts. The name is the
+    /// program's name in the object and the `hook` metric label.
+    Hook;
+    SchedProcessExec = 0, "sched_process_exec";
+    SchedProcessFork = 1, "sched_process_fork";
+    SchedProcessExit = 2, "sched_process_exit";
+    SysEnterConnect = 3, "sys_enter_connect";
+    SysExitConnect = 4, "sys_exit_connect";
+    SysEnterBind = 5, "sys_enter_bind";
+    SysExitBind = 6, "sys_exit_bind";
+    InetSockSetState = 7, "inet_sock_set_state";
+    SysEnterIoctl = 8, "sys_enter_ioctl";
+    SysExitIoctl = 9, "sys_exit_ioctl";
+    SysEnterOpenat = 10, "sys_enter_openat";
+    SysExitOpenat = 11, "sys_exit_openat";
+    SysEnterWrite = 12, "sys_enter_write";
+    SysEnterSendto = 13, "sys_enter_sendto";
+}
+
+impl Hook {
+    /// The tracepoint the program attaches to: `(category, name)`; category `None` for a raw
+    /// tracepoint.
+    pub const fn tracepoint(self) -> (Option<&'static str>, &'static str) {
+        match self {
+            Hook::SchedProcessExec | Hook::SchedProcessFork | Hook::SchedProcessExit => {
+                (None, self.name())
+            }
+            Hook::InetSockSetState => (Some("sock"), self.name()),
+            _ => (Some("syscalls"), self.name()),
+        }
+    }
+}
+
+const _: () = assert!(ProbeError::COUNT == 6);
+const _: () = assert!(Hook::COUNT == 14);
+
+/// Entries of the `PROBE_ERRORS` map: one counter per (hook, error).
+pub const PROBE_ERROR_ENTRIES: u32 = (Hook::COUNT * ProbeError::COUNT) as u32;
+
+/// Index of the (hook, error) counter in the `PROBE_ERRORS` map.
+#[inline(always)]
+pub const fn probe_error_index(hook: Hook, error: ProbeError) -> u32 {
+    hook as u32 * ProbeError::COUNT as u32 + error as u32
+}
+
 /// Bits of [`EventHeader::flags`].
 pub mod flags {
     /// Exec: the argv block was longer than [`crate::ARGS_MAX`]; `args` holds its first part.
@@ -468,130 +594,256 @@ pub mod gpu {
     }
 }
 
-/// Kernel struct offsets and tracepoint field offsets, resolved by the agent at start-up from
-/// `/sys/kernel/btf/vmlinux` and tracefs `format` files, and handed to the programs as a global.
-/// Nothing here is compiled in. An offset of `u32::MAX` is "unavailable".
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Offsets {
-    // struct task_struct
-    pub task_pid: u32,
-    pub task_tgid: u32,
-    pub task_real_parent: u32,
-    pub task_mm: u32,
-    pub task_nsproxy: u32,
-    pub task_files: u32,
-    pub task_exit_code: u32,
-    // struct mm_struct
-    pub mm_arg_start: u32,
-    pub mm_arg_end: u32,
-    // struct nsproxy / mnt_namespace / ns_common
-    pub nsproxy_mnt_ns: u32,
-    pub mnt_ns_inum: u32,
-    // struct linux_binprm
-    pub bprm_filename: u32,
-    // struct files_struct / fdtable
-    pub files_fdt: u32,
-    pub fdt_max_fds: u32,
-    pub fdt_fd: u32,
-    // struct file / inode / socket
-    pub file_private_data: u32,
-    pub file_inode: u32,
-    pub inode_rdev: u32,
-    pub socket_type: u32,
-    /// `socket->sk`
-    pub socket_sk: u32,
-    pub file_f_flags: u32,
-    /// `file->f_path.dentry`
-    pub file_dentry: u32,
-    /// `dentry->d_name.name`
-    pub dentry_name: u32,
-    pub dentry_parent: u32,
-    /// 1 when `sched_process_exit` passes `bool group_dead` as its second argument.
-    pub exit_has_group_dead: u32,
-    // sys_enter_connect / sys_enter_bind: fd, sockaddr pointer, addrlen
-    pub tp_sockaddr_fd: u32,
-    pub tp_sockaddr_ptr: u32,
-    pub tp_sockaddr_len: u32,
-    /// sys_exit_*: `long ret`
-    pub tp_exit_ret: u32,
-    // sock/inet_sock_set_state
-    pub tp_iss_skaddr: u32,
-    pub tp_iss_newstate: u32,
-    pub tp_iss_sport: u32,
-    pub tp_iss_dport: u32,
-    pub tp_iss_family: u32,
-    pub tp_iss_protocol: u32,
-    pub tp_iss_saddr: u32,
-    pub tp_iss_daddr: u32,
-    pub tp_iss_saddr_v6: u32,
-    pub tp_iss_daddr_v6: u32,
-    // sys_enter_ioctl: fd, cmd, arg
-    pub tp_ioctl_fd: u32,
-    pub tp_ioctl_cmd: u32,
-    pub tp_ioctl_arg: u32,
-    // sys_enter_openat: filename, flags
-    pub tp_openat_filename: u32,
-    pub tp_openat_flags: u32,
-    // sys_enter_write / sys_enter_sendto: fd, buffer, length (same positions in both)
-    pub tp_payload_fd: u32,
-    pub tp_payload_buf: u32,
-    pub tp_payload_len: u32,
-    /// Explicit padding: keeps `ProgConfig` free of implicit padding bytes.
-    pub _pad: u32,
+/// Bytes of a tracepoint record that a program copies with one helper call
+/// (`task::record::<N>` in the eBPF crate) before picking fields out of the copy at their
+/// tracefs offsets. The agent checks at load time that every field a program reads from a copy
+/// lies inside it (and inside the record described by the tracefs format), see
+/// [`OffsetSource`].
+pub mod record_size {
+    /// `syscalls/sys_enter_{connect,bind}`: fd, sockaddr pointer, addrlen.
+    pub const SYS_ENTER_SOCKADDR: usize = 48;
+    /// `syscalls/sys_enter_ioctl`: fd, cmd, arg.
+    pub const SYS_ENTER_IOCTL: usize = 48;
+    /// `syscalls/sys_enter_{write,sendto}`: fd, buffer, length.
+    pub const SYS_ENTER_PAYLOAD: usize = 48;
+    /// `sock/inet_sock_set_state` for SYN_SENT and LISTEN: up to `daddr_v6`.
+    pub const INET_SOCK_SET_STATE: usize = 72;
+    /// `sock/inet_sock_set_state` at TCP_CLOSE: `skaddr` only.
+    pub const INET_SOCK_SET_STATE_CLOSE: usize = 16;
 }
 
-impl Offsets {
-    pub const UNSET: Offsets = Offsets {
-        task_pid: u32::MAX,
-        task_tgid: u32::MAX,
-        task_real_parent: u32::MAX,
-        task_mm: u32::MAX,
-        task_nsproxy: u32::MAX,
-        task_files: u32::MAX,
-        task_exit_code: u32::MAX,
-        mm_arg_start: u32::MAX,
-        mm_arg_end: u32::MAX,
-        nsproxy_mnt_ns: u32::MAX,
-        mnt_ns_inum: u32::MAX,
-        bprm_filename: u32::MAX,
-        files_fdt: u32::MAX,
-        fdt_max_fds: u32::MAX,
-        fdt_fd: u32::MAX,
-        file_private_data: u32::MAX,
-        file_inode: u32::MAX,
-        inode_rdev: u32::MAX,
-        socket_type: u32::MAX,
-        socket_sk: u32::MAX,
-        file_f_flags: u32::MAX,
-        file_dentry: u32::MAX,
-        dentry_name: u32::MAX,
-        dentry_parent: u32::MAX,
-        exit_has_group_dead: 0,
-        tp_sockaddr_fd: u32::MAX,
-        tp_sockaddr_ptr: u32::MAX,
-        tp_sockaddr_len: u32::MAX,
-        tp_exit_ret: u32::MAX,
-        tp_iss_skaddr: u32::MAX,
-        tp_iss_newstate: u32::MAX,
-        tp_iss_sport: u32::MAX,
-        tp_iss_dport: u32::MAX,
-        tp_iss_family: u32::MAX,
-        tp_iss_protocol: u32::MAX,
-        tp_iss_saddr: u32::MAX,
-        tp_iss_daddr: u32::MAX,
-        tp_iss_saddr_v6: u32::MAX,
-        tp_iss_daddr_v6: u32::MAX,
-        tp_ioctl_fd: u32::MAX,
-        tp_ioctl_cmd: u32::MAX,
-        tp_ioctl_arg: u32::MAX,
-        tp_openat_filename: u32::MAX,
-        tp_openat_flags: u32::MAX,
-        tp_payload_fd: u32::MAX,
-        tp_payload_buf: u32::MAX,
-        tp_payload_len: u32::MAX,
-        _pad: 0,
+/// A tracepoint field: `(category, event, field)` of `events/<category>/<event>/format`.
+pub type TpField = (&'static str, &'static str, &'static str);
+
+/// How the programs read a tracepoint field: `size` bytes at the field's offset, out of each of
+/// the record copies whose sizes are listed in `copies` (values of [`record_size`]), or straight
+/// from the tracepoint context when `copies` is empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpRead {
+    pub size: u32,
+    pub copies: &'static [usize],
+}
+
+/// Where the agent takes one [`Offsets`] field from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffsetSource {
+    /// Byte offset of member `.1` (a dotted path through named sub-structs; anonymous
+    /// structs/unions are searched) in `struct .0`, from the kernel's BTF.
+    Btf(&'static str, &'static str),
+    /// Offset of one tracepoint field, from its tracefs format file.
+    Tracefs(TpField, TpRead),
+    /// One offset for a field that a program reads from several tracepoints (the fd of connect
+    /// and bind, …): the programs hold a single offset, so every listed field must be at the same
+    /// offset, or start-up fails.
+    Shared(&'static [TpField], TpRead),
+    /// 1 when raw tracepoint `.0` passes `.1` arguments (its BTF prototype), else 0.
+    RawTpArgs(&'static str, usize),
+    /// Explicit padding: always 0.
+    Pad,
+}
+
+impl OffsetSource {
+    /// The value before resolution: `u32::MAX` ("unavailable") for offsets, 0 for flags and
+    /// padding.
+    pub const fn unset(self) -> u32 {
+        match self {
+            OffsetSource::Btf(..) | OffsetSource::Tracefs(..) | OffsetSource::Shared(..) => {
+                u32::MAX
+            }
+            OffsetSource::RawTpArgs(..) | OffsetSource::Pad => 0,
+        }
+    }
+}
+
+/// One field of [`Offsets`]: its name, where it comes from, and its slot in the struct.
+#[derive(Clone, Copy, Debug)]
+pub struct OffsetField {
+    pub name: &'static str,
+    pub source: OffsetSource,
+    pub slot: fn(&mut Offsets) -> &mut u32,
+}
+
+/// Declares [`Offsets`] (the struct, [`Offsets::UNSET`] and [`Offsets::FIELDS`]) from one list
+/// of `name = source;`.
+macro_rules! offsets {
+    ($($(#[$m:meta])* $name:ident = $src:expr;)*) => {
+        /// Kernel struct offsets and tracepoint field offsets, resolved by the agent at start-up
+        /// from `/sys/kernel/btf/vmlinux` and tracefs `format` files (each field's source is in
+        /// [`Offsets::FIELDS`]), and handed to the programs as a global. Nothing here is compiled
+        /// in. An offset of `u32::MAX` is "unavailable".
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub struct Offsets {
+            $($(#[$m])* pub $name: u32,)*
+        }
+
+        impl Offsets {
+            pub const UNSET: Offsets = Offsets {
+                $($name: OffsetSource::unset($src),)*
+            };
+
+            /// Every field, in declaration order, with its source.
+            pub const FIELDS: &'static [OffsetField] = &[$(OffsetField {
+                name: stringify!($name),
+                source: $src,
+                slot: {
+                    fn slot(o: &mut Offsets) -> &mut u32 {
+                        &mut o.$name
+                    }
+                    slot
+                },
+            },)*];
+        }
     };
+}
+
+/// A syscall argument read out of a copied `sys_enter_*` record of `$copy` bytes.
+macro_rules! arg8 {
+    ($copy:expr) => {
+        TpRead {
+            size: 8,
+            copies: &[$copy],
+        }
+    };
+}
+
+/// A field of `inet_sock_set_state` read out of the SYN_SENT/LISTEN copy.
+const ISS_READ2: TpRead = TpRead {
+    size: 2,
+    copies: &[record_size::INET_SOCK_SET_STATE],
+};
+const ISS_READ4: TpRead = TpRead {
+    size: 4,
+    copies: &[record_size::INET_SOCK_SET_STATE],
+};
+const ISS_READ16: TpRead = TpRead {
+    size: 16,
+    copies: &[record_size::INET_SOCK_SET_STATE],
+};
+/// Fields read straight from the tracepoint context.
+const CTX_READ4: TpRead = TpRead {
+    size: 4,
+    copies: &[],
+};
+const CTX_READ8: TpRead = TpRead {
+    size: 8,
+    copies: &[],
+};
+const IOCTL_READ: TpRead = arg8!(record_size::SYS_ENTER_IOCTL);
+const SYSCALLS: &str = "syscalls";
+const IOCTL: &str = "sys_enter_ioctl";
+const OPENAT: &str = "sys_enter_openat";
+const ISS: &str = "inet_sock_set_state";
+
+offsets! {
+    // struct task_struct
+    task_pid = OffsetSource::Btf("task_struct", "pid");
+    task_tgid = OffsetSource::Btf("task_struct", "tgid");
+    task_real_parent = OffsetSource::Btf("task_struct", "real_parent");
+    task_mm = OffsetSource::Btf("task_struct", "mm");
+    task_nsproxy = OffsetSource::Btf("task_struct", "nsproxy");
+    task_files = OffsetSource::Btf("task_struct", "files");
+    task_exit_code = OffsetSource::Btf("task_struct", "exit_code");
+    // struct mm_struct
+    mm_arg_start = OffsetSource::Btf("mm_struct", "arg_start");
+    mm_arg_end = OffsetSource::Btf("mm_struct", "arg_end");
+    // struct nsproxy / mnt_namespace / ns_common
+    nsproxy_mnt_ns = OffsetSource::Btf("nsproxy", "mnt_ns");
+    mnt_ns_inum = OffsetSource::Btf("mnt_namespace", "ns.inum");
+    // struct linux_binprm
+    bprm_filename = OffsetSource::Btf("linux_binprm", "filename");
+    // struct files_struct / fdtable
+    files_fdt = OffsetSource::Btf("files_struct", "fdt");
+    fdt_max_fds = OffsetSource::Btf("fdtable", "max_fds");
+    fdt_fd = OffsetSource::Btf("fdtable", "fd");
+    // struct file / inode / socket
+    file_private_data = OffsetSource::Btf("file", "private_data");
+    file_inode = OffsetSource::Btf("file", "f_inode");
+    inode_rdev = OffsetSource::Btf("inode", "i_rdev");
+    socket_type = OffsetSource::Btf("socket", "type");
+    /// `socket->sk`
+    socket_sk = OffsetSource::Btf("socket", "sk");
+    file_f_flags = OffsetSource::Btf("file", "f_flags");
+    /// `file->f_path.dentry`
+    file_dentry = OffsetSource::Btf("file", "f_path.dentry");
+    /// `dentry->d_name.name`
+    dentry_name = OffsetSource::Btf("dentry", "d_name.name");
+    dentry_parent = OffsetSource::Btf("dentry", "d_parent");
+    /// 1 when `sched_process_exit` passes `bool group_dead` as its second argument.
+    exit_has_group_dead = OffsetSource::RawTpArgs("sched_process_exit", 2);
+    // sys_enter_connect / sys_enter_bind: fd, sockaddr pointer, addrlen
+    tp_sockaddr_fd = OffsetSource::Shared(
+        &[("syscalls", "sys_enter_connect", "fd"), ("syscalls", "sys_enter_bind", "fd")],
+        arg8!(record_size::SYS_ENTER_SOCKADDR),
+    );
+    tp_sockaddr_ptr = OffsetSource::Shared(
+        &[
+            ("syscalls", "sys_enter_connect", "uservaddr"),
+            ("syscalls", "sys_enter_bind", "umyaddr"),
+        ],
+        arg8!(record_size::SYS_ENTER_SOCKADDR),
+    );
+    tp_sockaddr_len = OffsetSource::Shared(
+        &[
+            ("syscalls", "sys_enter_connect", "addrlen"),
+            ("syscalls", "sys_enter_bind", "addrlen"),
+        ],
+        arg8!(record_size::SYS_ENTER_SOCKADDR),
+    );
+    /// sys_exit_*: `long ret` (one offset serves every sys_exit_* program; read from the context)
+    tp_exit_ret = OffsetSource::Shared(
+        &[
+            ("syscalls", "sys_exit_connect", "ret"),
+            ("syscalls", "sys_exit_bind", "ret"),
+            ("syscalls", "sys_exit_ioctl", "ret"),
+            ("syscalls", "sys_exit_openat", "ret"),
+        ],
+        CTX_READ8,
+    );
+    // sock/inet_sock_set_state
+    /// Read from both copies (SYN_SENT/LISTEN and TCP_CLOSE).
+    tp_iss_skaddr = OffsetSource::Tracefs(
+        ("sock", ISS, "skaddr"),
+        TpRead {
+            size: 8,
+            copies: &[
+                record_size::INET_SOCK_SET_STATE,
+                record_size::INET_SOCK_SET_STATE_CLOSE,
+            ],
+        },
+    );
+    /// Read from the context (it selects which copy is made).
+    tp_iss_newstate = OffsetSource::Tracefs(("sock", ISS, "newstate"), CTX_READ4);
+    tp_iss_sport = OffsetSource::Tracefs(("sock", ISS, "sport"), ISS_READ2);
+    tp_iss_dport = OffsetSource::Tracefs(("sock", ISS, "dport"), ISS_READ2);
+    tp_iss_family = OffsetSource::Tracefs(("sock", ISS, "family"), ISS_READ2);
+    tp_iss_protocol = OffsetSource::Tracefs(("sock", ISS, "protocol"), ISS_READ2);
+    tp_iss_saddr = OffsetSource::Tracefs(("sock", ISS, "saddr"), ISS_READ4);
+    tp_iss_daddr = OffsetSource::Tracefs(("sock", ISS, "daddr"), ISS_READ4);
+    tp_iss_saddr_v6 = OffsetSource::Tracefs(("sock", ISS, "saddr_v6"), ISS_READ16);
+    tp_iss_daddr_v6 = OffsetSource::Tracefs(("sock", ISS, "daddr_v6"), ISS_READ16);
+    // sys_enter_ioctl: fd, cmd, arg
+    tp_ioctl_fd = OffsetSource::Tracefs((SYSCALLS, IOCTL, "fd"), IOCTL_READ);
+    tp_ioctl_cmd = OffsetSource::Tracefs((SYSCALLS, IOCTL, "cmd"), IOCTL_READ);
+    tp_ioctl_arg = OffsetSource::Tracefs((SYSCALLS, IOCTL, "arg"), IOCTL_READ);
+    // sys_enter_openat: filename, flags (read from the context)
+    tp_openat_filename = OffsetSource::Tracefs((SYSCALLS, OPENAT, "filename"), CTX_READ8);
+    tp_openat_flags = OffsetSource::Tracefs((SYSCALLS, OPENAT, "flags"), CTX_READ8);
+    // sys_enter_write / sys_enter_sendto: fd, buffer, length (same positions in both)
+    tp_payload_fd = OffsetSource::Shared(
+        &[("syscalls", "sys_enter_write", "fd"), ("syscalls", "sys_enter_sendto", "fd")],
+        arg8!(record_size::SYS_ENTER_PAYLOAD),
+    );
+    tp_payload_buf = OffsetSource::Shared(
+        &[("syscalls", "sys_enter_write", "buf"), ("syscalls", "sys_enter_sendto", "buff")],
+        arg8!(record_size::SYS_ENTER_PAYLOAD),
+    );
+    tp_payload_len = OffsetSource::Shared(
+        &[("syscalls", "sys_enter_write", "count"), ("syscalls", "sys_enter_sendto", "len")],
+        arg8!(record_size::SYS_ENTER_PAYLOAD),
+    );
+    /// Explicit padding: keeps `ProgConfig` free of implicit padding bytes.
+    _pad = OffsetSource::Pad;
 }
 
 /// Run-time settings of the programs (a read-only global set at load time).
@@ -623,6 +875,7 @@ impl ProgConfig {
 pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const DROPS: &str = "DROPS";
+    pub const PROBE_ERRORS: &str = "PROBE_ERRORS";
     pub const IGNORE_TGIDS: &str = "IGNORE_TGIDS";
     pub const IGNORE_CGROUPS: &str = "IGNORE_CGROUPS";
     pub const TRACE_TGIDS: &str = "TRACE_TGIDS";
@@ -687,6 +940,7 @@ const _: () = assert!(offset_of!(NetEvent, ret) == 64);
 const _: () = assert!(offset_of!(NetEvent, family) == 72);
 const _: () = assert!(offset_of!(NetEvent, addr) == 80);
 const _: () = assert!(size_of::<Offsets>() == 48 * 4);
+const _: () = assert!(Offsets::FIELDS.len() * 4 == size_of::<Offsets>());
 const _: () = assert!(size_of::<ProgConfig>() == 48 * 4 + 16);
 const _: () = assert!(offset_of!(ProgConfig, cookie_key) == 48 * 4 + 8);
 const _: () = assert!(size_of::<NetPayloadEvent>() == 64 + 16 + 16 + PAYLOAD_LEN);

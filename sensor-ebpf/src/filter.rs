@@ -1,6 +1,7 @@
 //! In-kernel filtering: the sensor's own activity, ignore lists and the optional allow-list.
 
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid};
+use sensor_common::ProbeError;
 
 use crate::{config, IGNORE_CGROUPS, IGNORE_TGIDS, TRACE_TGIDS};
 
@@ -32,14 +33,15 @@ pub(crate) fn tgid_traced(tgid: u32) -> bool {
 
 /// With the allow-list on, a child of a listed process is listed too.
 #[inline(always)]
-pub(crate) fn inherit(parent: u32, child: u32) {
+pub(crate) fn inherit(parent: u32, child: u32) -> Result<(), ProbeError> {
     if config().only_listed == 0 {
-        return;
+        return Ok(());
     }
-    // SAFETY: hash map lookup/insert with integer keys.
-    unsafe {
-        if TRACE_TGIDS.get(&parent).is_some() {
-            let _ = TRACE_TGIDS.insert(&child, &1, 0);
-        }
+    // SAFETY: hash map lookup with an integer key; only presence is used.
+    if unsafe { TRACE_TGIDS.get(&parent) }.is_some() {
+        TRACE_TGIDS
+            .insert(&child, &1, 0)
+            .map_err(|_| ProbeError::MapUpdate)?;
     }
+    Ok(())
 }

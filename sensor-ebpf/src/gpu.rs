@@ -13,15 +13,15 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use sensor_common::{
-    flags, gpu, gpu_dev_key, kind, GpuDev, GpuIoctlEvent, GpuOpenEvent, FILTER_MAP_ENTRIES,
-    GPU_ARG_LEN, GPU_NAME_LEN,
+    flags, gpu, gpu_dev_key, kind, record_size, GpuDev, GpuIoctlEvent, GpuOpenEvent, Hook,
+    ProbeError, FILTER_MAP_ENTRIES, GPU_ARG_LEN, GPU_NAME_LEN,
 };
 
 use crate::{
-    config, count_drop,
+    config,
+    emit::{count_error, emit, finish, or_count},
     filter::current_traced,
-    task::{field, file_of_fd, fill_header, read, record},
-    EVENTS,
+    task::{ctx_field, field, file_of_fd, fill_header, read, record},
 };
 
 /// `MINORBITS` (include/linux/kdev_t.h): the kernel-internal dev_t is major << 20 | minor.
@@ -54,9 +54,13 @@ static SCRATCH_IOCTL: PerCpuArray<GpuIoctlEvent> = PerCpuArray::with_max_entries
 #[map(name = "SCRATCH_OPEN")]
 static SCRATCH_OPEN: PerCpuArray<GpuOpenEvent> = PerCpuArray::with_max_entries(1, 0);
 
-/// The GPU device behind a `struct file *`, with its (major, minor).
+/// The GPU device behind a `struct file *` (0: no file), with its (major, minor); `None` for
+/// a file that is not a GPU device.
 #[inline(always)]
-fn gpu_dev_of_file(file: u64) -> Option<(GpuDev, u32, u32)> {
+fn gpu_dev_of_file(file: u64) -> Result<Option<(GpuDev, u32, u32)>, ProbeError> {
+    if file == 0 {
+        return Ok(None);
+    }
     let o = &config().offsets;
     let inode = read::<u64>(file, o.file_inode)?;
     let rdev = read::<u32>(inode, o.inode_rdev)?;
@@ -67,33 +71,35 @@ fn gpu_dev_of_file(file: u64) -> Option<(GpuDev, u32, u32)> {
             .get(&gpu_dev_key(major, minor))
             .or_else(|| GPU_DEVS.get(&gpu_dev_key(major, u32::MAX)))
             .copied()
-    }?;
-    Some((dev, major, minor))
+    };
+    Ok(dev.map(|d| (d, major, minor)))
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_ioctl")]
 pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
+    finish(Hook::SysEnterIoctl, try_sys_enter_ioctl(&ctx))
+}
+
+#[inline(always)]
+fn try_sys_enter_ioctl(ctx: &TracePointContext) -> Result<(), ProbeError> {
+    const HOOK: Hook = Hook::SysEnterIoctl;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: hash lookup with an integer key; only presence is used.
     if unsafe { GPU_TGIDS.get(&tgid) }.is_none() || !current_traced() {
-        return 0;
+        return Ok(());
     }
     let o = &config().offsets;
-    let r = record::<48>(&ctx);
-    let (fd, cmd, arg) = (
-        field(&r, o.tp_ioctl_fd, 8),
-        field(&r, o.tp_ioctl_cmd, 8) as u32,
-        field(&r, o.tp_ioctl_arg, 8),
-    );
-    let Some((dev, major, minor)) = gpu_dev_of_file(file_of_fd(fd & 0xffff_ffff)) else {
-        return 0;
+    let r = record::<{ record_size::SYS_ENTER_IOCTL }>(ctx)?;
+    let fd = field(&r, o.tp_ioctl_fd, 8)?;
+    let cmd = field(&r, o.tp_ioctl_cmd, 8)? as u32;
+    let arg = field(&r, o.tp_ioctl_arg, 8)?;
+    let Some((dev, major, minor)) = gpu_dev_of_file(file_of_fd(fd & 0xffff_ffff)?)? else {
+        return Ok(());
     };
     if dev.kind == gpu::dev::TUN {
-        return 0; // watched for opens only
+        return Ok(()); // watched for opens only
     }
-    let Some(ev) = SCRATCH_IOCTL.get_ptr_mut(0) else {
-        return 0;
-    };
+    let ev = SCRATCH_IOCTL.get_ptr_mut(0).ok_or(ProbeError::MapLookup)?;
     // SAFETY: `ev` is this CPU's scratch slot (a map value of size_of::<GpuIoctlEvent>());
     // a tracing program is not re-entered on the same CPU while it runs.
     unsafe {
@@ -113,11 +119,14 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
         if gpu::is_nv_xfer(dev.kind, cmd) {
             // nv_ioctl_xfer_t { NvU32 cmd; NvU32 size; NvP64 ptr; } (nv-ioctl.h): the real
             // parameters live at `ptr`.
-            if let Ok(x) = bpf_probe_read_user(arg as *const [u32; 4]) {
-                nv_nr = x[0];
-                src = (x[2] as u64) | ((x[3] as u64) << 32);
-                (*ev).inner_cmd = x[0];
-                fl |= flags::GPU_XFER;
+            match bpf_probe_read_user(arg as *const [u32; 4]) {
+                Ok(x) => {
+                    nv_nr = x[0];
+                    src = (x[2] as u64) | ((x[3] as u64) << 32);
+                    (*ev).inner_cmd = x[0];
+                    fl |= flags::GPU_XFER;
+                }
+                Err(_) => count_error(HOOK, ProbeError::UserRead),
             }
         }
         (*ev).arg = [0; GPU_ARG_LEN];
@@ -131,41 +140,46 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
         {
             (*ev).arg_len = GPU_ARG_LEN as u32;
         } else {
+            if src != 0 {
+                count_error(HOOK, ProbeError::UserRead);
+            }
             fl |= flags::GPU_ARG_UNREADABLE;
         }
         let (op, object) = gpu::decode(dev.kind, cmd, nv_nr, &(*ev).arg);
         (*ev).op = op;
         (*ev).object = object;
         (*ev).hdr.flags = fl;
-        let _ = PENDING_IOCTL.insert(&bpf_get_current_pid_tgid(), &*ev, 0);
+        PENDING_IOCTL
+            .insert(&bpf_get_current_pid_tgid(), &*ev, 0)
+            .map_err(|_| ProbeError::MapUpdate)
     }
-    0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_ioctl")]
 pub fn sys_exit_ioctl(ctx: TracePointContext) -> u32 {
+    finish(Hook::SysExitIoctl, try_sys_exit_ioctl(&ctx))
+}
+
+#[inline(always)]
+fn try_sys_exit_ioctl(ctx: &TracePointContext) -> Result<(), ProbeError> {
     let id = bpf_get_current_pid_tgid();
-    // SAFETY: map value pointer used only before the entry is removed below.
+    // The map value pointer is used only before the entry is removed below.
     let Some(p) = PENDING_IOCTL.get_ptr(&id) else {
-        return 0;
+        return Ok(());
     };
     let o = &config().offsets;
-    // SAFETY: record read at the format-file offset of `ret`.
-    let ret = unsafe { ctx.read_at::<i64>(o.tp_exit_ret as usize) }.unwrap_or(0);
-    match EVENTS.reserve::<GpuIoctlEvent>(0) {
-        Some(mut entry) => {
-            // SAFETY: `p` points at a live map value of the right type; `entry` is a
-            // reservation of the same size owned by this program.
-            unsafe {
-                entry.as_mut_ptr().write(*p);
-                (*entry.as_mut_ptr()).ret = ret as i32;
-            }
-            entry.submit(crate::submit_flags());
+    let ret = or_count(Hook::SysExitIoctl, ctx_field::<i64>(ctx, o.tp_exit_ret), 0);
+    let emitted = emit(kind::GPU_IOCTL, |ev: *mut GpuIoctlEvent| {
+        // SAFETY: `p` points at a live map value of the right type; `ev` is a reservation of
+        // the same size owned by this program.
+        unsafe {
+            ev.write(*p);
+            (*ev).ret = ret as i32;
         }
-        None => count_drop(kind::GPU_IOCTL),
-    }
+        Ok(())
+    });
     let _ = PENDING_IOCTL.remove(&id);
-    0
+    emitted
 }
 
 /// Whether a user path names a GPU device node by its standard location.
@@ -179,104 +193,123 @@ fn gpu_path(p: &[u8]) -> bool {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_openat")]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
+    finish(Hook::SysEnterOpenat, try_sys_enter_openat(&ctx))
+}
+
+#[inline(always)]
+fn try_sys_enter_openat(ctx: &TracePointContext) -> Result<(), ProbeError> {
+    const HOOK: Hook = Hook::SysEnterOpenat;
     let o = &config().offsets;
-    // SAFETY: record read at the format-file offset of `filename`.
-    let fname = unsafe { ctx.read_at::<u64>(o.tp_openat_filename as usize) }.unwrap_or(0);
+    let fname = ctx_field::<u64>(ctx, o.tp_openat_filename)?;
+    if fname == 0 {
+        return Ok(()); // openat(NULL): EFAULT, nothing to read
+    }
     let mut head = [0u8; 16];
     // SAFETY: fault-tolerant read of a user string into a stack buffer.
-    let Ok(h) = (unsafe { bpf_probe_read_user_str_bytes(fname as *const u8, &mut head) }) else {
-        return 0;
-    };
+    let h = unsafe { bpf_probe_read_user_str_bytes(fname as *const u8, &mut head) }
+        .map_err(|_| ProbeError::UserRead)?;
     if !gpu_path(h) || !current_traced() {
-        return 0;
+        return Ok(());
     }
-    let Some(ev) = SCRATCH_OPEN.get_ptr_mut(0) else {
-        return 0;
-    };
+    let ev = SCRATCH_OPEN.get_ptr_mut(0).ok_or(ProbeError::MapLookup)?;
     // SAFETY: `ev` is this CPU's scratch slot; see sys_enter_ioctl.
     unsafe {
         fill_header(&mut (*ev).hdr, kind::GPU_OPEN);
         (*ev).ret = 0;
-        (*ev).flags = ctx.read_at::<u64>(o.tp_openat_flags as usize).unwrap_or(0) as u32;
+        (*ev).flags = or_count(HOOK, ctx_field::<u64>(ctx, o.tp_openat_flags), 0) as u32;
         (*ev).major = 0;
         (*ev).minor = 0;
         (*ev).dev_kind = 0;
         (*ev).gpu_minor = 0;
         (*ev).name = [0; GPU_NAME_LEN];
         (*ev).parent = [0; GPU_NAME_LEN];
-        let _ = bpf_probe_read_user_str_bytes(fname as *const u8, &mut (*ev).name);
-        let _ = PENDING_OPEN.insert(&bpf_get_current_pid_tgid(), &*ev, 0);
+        if bpf_probe_read_user_str_bytes(fname as *const u8, &mut (*ev).name).is_err() {
+            count_error(HOOK, ProbeError::UserRead);
+        }
+        PENDING_OPEN
+            .insert(&bpf_get_current_pid_tgid(), &*ev, 0)
+            .map_err(|_| ProbeError::MapUpdate)
     }
-    0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_openat")]
 pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
+    finish(Hook::SysExitOpenat, try_sys_exit_openat(&ctx))
+}
+
+/// `dentry->d_name.name` into `buf`.
+#[inline(always)]
+fn dentry_name(dentry: u64, buf: &mut [u8; GPU_NAME_LEN]) -> Result<(), ProbeError> {
+    let n = read::<u64>(dentry, config().offsets.dentry_name)?;
+    // SAFETY: fault-tolerant read of a kernel string into `buf`.
+    unsafe { bpf_probe_read_kernel_str_bytes(n as *const u8, buf) }
+        .map(|_| ())
+        .map_err(|_| ProbeError::KernelRead)
+}
+
+#[inline(always)]
+fn try_sys_exit_openat(ctx: &TracePointContext) -> Result<(), ProbeError> {
+    const HOOK: Hook = Hook::SysExitOpenat;
     let o = &config().offsets;
-    // SAFETY: record read at the format-file offset of `ret`.
-    let ret = unsafe { ctx.read_at::<i64>(o.tp_exit_ret as usize) }.unwrap_or(-1);
+    let ret = or_count(HOOK, ctx_field::<i64>(ctx, o.tp_exit_ret), -1);
     let id = bpf_get_current_pid_tgid();
-    // SAFETY: map value pointer used only before the entry is removed below.
+    // The map value pointer is used only before the entry is removed below.
     let pending = PENDING_OPEN.get_ptr(&id);
     if ret < 0 {
         if let Some(p) = pending {
-            emit_open(|ev| {
+            let emitted = emit(kind::GPU_OPEN, |ev: *mut GpuOpenEvent| {
                 // SAFETY: p is a live map value; ev a reservation of the same type.
                 unsafe {
                     ev.write(*p);
                     (*ev).ret = ret as i32;
                 }
+                Ok(())
             });
             let _ = PENDING_OPEN.remove(&id);
+            return emitted;
         }
-        return 0;
+        return Ok(());
     }
     if pending.is_some() {
         let _ = PENDING_OPEN.remove(&id);
     }
-    let file = file_of_fd(ret as u64);
-    let Some((dev, major, minor)) = gpu_dev_of_file(file) else {
-        return 0;
+    let file = file_of_fd(ret as u64)?;
+    let Some((dev, major, minor)) = gpu_dev_of_file(file)? else {
+        return Ok(());
     };
-    if dev.kind != gpu::dev::TUN {
-        let _ = GPU_TGIDS.insert(&((id >> 32) as u32), &1, 0);
+    if dev.kind != gpu::dev::TUN && GPU_TGIDS.insert(&((id >> 32) as u32), &1, 0).is_err() {
+        count_error(HOOK, ProbeError::MapUpdate);
     }
     if !current_traced() {
-        return 0;
+        return Ok(());
     }
-    emit_open(|ev| {
+    emit(kind::GPU_OPEN, |ev: *mut GpuOpenEvent| {
         // SAFETY: `ev` is a reservation of size_of::<GpuOpenEvent>() owned by this program.
         unsafe {
             fill_header(&mut (*ev).hdr, kind::GPU_OPEN);
             (*ev).hdr.flags = dev.flags & flags::GPU_EMULATED;
             (*ev).ret = ret as i32;
-            (*ev).flags = read::<u32>(file, o.file_f_flags).unwrap_or(0);
+            (*ev).flags = or_count(HOOK, read::<u32>(file, o.file_f_flags), 0);
             (*ev).major = major;
             (*ev).minor = minor;
             (*ev).dev_kind = dev.kind;
             (*ev).gpu_minor = dev.reported_minor(minor);
             (*ev).name = [0; GPU_NAME_LEN];
             (*ev).parent = [0; GPU_NAME_LEN];
-            let dentry = read::<u64>(file, o.file_dentry).unwrap_or(0);
-            if let Some(n) = read::<u64>(dentry, o.dentry_name) {
-                let _ = bpf_probe_read_kernel_str_bytes(n as *const u8, &mut (*ev).name);
-            }
-            let parent = read::<u64>(dentry, o.dentry_parent).unwrap_or(0);
-            if let Some(n) = read::<u64>(parent, o.dentry_name) {
-                let _ = bpf_probe_read_kernel_str_bytes(n as *const u8, &mut (*ev).parent);
+            match read::<u64>(file, o.file_dentry) {
+                Ok(dentry) => {
+                    if let Err(e) = dentry_name(dentry, &mut (*ev).name) {
+                        count_error(HOOK, e);
+                    }
+                    let parent = read::<u64>(dentry, o.dentry_parent)
+                        .and_then(|parent| dentry_name(parent, &mut (*ev).parent));
+                    if let Err(e) = parent {
+                        count_error(HOOK, e);
+                    }
+                }
+                Err(e) => count_error(HOOK, e),
             }
         }
-    });
-    0
-}
-
-#[inline(always)]
-fn emit_open(fill: impl FnOnce(*mut GpuOpenEvent)) {
-    match EVENTS.reserve::<GpuOpenEvent>(0) {
-        Some(mut entry) => {
-            fill(entry.as_mut_ptr());
-            entry.submit(crate::submit_flags());
-        }
-        None => count_drop(kind::GPU_OPEN),
-    }
+        Ok(())
+    })
 }

@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod emit;
 mod filter;
 mod gpu;
 mod net;
@@ -17,7 +18,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use sensor_common::{kind, ProgConfig, FILTER_MAP_ENTRIES};
+use sensor_common::{kind, ProgConfig, FILTER_MAP_ENTRIES, PROBE_ERROR_ENTRIES};
 
 /// All events. Its size is set by the agent at load time (`ring_buffer_size` in the config).
 #[map(name = "EVENTS")]
@@ -26,6 +27,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 /// Per-CPU count of ring-buffer reservations that failed, indexed by event kind.
 #[map(name = "DROPS")]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::MAX, 0);
+
+/// Per-CPU count of probe failures, indexed by `probe_error_index(hook, error)`
+/// (sensor-common `Hook`, `ProbeError`).
+#[map(name = "PROBE_ERRORS")]
+pub static PROBE_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_ERROR_ENTRIES, 0);
 
 /// Thread groups whose activity is never reported (the sensor itself, configured pids).
 #[map(name = "IGNORE_TGIDS")]
@@ -66,16 +72,6 @@ pub(crate) fn submit_flags() -> u64 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
-    }
-}
-
-/// Counts a failed ring-buffer reservation for `k`.
-#[inline(always)]
-pub(crate) fn count_drop(k: u32) {
-    if let Some(p) = DROPS.get_ptr_mut(k) {
-        // SAFETY: p points at this CPU's slot of a per-CPU array value; no other context on this
-        // CPU runs concurrently with a tracing program, so a plain increment is race-free.
-        unsafe { *p += 1 };
     }
 }
 

@@ -10,13 +10,15 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
     programs::TracePointContext,
 };
-use sensor_common::{flags, kind, NetEvent, NetPayloadEvent, PAYLOAD_LEN};
+use sensor_common::{
+    flags, kind, record_size, Hook, NetEvent, NetPayloadEvent, ProbeError, PAYLOAD_LEN,
+};
 
 use crate::{
-    config, count_drop,
+    config,
+    emit::{count_error, emit, finish, or_count},
     filter::current_traced,
-    task::{field, file_of_fd, fill_header, read, record},
-    EVENTS,
+    task::{ctx_field, field, file_of_fd, fill_header, read, record},
 };
 
 /// Address families (include/linux/socket.h).
@@ -67,54 +69,51 @@ static PENDING_NET: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
 
 /// Reads a user `struct sockaddr` (include/uapi/linux/in.h `sockaddr_in`: family@0, port@2 (be),
 /// addr@4; include/uapi/linux/in6.h `sockaddr_in6`: family@0, port@2, flowinfo@4, addr@8).
-/// Only AF_INET/AF_INET6 are kept: AF_UNIX and others are filtered here, in the kernel.
+/// Only AF_INET/AF_INET6 are kept (`Ok(true)`): AF_UNIX and others are filtered here, in the
+/// kernel, as are NULL pointers and lengths the kernel rejects itself.
 #[inline(always)]
-fn read_sockaddr(ptr: u64, len: u64, p: &mut Pending) -> bool {
+fn read_sockaddr(ptr: u64, len: u64, p: &mut Pending) -> Result<bool, ProbeError> {
     if ptr == 0 || len < 2 {
-        return false;
+        return Ok(false);
     }
     // SAFETY: bpf_probe_read_user handles faults and returns an error for bad user pointers.
-    let Ok(family) = (unsafe { bpf_probe_read_user(ptr as *const u16) }) else {
-        return false;
-    };
+    let family =
+        unsafe { bpf_probe_read_user(ptr as *const u16) }.map_err(|_| ProbeError::UserRead)?;
     p.family = family;
     match family {
         AF_INET if len >= 8 => {
             // SAFETY: as above.
-            let Ok(raw) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }) else {
-                return false;
-            };
+            let raw = unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }
+                .map_err(|_| ProbeError::UserRead)?;
             p.port = u16::from_be_bytes([raw[2], raw[3]]);
             p.addr = [0; 16];
             p.addr[..4].copy_from_slice(&raw[4..8]);
-            true
+            Ok(true)
         }
         AF_INET6 if len >= 24 => {
             // SAFETY: as above.
-            let Ok(raw) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 24]) }) else {
-                return false;
-            };
+            let raw = unsafe { bpf_probe_read_user(ptr as *const [u8; 24]) }
+                .map_err(|_| ProbeError::UserRead)?;
             p.port = u16::from_be_bytes([raw[2], raw[3]]);
             p.addr.copy_from_slice(&raw[8..24]);
-            true
+            Ok(true)
         }
-        _ => false,
+        _ => Ok(false),
     }
 }
 
+/// sys_enter_connect / sys_enter_bind: remember the destination until the syscall returns.
 #[inline(always)]
-fn enter(ctx: &TracePointContext, k: u32) -> i32 {
+fn enter(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> {
     if !current_traced() {
-        return 0;
+        return Ok(());
     }
     let o = &config().offsets;
     // Fields at the offsets of the tracepoint's format file, from one copy of the record.
-    let r = record::<48>(ctx);
-    let (fd, ptr, len) = (
-        field(&r, o.tp_sockaddr_fd, 8),
-        field(&r, o.tp_sockaddr_ptr, 8),
-        field(&r, o.tp_sockaddr_len, 8),
-    );
+    let r = record::<{ record_size::SYS_ENTER_SOCKADDR }>(ctx)?;
+    let fd = field(&r, o.tp_sockaddr_fd, 8)?;
+    let ptr = field(&r, o.tp_sockaddr_ptr, 8)?;
+    let len = field(&r, o.tp_sockaddr_len, 8)?;
     let mut p = Pending {
         kind: k,
         fd: fd as i32,
@@ -127,147 +126,163 @@ fn enter(ctx: &TracePointContext, k: u32) -> i32 {
         owner: (bpf_get_current_pid_tgid() >> 32) as u32,
         _pad: 0,
     };
-    if !read_sockaddr(ptr, len, &mut p) {
-        return 0;
+    if !read_sockaddr(ptr, len, &mut p)? {
+        return Ok(());
     }
-    let file = file_of_fd(fd & 0xffff_ffff);
-    if let Some(sock) = read::<u64>(file, o.file_private_data) {
-        p.sock_type = read::<u16>(sock, o.socket_type).unwrap_or(0);
-        p.sk = read::<u64>(sock, o.socket_sk).unwrap_or(0);
+    // A bad fd has no file (0): the syscall fails with EBADF and the event says so.
+    let file = or_count(hook, file_of_fd(fd & 0xffff_ffff), 0);
+    if file != 0 {
+        // A file that is not a socket may have no private data (ENOTSOCK): not an error.
+        let sock = or_count(hook, read::<u64>(file, o.file_private_data), 0);
+        if sock != 0 {
+            p.sock_type = or_count(hook, read::<u16>(sock, o.socket_type), 0);
+            p.sk = or_count(hook, read::<u64>(sock, o.socket_sk), 0);
+        }
     }
-    let _ = PENDING_NET.insert(&bpf_get_current_pid_tgid(), &p, 0);
-    0
+    PENDING_NET
+        .insert(&bpf_get_current_pid_tgid(), &p, 0)
+        .map_err(|_| ProbeError::MapUpdate)
 }
 
+/// sys_exit_connect / sys_exit_bind: report with the result; follow TCP connects.
 #[inline(always)]
-fn exit(ctx: &TracePointContext, k: u32) -> i32 {
+fn exit(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> {
     let id = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
     let Some(p) = (unsafe { PENDING_NET.get(&id) }).copied() else {
-        return 0;
+        return Ok(());
     };
     let _ = PENDING_NET.remove(&id);
     if p.kind != k {
-        return 0;
+        return Ok(());
     }
     let o = &config().offsets;
-    // SAFETY: read of the tracepoint record at the format-file offset of `ret`.
-    let ret = unsafe { ctx.read_at::<i64>(o.tp_exit_ret as usize) }.unwrap_or(0);
-    emit(k, 0, ret as i32, p.fd, &p);
+    let ret = or_count(hook, ctx_field::<i64>(ctx, o.tp_exit_ret), 0);
+    let emitted = emit_net(k, 0, ret as i32, p.fd, &p);
+    // Followed even when the record was lost, as before.
     if k == kind::CONNECT && p.sock_type == SOCK_STREAM && (ret == 0 || ret == -EINPROGRESS) {
         let key = (id & 0xffff_ffff_0000_0000) | (p.fd as u32 as u64);
-        let _ = FRESH_SOCKS.insert(&key, &p, 0);
-        if p.sk != 0 {
-            let _ = TRACKED_SOCKS.insert(&p.sk, &p, 0);
+        if FRESH_SOCKS.insert(&key, &p, 0).is_err() {
+            count_error(hook, ProbeError::MapUpdate);
+        }
+        if p.sk != 0 && TRACKED_SOCKS.insert(&p.sk, &p, 0).is_err() {
+            count_error(hook, ProbeError::MapUpdate);
         }
     }
-    0
+    emitted
 }
 
 /// First write/sendto on a fresh TCP socket: capture its first bytes.
 #[inline(always)]
-fn first_payload(ctx: &TracePointContext) -> u32 {
+fn first_payload(ctx: &TracePointContext, hook: Hook) -> Result<(), ProbeError> {
     let o = &config().offsets;
-    let r = record::<48>(ctx);
-    let fd = field(&r, o.tp_payload_fd, 8) as u32;
+    let r = record::<{ record_size::SYS_ENTER_PAYLOAD }>(ctx)?;
+    let fd = field(&r, o.tp_payload_fd, 8)? as u32;
     let key = (bpf_get_current_pid_tgid() & 0xffff_ffff_0000_0000) | fd as u64;
     // SAFETY: LRU lookup; the value is copied out before the entry is removed.
     let Some(p) = (unsafe { FRESH_SOCKS.get(&key) }).copied() else {
-        return 0;
+        return Ok(());
     };
     let _ = FRESH_SOCKS.remove(&key);
-    let buf = field(&r, o.tp_payload_buf, 8);
-    let len = field(&r, o.tp_payload_len, 8);
-    let Some(mut entry) = EVENTS.reserve::<NetPayloadEvent>(0) else {
-        count_drop(kind::NET_PAYLOAD);
-        return 0;
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` is a reservation of size_of::<NetPayloadEvent>() owned by this program; the
-    // user buffer is read with the fault-handling helper and a bounded size.
-    unsafe {
-        fill_header(&mut (*ev).hdr, kind::NET_PAYLOAD);
-        (*ev).fd = fd as i32;
-        (*ev).len = len as u32;
-        (*ev).family = p.family;
-        (*ev).port = p.port;
-        (*ev).addr = p.addr;
-        (*ev).data = [0; PAYLOAD_LEN];
-        let n = if len > PAYLOAD_LEN as u64 {
-            PAYLOAD_LEN as u64
-        } else {
-            len
-        };
-        (*ev).data_len = 0;
-        if buf != 0
-            && aya_ebpf::helpers::generated::bpf_probe_read_user(
-                (*ev).data.as_mut_ptr().cast(),
-                (n as u32) & (2 * PAYLOAD_LEN as u32 - 1),
-                buf as *const _,
-            ) == 0
-        {
-            (*ev).data_len = n as u32;
+    let buf = field(&r, o.tp_payload_buf, 8)?;
+    let len = field(&r, o.tp_payload_len, 8)?;
+    emit(kind::NET_PAYLOAD, |ev: *mut NetPayloadEvent| {
+        // SAFETY: `ev` is a reservation of size_of::<NetPayloadEvent>() owned by this program;
+        // the user buffer is read with the fault-handling helper and a bounded size.
+        unsafe {
+            fill_header(&mut (*ev).hdr, kind::NET_PAYLOAD);
+            (*ev).fd = fd as i32;
+            (*ev).len = len as u32;
+            (*ev).family = p.family;
+            (*ev).port = p.port;
+            (*ev).addr = p.addr;
+            (*ev).data = [0; PAYLOAD_LEN];
+            let n = if len > PAYLOAD_LEN as u64 {
+                PAYLOAD_LEN as u64
+            } else {
+                len
+            };
+            (*ev).data_len = 0;
+            if buf != 0 {
+                if aya_ebpf::helpers::generated::bpf_probe_read_user(
+                    (*ev).data.as_mut_ptr().cast(),
+                    (n as u32) & (2 * PAYLOAD_LEN as u32 - 1),
+                    buf as *const _,
+                ) == 0
+                {
+                    (*ev).data_len = n as u32;
+                } else {
+                    count_error(hook, ProbeError::UserRead);
+                }
+            }
         }
-    }
-    entry.submit(crate::submit_flags());
-    0
+        Ok(())
+    })
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    first_payload(&ctx)
+    finish(
+        Hook::SysEnterWrite,
+        first_payload(&ctx, Hook::SysEnterWrite),
+    )
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
 pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    first_payload(&ctx)
+    finish(
+        Hook::SysEnterSendto,
+        first_payload(&ctx, Hook::SysEnterSendto),
+    )
 }
 
+/// A connect/bind/listen record from `p`.
 #[inline(always)]
-fn emit(k: u32, fl: u32, ret: i32, fd: i32, p: &Pending) {
-    let Some(mut entry) = EVENTS.reserve::<NetEvent>(0) else {
-        count_drop(k);
-        return;
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` is a reservation of size_of::<NetEvent>() bytes owned by this program.
-    unsafe {
-        fill_header(&mut (*ev).hdr, k);
-        (*ev).hdr.flags = fl;
-        (*ev).ret = ret;
-        (*ev).fd = fd;
-        (*ev).family = p.family;
-        (*ev).port = p.port;
-        (*ev).sock_type = p.sock_type;
-        (*ev).protocol = p.protocol;
-        (*ev).addr = p.addr;
-        (*ev).cookie = if p.sk == 0 {
-            0
-        } else {
-            p.sk ^ config().cookie_key
-        };
-    }
-    entry.submit(crate::submit_flags());
+fn emit_net(k: u32, fl: u32, ret: i32, fd: i32, p: &Pending) -> Result<(), ProbeError> {
+    emit(k, |ev: *mut NetEvent| {
+        // SAFETY: `ev` is a reservation of size_of::<NetEvent>() bytes owned by this program.
+        unsafe {
+            fill_header(&mut (*ev).hdr, k);
+            (*ev).hdr.flags = fl;
+            (*ev).ret = ret;
+            (*ev).fd = fd;
+            (*ev).family = p.family;
+            (*ev).port = p.port;
+            (*ev).sock_type = p.sock_type;
+            (*ev).protocol = p.protocol;
+            (*ev).addr = p.addr;
+            (*ev).cookie = if p.sk == 0 {
+                0
+            } else {
+                p.sk ^ config().cookie_key
+            };
+        }
+        Ok(())
+    })
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    enter(&ctx, kind::CONNECT) as u32
+    let h = Hook::SysEnterConnect;
+    finish(h, enter(&ctx, h, kind::CONNECT))
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    exit(&ctx, kind::CONNECT) as u32
+    let h = Hook::SysExitConnect;
+    finish(h, exit(&ctx, h, kind::CONNECT))
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_bind")]
 pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
-    enter(&ctx, kind::BIND) as u32
+    let h = Hook::SysEnterBind;
+    finish(h, enter(&ctx, h, kind::BIND))
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_bind")]
 pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
-    exit(&ctx, kind::BIND) as u32
+    let h = Hook::SysExitBind;
+    finish(h, exit(&ctx, h, kind::BIND))
 }
 
 /// `sock/inet_sock_set_state`: SYN_SENT outside connect(2) → a connect event marked
@@ -275,33 +290,35 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
 /// local address. Runs in the context of the task that changed the state for both transitions.
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    finish(Hook::InetSockSetState, try_inet_sock_set_state(&ctx))
+}
+
+#[inline(always)]
+fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), ProbeError> {
     let o = &config().offsets;
-    // SAFETY: reads of the tracepoint record at offsets taken from its tracefs format file.
-    let newstate = unsafe { ctx.read_at::<i32>(o.tp_iss_newstate as usize) }.unwrap_or(0);
+    let newstate = ctx_field::<i32>(ctx, o.tp_iss_newstate)?;
     if newstate == TCP_CLOSE {
-        return tcp_close(&ctx);
+        return tcp_close(ctx);
     }
     if newstate != TCP_SYN_SENT && newstate != TCP_LISTEN {
-        return 0;
+        return Ok(());
     }
     if !current_traced() {
-        return 0;
+        return Ok(());
     }
     let id = bpf_get_current_pid_tgid();
     // SAFETY: hash lookup; only presence is used.
     if newstate == TCP_SYN_SENT && unsafe { PENDING_NET.get(&id) }.is_some() {
-        return 0; // inside connect(2): sys_exit_connect reports it with the result
+        return Ok(()); // inside connect(2): sys_exit_connect reports it with the result
     }
     // One copy of the record; fields at their format-file offsets.
-    let r = record::<72>(&ctx);
-    let (family, sport, dport, protocol) = (
-        field(&r, o.tp_iss_family, 2) as u16,
-        field(&r, o.tp_iss_sport, 2) as u16,
-        field(&r, o.tp_iss_dport, 2) as u16,
-        field(&r, o.tp_iss_protocol, 2) as u16,
-    );
+    let r = record::<{ record_size::INET_SOCK_SET_STATE }>(ctx)?;
+    let family = field(&r, o.tp_iss_family, 2)? as u16;
+    let sport = field(&r, o.tp_iss_sport, 2)? as u16;
+    let dport = field(&r, o.tp_iss_dport, 2)? as u16;
+    let protocol = field(&r, o.tp_iss_protocol, 2)? as u16;
     let listen = newstate == TCP_LISTEN;
-    let sk = field(&r, o.tp_iss_skaddr, 8);
+    let sk = field(&r, o.tp_iss_skaddr, 8)?;
     let mut p = Pending {
         kind: 0,
         fd: -1,
@@ -320,58 +337,57 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         } else {
             o.tp_iss_daddr
         };
-        p.addr[..4].copy_from_slice(&(field(&r, off, 4) as u32).to_le_bytes());
+        p.addr[..4].copy_from_slice(&(field(&r, off, 4)? as u32).to_le_bytes());
     } else {
         let off = if listen {
             o.tp_iss_saddr_v6
         } else {
             o.tp_iss_daddr_v6
         };
-        p.addr[..8].copy_from_slice(&field(&r, off, 8).to_le_bytes());
-        p.addr[8..].copy_from_slice(&field(&r, off + 8, 8).to_le_bytes());
+        p.addr[..8].copy_from_slice(&field(&r, off, 8)?.to_le_bytes());
+        p.addr[8..].copy_from_slice(&field(&r, off.wrapping_add(8), 8)?.to_le_bytes());
     }
     if listen {
-        emit(kind::LISTEN, 0, 0, -1, &p);
+        emit_net(kind::LISTEN, 0, 0, -1, &p)
     } else {
-        emit(kind::CONNECT, flags::NET_NO_SYSCALL, 0, -1, &p);
-        let _ = TRACKED_SOCKS.insert(&sk, &p, 0);
+        let emitted = emit_net(kind::CONNECT, flags::NET_NO_SYSCALL, 0, -1, &p);
+        // Followed even when the record was lost, as before.
+        if TRACKED_SOCKS.insert(&sk, &p, 0).is_err() {
+            count_error(Hook::InetSockSetState, ProbeError::MapUpdate);
+        }
+        emitted
     }
-    0
 }
 
 /// A followed connection reached TCP_CLOSE: report it for its owner (recorded at connect).
 #[inline(always)]
-fn tcp_close(ctx: &TracePointContext) -> u32 {
+fn tcp_close(ctx: &TracePointContext) -> Result<(), ProbeError> {
     let o = &config().offsets;
-    let r = record::<16>(ctx);
-    let sk = field(&r, o.tp_iss_skaddr, 8);
+    let r = record::<{ record_size::INET_SOCK_SET_STATE_CLOSE }>(ctx)?;
+    let sk = field(&r, o.tp_iss_skaddr, 8)?;
     // SAFETY: LRU lookup; the value is copied out before removal.
     let Some(p) = (unsafe { TRACKED_SOCKS.get(&sk) }).copied() else {
-        return 0;
+        return Ok(());
     };
     let _ = TRACKED_SOCKS.remove(&sk);
-    let Some(mut entry) = EVENTS.reserve::<NetEvent>(0) else {
-        count_drop(kind::TCP_CLOSE);
-        return 0;
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` is a reservation of size_of::<NetEvent>() owned by this program.
-    unsafe {
-        fill_header(&mut (*ev).hdr, kind::TCP_CLOSE);
-        // The owner recorded at connect; the current task may be anyone (softirq).
-        (*ev).hdr.pid = p.owner;
-        (*ev).hdr.tid = p.owner;
-        (*ev).hdr.ppid = 0;
-        (*ev).hdr.comm = [0; 16];
-        (*ev).ret = 0;
-        (*ev).fd = -1;
-        (*ev).family = p.family;
-        (*ev).port = p.port;
-        (*ev).sock_type = SOCK_STREAM;
-        (*ev).protocol = p.protocol;
-        (*ev).addr = p.addr;
-        (*ev).cookie = sk ^ config().cookie_key;
-    }
-    entry.submit(crate::submit_flags());
-    0
+    emit(kind::TCP_CLOSE, |ev: *mut NetEvent| {
+        // SAFETY: `ev` is a reservation of size_of::<NetEvent>() owned by this program.
+        unsafe {
+            fill_header(&mut (*ev).hdr, kind::TCP_CLOSE);
+            // The owner recorded at connect; the current task may be anyone (softirq).
+            (*ev).hdr.pid = p.owner;
+            (*ev).hdr.tid = p.owner;
+            (*ev).hdr.ppid = 0;
+            (*ev).hdr.comm = [0; 16];
+            (*ev).ret = 0;
+            (*ev).fd = -1;
+            (*ev).family = p.family;
+            (*ev).port = p.port;
+            (*ev).sock_type = SOCK_STREAM;
+            (*ev).protocol = p.protocol;
+            (*ev).addr = p.addr;
+            (*ev).cookie = sk ^ config().cookie_key;
+        }
+        Ok(())
+    })
 }

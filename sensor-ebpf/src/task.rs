@@ -4,20 +4,24 @@ use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
     bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
 };
-use sensor_common::EventHeader;
+use sensor_common::{EventHeader, ProbeError};
 
 use crate::config;
 
 /// Reads a `T` at `base + off` from kernel memory. `off == u32::MAX` means the agent could not
 /// resolve the field on this kernel.
 #[inline(always)]
-pub(crate) fn read<T>(base: u64, off: u32) -> Option<T> {
-    if base == 0 || off == u32::MAX {
-        return None;
+pub(crate) fn read<T>(base: u64, off: u32) -> Result<T, ProbeError> {
+    if off == u32::MAX {
+        return Err(ProbeError::BadOffset);
+    }
+    if base == 0 {
+        return Err(ProbeError::KernelRead);
     }
     // SAFETY: bpf_probe_read_kernel copies through the fault-handling helper; an invalid address
     // yields an error, never a fault.
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }
+        .map_err(|_| ProbeError::KernelRead)
 }
 
 /// A plain load at `base + off` through a BTF-typed kernel pointer: `base` must come from
@@ -26,13 +30,16 @@ pub(crate) fn read<T>(base: u64, off: u32) -> Option<T> {
 /// CONFIG) and turns it into an exception-handled load, far cheaper than a
 /// `bpf_probe_read_kernel` helper call.
 #[inline(always)]
-pub(crate) fn load<T: Copy>(base: *const u8, off: u32) -> Option<T> {
-    if base.is_null() || off == u32::MAX {
-        return None;
+pub(crate) fn load<T: Copy>(base: *const u8, off: u32) -> Result<T, ProbeError> {
+    if off == u32::MAX {
+        return Err(ProbeError::BadOffset);
+    }
+    if base.is_null() {
+        return Err(ProbeError::KernelRead);
     }
     // SAFETY: see above; the JIT emits a faulting-safe load (BPF_PROBE_MEM) for BTF pointers,
     // and `base` is non-null.
-    Some(unsafe { core::ptr::read_volatile(base.add(off as usize).cast::<T>()) })
+    Ok(unsafe { core::ptr::read_volatile(base.add(off as usize).cast::<T>()) })
 }
 
 /// The current task as a BTF-typed pointer.
@@ -61,25 +68,22 @@ fn mnt_ns_inum(task: *const u8) -> u32 {
         .unwrap_or(0)
 }
 
-/// `task->files->fdt->fd[fd]`, the `struct file *` behind a descriptor, or 0.
+/// `task->files->fdt->fd[fd]`, the `struct file *` behind a descriptor; 0 when `fd` is not
+/// open (not an error: the caller's fd may be bad). An error when the fd table cannot be read.
 #[inline(always)]
-pub(crate) fn file_of_fd(fd: u64) -> u64 {
+pub(crate) fn file_of_fd(fd: u64) -> Result<u64, ProbeError> {
     let o = &config().offsets;
     let task = current_task_btf();
-    let Some(fdt) =
-        load::<*const u8>(task, o.task_files).and_then(|f| load::<*const u8>(f, o.files_fdt))
-    else {
-        return 0;
-    };
-    let max = load::<u32>(fdt, o.fdt_max_fds).unwrap_or(0) as u64;
+    let fdt =
+        load::<*const u8>(task, o.task_files).and_then(|f| load::<*const u8>(f, o.files_fdt))?;
+    let max = load::<u32>(fdt, o.fdt_max_fds)? as u64;
     if fd >= max {
-        return 0;
+        return Ok(0);
     }
     // `fd` is `struct file **`: the verifier types the loaded array as a plain scalar, so the
     // element itself needs the helper.
-    load::<u64>(fdt, o.fdt_fd)
-        .and_then(|arr| read::<u64>(arr + fd * 8, 0))
-        .unwrap_or(0)
+    let arr = load::<u64>(fdt, o.fdt_fd)?;
+    read::<u64>(arr + fd * 8, 0)
 }
 
 /// Fills `hdr` for the current task.
@@ -103,22 +107,27 @@ pub(crate) fn fill_header(hdr: &mut EventHeader, kind: u32) {
     hdr.mntns = mnt_ns_inum(t);
 }
 
-/// The first `N` bytes of a tracepoint record, read with one helper call; fields are then
-/// picked out at their format-file offsets (load-time constants) without further calls.
+/// The first `N` bytes of a tracepoint record (`N` one of sensor-common's `record_size`), read
+/// with one helper call; fields are then picked out at their format-file offsets (load-time
+/// constants) without further calls.
 #[inline(always)]
-pub(crate) fn record<const N: usize>(ctx: &aya_ebpf::programs::TracePointContext) -> [u8; N] {
+pub(crate) fn record<const N: usize>(
+    ctx: &aya_ebpf::programs::TracePointContext,
+) -> Result<[u8; N], ProbeError> {
     use aya_ebpf::EbpfContext;
     // SAFETY: the context points at the tracepoint record in a per-CPU trace buffer; the helper
     // copies with fault handling.
-    unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const [u8; N]) }.unwrap_or([0; N])
+    unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const [u8; N]) }
+        .map_err(|_| ProbeError::KernelRead)
 }
 
-/// A little-endian field of `size` bytes (1..=8) at `off` in a record; 0 when out of range.
+/// A little-endian field of `size` bytes (1..=8) at `off` in a record copy. A field outside
+/// the copy is [`ProbeError::BadOffset`] (the agent rejects such offsets at load time).
 #[inline(always)]
-pub(crate) fn field<const N: usize>(r: &[u8; N], off: u32, size: usize) -> u64 {
+pub(crate) fn field<const N: usize>(r: &[u8; N], off: u32, size: usize) -> Result<u64, ProbeError> {
     let off = off as usize;
     if off + size > N {
-        return 0;
+        return Err(ProbeError::BadOffset);
     }
     let mut v = 0u64;
     let mut i = 0;
@@ -126,5 +135,18 @@ pub(crate) fn field<const N: usize>(r: &[u8; N], off: u32, size: usize) -> u64 {
         v |= (r[off + i] as u64) << (8 * i);
         i += 1;
     }
-    v
+    Ok(v)
+}
+
+/// A field of the tracepoint record read straight from the context at its format-file offset.
+#[inline(always)]
+pub(crate) fn ctx_field<T>(
+    ctx: &aya_ebpf::programs::TracePointContext,
+    off: u32,
+) -> Result<T, ProbeError> {
+    if off == u32::MAX {
+        return Err(ProbeError::BadOffset);
+    }
+    // SAFETY: read_at copies from the record with bpf_probe_read_kernel (fault-handling).
+    unsafe { ctx.read_at::<T>(off as usize) }.map_err(|_| ProbeError::KernelRead)
 }

@@ -39,6 +39,21 @@ pub struct HookLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeErrorLabels {
+    pub hook: String,
+    pub error: String,
+}
+
+impl ProbeErrorLabels {
+    pub fn new(hook: sensor_common::Hook, error: sensor_common::ProbeError) -> Self {
+        ProbeErrorLabels {
+            hook: hook.name().into(),
+            error: error.name().into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SessionLabels {
     pub gpu: String,
     pub namespace: String,
@@ -77,6 +92,8 @@ pub struct Metrics {
     pub events: Family<KindLabel, Counter>,
     pub alerts: Family<AlertLabels, Counter>,
     pub kernel_drops: Family<HookLabel, Counter>,
+    /// Failures in the kernel programs (`PROBE_ERRORS`), by hook and error.
+    pub probe_errors: Family<ProbeErrorLabels, Counter>,
     pub user_drops: Family<KindLabel, Counter>,
     pub rule_reloads: Family<ResultLabel, Counter>,
     pub rules_loaded: Gauge,
@@ -125,6 +142,7 @@ impl Metrics {
             events: Family::default(),
             alerts: Family::default(),
             kernel_drops: Family::default(),
+            probe_errors: Family::default(),
             user_drops: Family::default(),
             rule_reloads: Family::default(),
             rules_loaded: Gauge::default(),
@@ -145,6 +163,12 @@ impl Metrics {
             let _ = m.http_rejected.get_or_create(&ReasonLabel {
                 reason: reason.into(),
             });
+        }
+        // Every (hook, error) series exists from the start, so that increase() alerts work.
+        for &h in sensor_common::Hook::ALL {
+            for &e in sensor_common::ProbeError::ALL {
+                let _ = m.probe_errors.get_or_create(&ProbeErrorLabels::new(h, e));
+            }
         }
         let (failures, up) = m.health.metrics();
         r.register(
@@ -207,6 +231,11 @@ impl Metrics {
             "kernel_ring_drops",
             "Records lost in the kernel because the ring buffer was full, by hook",
             m.kernel_drops.clone(),
+        );
+        r.register(
+            "probe_errors",
+            "Failures in the kernel programs, by hook (program) and error (ring_full, kernel_read, user_read, bad_offset, map_update, map_lookup); every series starts at 0",
+            m.probe_errors.clone(),
         );
         r.register(
             "user_queue_drops",
@@ -629,6 +658,20 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("gpu_sensor_build_info{version="), "{t}");
+        assert!(
+            t.contains(
+                "gpu_sensor_probe_errors_total{hook=\"sys_enter_sendto\",error=\"map_lookup\"} 0"
+            ),
+            "{t}"
+        );
+        let n = t
+            .lines()
+            .filter(|l| l.starts_with("gpu_sensor_probe_errors_total{"))
+            .count();
+        assert_eq!(
+            n,
+            sensor_common::Hook::COUNT * sensor_common::ProbeError::COUNT
+        );
         assert!(t.trim_end().ends_with("# EOF"));
         let p = m.render_text();
         assert!(p.contains("# TYPE gpu_sensor_events_total counter"), "{p}");

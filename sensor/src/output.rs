@@ -55,6 +55,9 @@ pub struct Loss {
     pub decode_errors: u64,
     pub alerts: u64,
     pub alerts_deduplicated: u64,
+    /// Probe failures other than a full ring, "hook/error" → count (non-zero ones only).
+    #[serde(default)]
+    pub probe_errors: BTreeMap<String, u64>,
     #[serde(rename = "final")]
     pub last: bool,
 }

@@ -24,8 +24,8 @@ use crate::{
     health::{lock, panic_message, supervise_task, Exit, Failure, Health},
     hook::{self, Hooks},
     metrics::{
-        AlertLabels, HookLabel, KindLabel, Metrics, ResultLabel, ServeOptions, SessionLabels,
-        MAX_SESSION_SERIES,
+        AlertLabels, HookLabel, KindLabel, Metrics, ProbeErrorLabels, ResultLabel, ServeOptions,
+        SessionLabels, MAX_SESSION_SERIES,
     },
     output::{DecodeFailure, JsonLines, Loss, RulesReload, SensorStart, Status},
     pipeline::{Out, Processor},
@@ -90,6 +90,7 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     let mut hooks = Hooks::load(&cfg).context("setting up the kernel hooks")?;
     let ring = hooks.take_ring()?;
     let drops = hooks.take_drops()?;
+    let probe_errors = hooks.take_probe_errors()?;
     let gpu_devs = Arc::new(std::sync::Mutex::new(hooks.take_gpu_devs()?));
     let extra = cfg.gpu.devices.clone();
     let refresh = Duration::from_secs(cfg.gpu.refresh_secs);
@@ -267,6 +268,7 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
         clock,
         counters,
         drops,
+        probe_errors,
         last_loss: None,
     };
     let loss_every = Duration::from_secs(cfg.output.loss_interval_secs);
@@ -338,7 +340,9 @@ struct Pipeline<W: std::io::Write> {
     clock: Clock,
     counters: Arc<Counters>,
     drops: PerCpuArray<MapData, u64>,
-    /// The counters of the last `loss` record (ts empty, `last` false), to print only changes.
+    probe_errors: PerCpuArray<MapData, u64>,
+    /// The counters of the last `loss` record (ts empty, `last` false, no probe errors), to
+    /// print only changes.
     last_loss: Option<Loss>,
 }
 
@@ -578,6 +582,16 @@ impl<W: std::io::Write> Pipeline<W> {
                 );
             }
         }
+        let errors = hook::read_probe_errors(&self.probe_errors);
+        for &h in sensor_common::Hook::ALL {
+            for &e in sensor_common::ProbeError::ALL {
+                let v = errors[h as usize][e as usize];
+                if v > 0 {
+                    let c = m.probe_errors.get_or_create(&ProbeErrorLabels::new(h, e));
+                    Metrics::sync_counter(&c, v);
+                }
+            }
+        }
         for (k, v) in kind_names().zip(self.counters.user_dropped()) {
             if v > 0 {
                 Metrics::sync_counter(
@@ -636,6 +650,21 @@ impl<W: std::io::Write> Pipeline<W> {
         }
     }
 
+    /// The non-zero probe error counters, as `"hook/error": n`.
+    fn probe_errors_nonzero(&self) -> std::collections::BTreeMap<String, u64> {
+        let errors = hook::read_probe_errors(&self.probe_errors);
+        let mut out = std::collections::BTreeMap::new();
+        for &h in sensor_common::Hook::ALL {
+            for &e in sensor_common::ProbeError::ALL {
+                let v = errors[h as usize][e as usize];
+                if v > 0 {
+                    out.insert(format!("{}/{}", h.name(), e.name()), v);
+                }
+            }
+        }
+        out
+    }
+
     /// Emits a `loss` event with cumulative counters when they changed (always when `last`).
     fn report_loss(&mut self, last: bool) -> anyhow::Result<()> {
         let kernel = hook::read_drops(&self.drops);
@@ -652,14 +681,17 @@ impl<W: std::io::Write> Pipeline<W> {
             decode_errors: self.counters.decode_errors.load(Ordering::Relaxed),
             alerts: self.proc.alerts,
             alerts_deduplicated: self.proc.engine.suppressed,
+            probe_errors: Default::default(),
             last,
         };
         let dropped = loss.kernel_dropped_total != 0 || loss.user_dropped != 0;
-        // Counters compared without the time stamp and the `final` flag.
+        // Counters compared without the time stamp, the `final` flag and the probe errors
+        // (probe errors alone do not make a record).
         let changed = self.last_loss.as_ref() != Some(&loss);
         if last || (dropped && changed) {
             let mut printed = loss.clone();
             printed.ts = self.clock.rfc3339(now_boot_ns());
+            printed.probe_errors = self.probe_errors_nonzero();
             self.sink.print(&Status::Loss(printed))?;
             loss.last = false;
             self.last_loss = Some(loss);

@@ -2,6 +2,7 @@
 //! maps and attach every program. Dropping [`Hooks`] detaches everything.
 
 pub mod btf;
+pub mod offsets;
 pub mod tracefs;
 
 use aya::{
@@ -9,12 +10,14 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use sensor_common::{kind, names, GpuDev, Offsets, ProgConfig};
+use sensor_common::{
+    kind, names, probe_error_index, GpuDev, Hook, Offsets, ProbeError, ProgConfig,
+};
 use thiserror::Error;
 
 use crate::config::Config;
 use btf::{Btf, BtfError};
-use tracefs::{Format, TracefsError};
+use tracefs::TracefsError;
 
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf.o"));
@@ -31,6 +34,8 @@ pub enum HookError {
     NoBtf(String),
     #[error("tracepoint layouts differ where the programs assume one shape: {0}")]
     Layout(String),
+    #[error("a tracepoint field the programs read does not fit the record: {0}")]
+    RecordFit(String),
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("program `{name}`: {source}")]
@@ -73,97 +78,10 @@ const PAYLOAD_TPS: &[(&str, &str, &str)] = &[
     ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
 ];
 
-/// The offset of a field that one program reads from several tracepoints (e.g. the fd of
-/// connect and bind): they must agree, since the program has a single offset for it.
-fn shared(what: &str, at: &[(&Format, &str)]) -> Result<u32, HookError> {
-    let (f0, n0) = at[0];
-    let first = f0.offset(n0)?;
-    for &(f, n) in &at[1..] {
-        let o = f.offset(n)?;
-        if o != first {
-            return Err(HookError::Layout(format!(
-                "{what}: at {o} in {}, at {first} in {}",
-                f.path(),
-                f0.path()
-            )));
-        }
-    }
-    Ok(first)
-}
-
-/// Resolves every offset the programs use from BTF and tracefs formats.
+/// Resolves every offset the programs use from BTF and tracefs formats (the table of
+/// [`Offsets::FIELDS`]), checking that every tracepoint field read fits its record.
 pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
-    let m = |s: &str, f: &str| btf.member_offset(s, f);
-    let connect = Format::load("syscalls", "sys_enter_connect")?;
-    let bind = Format::load("syscalls", "sys_enter_bind")?;
-    let exit_connect = Format::load("syscalls", "sys_exit_connect")?;
-    let exit_bind = Format::load("syscalls", "sys_exit_bind")?;
-    let iss = Format::load("sock", "inet_sock_set_state")?;
-    let ioctl = Format::load("syscalls", "sys_enter_ioctl")?;
-    let write = Format::load("syscalls", "sys_enter_write")?;
-    let sendto = Format::load("syscalls", "sys_enter_sendto")?;
-    let openat = Format::load("syscalls", "sys_enter_openat")?;
-    let exit_ioctl = Format::load("syscalls", "sys_exit_ioctl")?;
-    let exit_openat = Format::load("syscalls", "sys_exit_openat")?;
-    Ok(Offsets {
-        task_pid: m("task_struct", "pid")?,
-        task_tgid: m("task_struct", "tgid")?,
-        task_real_parent: m("task_struct", "real_parent")?,
-        task_mm: m("task_struct", "mm")?,
-        task_nsproxy: m("task_struct", "nsproxy")?,
-        task_files: m("task_struct", "files")?,
-        task_exit_code: m("task_struct", "exit_code")?,
-        mm_arg_start: m("mm_struct", "arg_start")?,
-        mm_arg_end: m("mm_struct", "arg_end")?,
-        nsproxy_mnt_ns: m("nsproxy", "mnt_ns")?,
-        mnt_ns_inum: m("mnt_namespace", "ns.inum")?,
-        bprm_filename: m("linux_binprm", "filename")?,
-        files_fdt: m("files_struct", "fdt")?,
-        fdt_max_fds: m("fdtable", "max_fds")?,
-        fdt_fd: m("fdtable", "fd")?,
-        file_private_data: m("file", "private_data")?,
-        file_inode: m("file", "f_inode")?,
-        inode_rdev: m("inode", "i_rdev")?,
-        socket_type: m("socket", "type")?,
-        socket_sk: m("socket", "sk")?,
-        file_f_flags: m("file", "f_flags")?,
-        file_dentry: m("file", "f_path.dentry")?,
-        dentry_name: m("dentry", "d_name.name")?,
-        dentry_parent: m("dentry", "d_parent")?,
-        exit_has_group_dead: u32::from(btf.raw_tp_arg_count("sched_process_exit") == Some(2)),
-        tp_sockaddr_fd: shared("fd", &[(&connect, "fd"), (&bind, "fd")])?,
-        tp_sockaddr_ptr: shared("sockaddr", &[(&connect, "uservaddr"), (&bind, "umyaddr")])?,
-        tp_sockaddr_len: shared("addrlen", &[(&connect, "addrlen"), (&bind, "addrlen")])?,
-        // One `ret` offset serves every sys_exit_* program.
-        tp_exit_ret: shared(
-            "ret",
-            &[
-                (&exit_connect, "ret"),
-                (&exit_bind, "ret"),
-                (&exit_ioctl, "ret"),
-                (&exit_openat, "ret"),
-            ],
-        )?,
-        tp_iss_skaddr: iss.offset("skaddr")?,
-        tp_iss_newstate: iss.offset("newstate")?,
-        tp_iss_sport: iss.offset("sport")?,
-        tp_iss_dport: iss.offset("dport")?,
-        tp_iss_family: iss.offset("family")?,
-        tp_iss_protocol: iss.offset("protocol")?,
-        tp_iss_saddr: iss.offset("saddr")?,
-        tp_iss_daddr: iss.offset("daddr")?,
-        tp_iss_saddr_v6: iss.offset("saddr_v6")?,
-        tp_iss_daddr_v6: iss.offset("daddr_v6")?,
-        tp_ioctl_fd: ioctl.offset("fd")?,
-        tp_ioctl_cmd: ioctl.offset("cmd")?,
-        tp_ioctl_arg: ioctl.offset("arg")?,
-        tp_openat_filename: openat.offset("filename")?,
-        tp_openat_flags: openat.offset("flags")?,
-        tp_payload_fd: shared("fd", &[(&write, "fd"), (&sendto, "fd")])?,
-        tp_payload_buf: shared("buffer", &[(&write, "buf"), (&sendto, "buff")])?,
-        tp_payload_len: shared("length", &[(&write, "count"), (&sendto, "len")])?,
-        _pad: 0,
-    })
+    offsets::resolve(btf, &mut offsets::tracefs_formats())
 }
 
 /// Loaded and attached programs. Dropping it detaches all of them.
@@ -273,6 +191,15 @@ impl Hooks {
             .ok_or(HookError::MissingMap(names::DROPS))?;
         PerCpuArray::try_from(map).map_err(|source| map_err(names::DROPS, source))
     }
+
+    /// Takes the per-CPU probe error counters (once).
+    pub fn take_probe_errors(&mut self) -> Result<PerCpuArray<MapData, u64>, HookError> {
+        let map = self
+            .ebpf
+            .take_map(names::PROBE_ERRORS)
+            .ok_or(HookError::MissingMap(names::PROBE_ERRORS))?;
+        PerCpuArray::try_from(map).map_err(|source| map_err(names::PROBE_ERRORS, source))
+    }
 }
 
 /// Sums the per-CPU drop counters: index = event kind.
@@ -281,6 +208,21 @@ pub fn read_drops(drops: &PerCpuArray<MapData, u64>) -> [u64; kind::MAX as usize
     for (k, slot) in out.iter_mut().enumerate() {
         if let Ok(v) = drops.get(&(k as u32), 0) {
             *slot = v.iter().sum();
+        }
+    }
+    out
+}
+
+/// Sums the per-CPU probe error counters: `[hook][error]` (ids of [`Hook`], [`ProbeError`]).
+pub fn read_probe_errors(
+    map: &PerCpuArray<MapData, u64>,
+) -> [[u64; ProbeError::COUNT]; Hook::COUNT] {
+    let mut out = [[0u64; ProbeError::COUNT]; Hook::COUNT];
+    for &h in Hook::ALL {
+        for &e in ProbeError::ALL {
+            if let Ok(v) = map.get(&probe_error_index(h, e), 0) {
+                out[h as usize][e as usize] = v.iter().sum();
+            }
         }
     }
     out
@@ -346,4 +288,37 @@ fn random_u64() -> u64 {
             .map_or(1, |d| d.as_nanos() as u64);
     }
     u64::from_ne_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One `Hook` per attached program, with the tracepoint it attaches to.
+    #[test]
+    fn hooks_are_the_attached_programs() {
+        let mut attached: Vec<(Option<&str>, &str, &str)> =
+            RAW_TPS.iter().map(|&n| (None, n, n)).collect();
+        attached.extend(
+            TPS.iter()
+                .chain(PAYLOAD_TPS)
+                .map(|&(prog, cat, tp)| (Some(cat), tp, prog)),
+        );
+        assert_eq!(attached.len(), Hook::COUNT);
+        for &h in Hook::ALL {
+            let (cat, tp) = h.tracepoint();
+            assert!(
+                attached.contains(&(cat, tp, h.name())),
+                "{h:?} is not attached as {cat:?}/{tp}"
+            );
+            assert_eq!(Hook::from_id(h.id()), Some(h));
+        }
+        assert_eq!(
+            probe_error_index(
+                Hook::ALL[Hook::COUNT - 1],
+                ProbeError::ALL[ProbeError::COUNT - 1]
+            ) + 1,
+            sensor_common::PROBE_ERROR_ENTRIES
+        );
+    }
 }

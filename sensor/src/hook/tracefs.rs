@@ -66,11 +66,12 @@ fn events_dir() -> PathBuf {
     }
 }
 
-/// Field offsets of one tracepoint record, from `events/<category>/<name>/format`.
+/// Field offsets and sizes of one tracepoint record, from `events/<category>/<name>/format`.
 #[derive(Debug, Clone)]
 pub struct Format {
     path: String,
-    fields: HashMap<String, u32>,
+    /// name → (offset, size); size 0 when the format line has none.
+    fields: HashMap<String, (u32, u32)>,
 }
 
 impl Format {
@@ -91,19 +92,23 @@ impl Format {
             let Some(rest) = line.strip_prefix("field:") else {
                 continue;
             };
-            let mut parts = rest.split(';');
-            let decl = parts.next().unwrap_or("").trim();
-            let Some(off) = parts
-                .map(str::trim)
-                .find_map(|p| p.strip_prefix("offset:"))
-                .and_then(|o| o.parse::<u32>().ok())
-            else {
+            let mut parts = rest.split(';').map(str::trim);
+            let decl = parts.next().unwrap_or("");
+            let (mut off, mut size) = (None, None);
+            for p in parts {
+                if let Some(o) = p.strip_prefix("offset:") {
+                    off = o.parse::<u32>().ok();
+                } else if let Some(s) = p.strip_prefix("size:") {
+                    size = s.parse::<u32>().ok();
+                }
+            }
+            let Some(off) = off else {
                 continue;
             };
             let name = decl.rsplit([' ', '*']).next().unwrap_or("");
             let name = name.split('[').next().unwrap_or("");
             if !name.is_empty() {
-                fields.insert(name.to_string(), off);
+                fields.insert(name.to_string(), (off, size.unwrap_or(0)));
             }
         }
         Format {
@@ -117,6 +122,11 @@ impl Format {
     }
 
     pub fn offset(&self, field: &str) -> Result<u32, TracefsError> {
+        self.field(field).map(|(off, _)| off)
+    }
+
+    /// `(offset, size)` of a field.
+    pub fn field(&self, field: &str) -> Result<(u32, u32), TracefsError> {
         self.fields
             .get(field)
             .copied()
@@ -124,6 +134,15 @@ impl Format {
                 path: self.path.clone(),
                 field: field.to_string(),
             })
+    }
+
+    /// Bytes of the record the format describes: the end of its last field.
+    pub fn record_size(&self) -> u32 {
+        self.fields
+            .values()
+            .map(|&(off, size)| off.saturating_add(size))
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -148,6 +167,9 @@ mod tests {
         assert_eq!(f.offset("addrlen").unwrap(), 32);
         assert_eq!(f.offset("saddr_v6").unwrap(), 40);
         assert!(matches!(f.offset("ret"), Err(TracefsError::NoField { .. })));
+        assert_eq!(f.field("addrlen").unwrap(), (32, 8));
+        assert_eq!(f.field("saddr_v6").unwrap(), (40, 16));
+        assert_eq!(f.record_size(), 56);
     }
 
     #[test]
