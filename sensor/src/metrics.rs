@@ -302,6 +302,52 @@ impl Metrics {
         Metrics::sync_counter(&self.spool_evicted.get_or_create(&l), evicted);
     }
 
+    /// Live compute sessions by (GPU minor, namespace, pod), from the sessions' start events.
+    /// At most [`MAX_SESSION_SERIES`] series: the rest are summed under "other".
+    pub fn set_sessions<'a>(&self, starts: impl Iterator<Item = &'a crate::event::Event>) {
+        let mut by: std::collections::HashMap<SessionLabels, i64> = Default::default();
+        for ev in starts {
+            let (ns, pod) = ev
+                .container
+                .as_ref()
+                .map_or((String::new(), String::new()), |c| {
+                    (
+                        c.namespace.clone().unwrap_or_default(),
+                        c.pod.clone().unwrap_or_default(),
+                    )
+                });
+            let gpus = match &ev.body {
+                crate::event::Body::GpuSessionStart(s) => s.gpu_minors.clone(),
+                _ => vec![],
+            };
+            // A session on no known minor is counted with an empty `gpu` label.
+            let gpus: Vec<String> = if gpus.is_empty() {
+                vec![String::new()]
+            } else {
+                gpus.iter().map(u32::to_string).collect()
+            };
+            for gpu in gpus {
+                let mut l = SessionLabels {
+                    gpu,
+                    namespace: ns.clone(),
+                    pod: pod.clone(),
+                };
+                if by.len() >= MAX_SESSION_SERIES && !by.contains_key(&l) {
+                    l = SessionLabels {
+                        gpu: "other".into(),
+                        namespace: "other".into(),
+                        pod: "other".into(),
+                    };
+                }
+                *by.entry(l).or_default() += 1;
+            }
+        }
+        self.gpu_sessions_by.clear();
+        for (l, n) in by {
+            self.gpu_sessions_by.get_or_create(&l).set(n);
+        }
+    }
+
     /// Sets a counter to a cumulative value read elsewhere (kernel map, atomics).
     pub fn sync_counter(c: &Counter, total: u64) {
         let now = c.get();

@@ -25,7 +25,6 @@ use crate::{
     hook::{self, Hooks},
     metrics::{
         AlertLabels, HookLabel, KindLabel, Metrics, ProbeErrorLabels, ResultLabel, ServeOptions,
-        SessionLabels, MAX_SESSION_SERIES,
     },
     output::{DecodeFailure, JsonLines, Loss, RulesReload, SensorStart, Status},
     pipeline::{Out, Processor},
@@ -252,7 +251,7 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let engine = Engine::new(set, cfg.rules.clone());
-    let pipeline = Pipeline {
+    let live = LiveLoop {
         sink: Sink {
             alerting,
             out,
@@ -275,9 +274,7 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     let h = health.clone();
     let pipe = tokio::task::spawn_blocking(move || {
         h.running("pipeline");
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pipeline.run(rx, loss_every)
-        }));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| live.run(rx, loss_every)));
         match r {
             Ok(Ok(())) => h.stopped("pipeline", "input closed"),
             Ok(Err(e)) => h.failed("pipeline", Failure::Error, &format!("{e:#}")),
@@ -332,7 +329,9 @@ fn now_boot_ns() -> u64 {
     crate::decode::clock_ns(libc::CLOCK_BOOTTIME)
 }
 
-struct Pipeline<W: std::io::Write> {
+/// The live loop on its own thread: ring records → [`Processor`] → outputs, with the side
+/// inputs (NVML samples, rule reloads), the metric sync and the periodic `loss` record.
+struct LiveLoop<W: std::io::Write> {
     sink: Sink<W>,
     proc: Processor,
     usage_rx: smpsc::Receiver<UsageSample>,
@@ -439,7 +438,7 @@ impl<W: std::io::Write> Sink<W> {
     }
 }
 
-impl<W: std::io::Write> Pipeline<W> {
+impl<W: std::io::Write> LiveLoop<W> {
     /// Runs on a blocking thread: decode, enrich and write until the reader closes the queue.
     fn run(mut self, mut rx: mpsc::Receiver<Bytes>, loss_every: Duration) -> anyhow::Result<()> {
         let mut next_loss = Instant::now() + loss_every;
@@ -604,50 +603,7 @@ impl<W: std::io::Write> Pipeline<W> {
         }
         m.gpu_sessions_active
             .set(self.proc.sessions.active() as i64);
-        let mut by: std::collections::HashMap<SessionLabels, i64> = Default::default();
-        for ev in self.proc.sessions.starts() {
-            let (ns, pod) = ev
-                .container
-                .as_ref()
-                .map_or((String::new(), String::new()), |c| {
-                    (
-                        c.namespace.clone().unwrap_or_default(),
-                        c.pod.clone().unwrap_or_default(),
-                    )
-                });
-            let gpus = match &ev.body {
-                crate::event::Body::GpuSessionStart(s) => s.gpu_minors.clone(),
-                _ => vec![],
-            };
-            for g in if gpus.is_empty() {
-                vec![u32::MAX]
-            } else {
-                gpus
-            } {
-                let gpu = if g == u32::MAX {
-                    String::new()
-                } else {
-                    g.to_string()
-                };
-                let mut l = SessionLabels {
-                    gpu,
-                    namespace: ns.clone(),
-                    pod: pod.clone(),
-                };
-                if by.len() >= MAX_SESSION_SERIES && !by.contains_key(&l) {
-                    l = SessionLabels {
-                        gpu: "other".into(),
-                        namespace: "other".into(),
-                        pod: "other".into(),
-                    };
-                }
-                *by.entry(l).or_default() += 1;
-            }
-        }
-        m.gpu_sessions_by.clear();
-        for (l, n) in by {
-            m.gpu_sessions_by.get_or_create(&l).set(n);
-        }
+        m.set_sessions(self.proc.sessions.starts());
     }
 
     /// The non-zero probe error counters, as `"hook/error": n`.

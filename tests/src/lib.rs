@@ -267,3 +267,15 @@ pub fn cgroup2_root() -> Option<PathBuf> {
         (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
     })
 }
+
+/// Polls `f` every 100 ms until it holds or `secs` pass; whether it held.
+pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(secs) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}

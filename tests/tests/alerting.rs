@@ -9,11 +9,11 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use hmac::{Hmac, Mac};
-use sensor_tests::{require_root, sensor_bin, skip, Sensor, WAIT};
+use sensor_tests::{require_root, sensor_bin, skip, wait_until, Sensor, WAIT};
 use serde_json::Value;
 use sha2::Sha256;
 
@@ -106,17 +106,6 @@ fn read_request(c: &mut TcpStream) -> Req {
         headers: head.to_lowercase(),
         body: buf[head_end.min(buf.len())..].to_vec(),
     }
-}
-
-fn wait_until(secs: u64, f: impl Fn() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(secs) {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 fn trigger(mark: &str, tag: &str) -> u32 {

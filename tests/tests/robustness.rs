@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sensor_tests::{require_root, sensor_bin, Sensor, WAIT};
+use sensor_tests::{require_root, sensor_bin, wait_until, Sensor, WAIT};
 use serde_json::Value;
 
 fn tmpdir(tag: &str) -> PathBuf {
@@ -18,17 +18,6 @@ fn tmpdir(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).unwrap();
     p
-}
-
-fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(secs) {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 /// One HTTP/1.1 request; (status, headers+body text).
