@@ -4,7 +4,7 @@
 //! Data path, one module per step: [`hook`] (load + attach the eBPF programs) → [`ring`] (BPF
 //! ring buffer → bounded queue) → [`decode`] (records → typed [`event`]s) → [`context`]
 //! (process table, containers, pods) → [`pipeline`] (GPU sessions, [`rules`]) → [`alerting`]
-//! (sinks), [`output`] (JSON lines), [`metrics`]. [`run`] wires them under [`health`]'s
+//! (sinks), [`output`] (JSON lines), [`metrics`]. [`run`] starts them ([`live`] is the live loop) under [`health`]'s
 //! supervision; [`config`] is the TOML configuration; [`replay`] runs recordings offline.
 
 pub mod alerting;
@@ -15,6 +15,7 @@ pub mod event;
 pub mod gpu;
 pub mod health;
 pub mod hook;
+pub mod live;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
