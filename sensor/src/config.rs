@@ -287,10 +287,19 @@ impl Config {
     }
 
     pub fn from_toml(path: &str, text: &str) -> Result<Config, ConfigError> {
-        // toml's error Display carries "line N, column M" and the offending snippet.
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_string(),
-            message: e.to_string(),
+        // toml's Display quotes the offending source line, which may hold a secret (a sink URL):
+        // report its message with the line and column only.
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|sp| {
+                let before = &text[..sp.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {col}: ")
+            });
+            ConfigError::Parse {
+                path: path.to_string(),
+                message: format!("{}{}", at.unwrap_or_default(), e.message()),
+            }
         })?;
         cfg.validate(path)?;
         Ok(cfg)
@@ -396,6 +405,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.gpu.devices[0].gpu_minor, Some(255));
+    }
+
+    #[test]
+    fn parse_errors_do_not_echo_the_source_line() {
+        let secret = "https://hooks.slack.com/services/T0/B0/SECRETSECRET";
+        for text in [
+            format!(
+                "[[alerting.sinks]]\nname = \"s\"\nkind = \"slack\"\nwebhook_url = \"{secret}\"\n"
+            ),
+            format!("[[alerting.sinks]]\nname = \"s\"\nkind = \"slack\"\nurl = [\"{secret}\"]\n"),
+        ] {
+            let e = Config::from_toml("c", &text).unwrap_err().to_string();
+            assert!(!e.contains("SECRETSECRET"), "{e}");
+            assert!(e.contains("line 4") || e.contains("line 1"), "{e}");
+        }
     }
 
     #[test]

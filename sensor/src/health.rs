@@ -394,10 +394,11 @@ mod tests {
             Ok(Exit::Done("second run ends".into()))
         });
         let t = Instant::now();
-        while runs.load(Ordering::SeqCst) < 2 && t.elapsed() < Duration::from_secs(10) {
+        while h.readiness().components["flaky"]["state"] != "stopped"
+            && t.elapsed() < Duration::from_secs(10)
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(50));
         assert_eq!(runs.load(Ordering::SeqCst), 2, "restarted once");
         let (failures, _) = h.metrics();
         let panics = failures

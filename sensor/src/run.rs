@@ -63,6 +63,9 @@ fn rules_mtime(cfg: &rules::RulesConfig) -> Option<std::time::SystemTime> {
 }
 
 pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    // The rule files' state before they are read: a change made while the sensor starts is
+    // then seen by the reloader.
+    let rules_state = rules_mtime(&cfg.rules);
     let set = Arc::new(load_rules(&cfg.rules).context("loading rules")?);
     let mut hooks = Hooks::load(&cfg).context("setting up the kernel hooks")?;
     let ring = hooks.take_ring()?;
@@ -73,6 +76,8 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     let refresh = Duration::from_secs(cfg.gpu.refresh_secs);
     let metrics = Metrics::new(hook::EBPF_SHA256, &kernel_release());
     let health = metrics.health.clone();
+    // Subscribed before any part runs, so a failure during start-up is not missed.
+    let mut fatal = health.fatal();
     // The event path: its failure stops the sensor (README "Supervision").
     health.register("ring_reader", true);
     health.register("pipeline", true);
@@ -161,7 +166,7 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     // reloader's first run takes these; a restarted one subscribes again.
     let reload_start = Arc::new(std::sync::Mutex::new(Some((
         signal(SignalKind::hangup())?,
-        rules_mtime(&cfg.rules),
+        rules_state,
     ))));
     out.write(&Status::SensorStart(start))?;
     out.flush()?;
@@ -260,11 +265,10 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
         }
     });
 
-    let mut fatal = health.fatal();
     let failure = tokio::select! {
         _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); None }
         _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); None }
-        _ = fatal.changed() => fatal.borrow().clone(),
+        r = fatal.wait_for(|v| v.is_some()) => r.ok().and_then(|v| v.clone()),
     };
     let _ = stop_tx.send(true);
     let _ = reader.await;

@@ -6,18 +6,23 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use sensor_tests::{is, require_root, run_helper, skip, Sensor, WAIT};
+use sensor_tests::{is, require_root, run_helper, Sensor, WAIT};
 use serde_json::Value;
 
 const GPUREPLAY: &str = env!("CARGO_BIN_EXE_gpureplay");
 
-fn fixtures() -> Option<PathBuf> {
+/// The H100 recordings, kept in the repository (`tests/fixtures/nvidia-h100`, copied from the
+/// shared fixtures with their README); `SENSOR_FIXTURES` points elsewhere.
+fn fixtures() -> PathBuf {
     let p = std::env::var_os("SENSOR_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/nvidia-h100")
-        });
-    p.join("training.jsonl.gz").exists().then_some(p)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/nvidia-h100"));
+    assert!(
+        p.join("training.jsonl.gz").exists(),
+        "H100 recordings missing at {}",
+        p.display()
+    );
+    p
 }
 
 fn mknod(path: &Path, major: u32, minor: u32) {
@@ -113,13 +118,7 @@ fn h100_recordings_replayed_give_sessions_and_queries() {
     if !require_root("h100_recordings_replayed_give_sessions_and_queries") {
         return;
     }
-    let Some(fx) = fixtures() else {
-        skip(
-            "h100_recordings_replayed_give_sessions_and_queries",
-            "shared/fixtures/nvidia-h100 not found (set SENSOR_FIXTURES)",
-        );
-        return;
-    };
+    let fx = fixtures();
     let dir = TempDir::new("gpu");
     mknod(&dir.0.join("nvidiactl"), 1, 3);
     mknod(&dir.0.join("nvidia0"), 1, 5);

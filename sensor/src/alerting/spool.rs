@@ -71,9 +71,25 @@ impl Spool {
     pub fn open(root: &Path, name: &str, max: usize) -> Result<Spool, SpoolError> {
         let dir = root.join(name);
         let dir = dir.as_path();
-        for d in [root, dir] {
-            private_dir(d)?;
+        // The root is created private when missing but never changed (it may be shared, e.g.
+        // misconfigured as /tmp): one that others can write to is refused, since they could
+        // plant or swap spool entries. The per-sink directory is ours: made 0700.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(io(root))?;
+        let md = fs::metadata(root).map_err(io(root))?;
+        if md.permissions().mode() & 0o022 != 0 {
+            return Err(SpoolError::Io {
+                path: root.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "the spool directory is writable by group or others; use a private directory",
+                ),
+            });
         }
+        private_dir(dir)?;
         let mut items = vec![];
         for e in fs::read_dir(dir).map_err(io(dir))?.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
@@ -82,6 +98,12 @@ impl Spool {
                 continue;
             }
             if let Some((seq, rank)) = parse_name(&name) {
+                // Only regular files (a link is never followed, nor its target chmod'ed).
+                let regular = fs::symlink_metadata(e.path()).is_ok_and(|m| m.file_type().is_file());
+                if !regular {
+                    tracing::warn!(path = %e.path().display(), "not a regular file in the spool: ignored");
+                    continue;
+                }
                 fs::set_permissions(e.path(), fs::Permissions::from_mode(0o600))
                     .map_err(io(&e.path()))?;
                 items.push(Item {
@@ -211,14 +233,33 @@ mod tests {
             fs::Permissions::from_mode(0o644),
         )
         .unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", d.join("s/00000000000000000008-4.json"))
+            .unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
         let mut s = Spool::open(&d, "s", 10).unwrap();
+        assert_eq!(s.len(), 1, "the planted link is not an item");
         s.push(2, b"new").unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_ne!(
+            mode(Path::new("/etc/hostname")),
+            0o600,
+            "a link target is never chmod'ed"
+        );
         assert_eq!(mode(&d), 0o700);
         assert_eq!(mode(&d.join("s")), 0o700);
         for e in fs::read_dir(d.join("s")).unwrap().flatten() {
-            assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
+            if fs::symlink_metadata(e.path())
+                .unwrap()
+                .file_type()
+                .is_file()
+            {
+                assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
+            }
         }
+        // A spool root that others can write to is refused, and left as it is.
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(Spool::open(&d, "s", 10).is_err());
+        assert_eq!(mode(&d), 0o777);
         let _ = fs::remove_dir_all(&d);
     }
 

@@ -205,8 +205,11 @@ pub mod limits {
     /// Largest condition after macro expansion, in cost units: one per operator node and per
     /// value, plus one per 64 bytes of string values. Bounds memory and per-event work.
     pub const MAX_COST: usize = 20_000;
-    /// Longest compiled regex program (bytes), per predicate.
-    pub const MAX_REGEX_BYTES: usize = 1 << 20;
+    /// Largest compiled regex program and lazy-DFA cache (bytes each), per predicate.
+    pub const MAX_REGEX_BYTES: usize = 128 << 10;
+    /// What a regex predicate costs (cost units, ~64 bytes each): its compiled program and
+    /// cache may take up to 2 × [`MAX_REGEX_BYTES`], however short its text.
+    pub const REGEX_COST: usize = 4_000;
 }
 
 /// A compiled condition with what it costs (see [`limits`]).
@@ -427,9 +430,11 @@ impl Parser<'_> {
                     .map(|r| format!("(?:{r})"))
                     .collect::<Vec<_>>()
                     .join("|");
+                self.spend(limits::REGEX_COST)?;
                 Pattern::Regex(
                     regex::RegexBuilder::new(&joined)
                         .size_limit(limits::MAX_REGEX_BYTES)
+                        .dfa_size_limit(limits::MAX_REGEX_BYTES)
                         .build()
                         .map_err(|e| self.err(format!("bad regex: {e}")))?,
                 )

@@ -108,7 +108,7 @@ fields! {
     DstExternal: "dst.external", &[], Type::Bool, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`dst_ip` is neither loopback nor private";
     ChildPid: "child_pid", &[], Type::Int, Carried::Only(&[Kind::Fork]), "the new process";
     ExitStatus: "exit_status", &[], Type::Int, Carried::Only(&[Kind::Exit]), "exit status of a normal exit";
-    Device: "device", &[], Type::Str, Carried::Only(&[Kind::GpuIoctl, Kind::GpuOpen, Kind::TunOpen]), "GPU/TUN device kind (`nvidiactl`, `nvidia-uvm`, `tun`, …)";
+    Device: "device", &[], Type::Str, Carried::Only(&[Kind::GpuIoctl, Kind::GpuOpen, Kind::TunOpen]), "GPU/TUN device kind (`nvidia`, `nvidia-uvm`, `nvidia-caps`, `nvidia-fabric`, `kfd`, `drm`, `tun`)";
     Op: "op", &[], Type::Str, Carried::Only(&[Kind::GpuIoctl]), "decoded GPU ioctl operation";
     Class: "class", &[], Type::Str, Carried::Only(&[Kind::GpuIoctl]), "GPU object class allocated (`HOPPER_COMPUTE_A`, …)";
     Path: "path", &[], Type::Str, Carried::Only(&[Kind::GpuOpen, Kind::TunOpen]), "device path opened";

@@ -144,12 +144,24 @@ pub fn read_file(p: &Path) -> Result<Source, LoadError> {
         line: 0,
         reason,
     };
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(p)
-        .map_err(|e| err(format!("opening: {e}")))?;
-    let md = f.metadata().map_err(|e| err(format!("stat: {e}")))?;
+    // Checked before opening (opening some devices has effects) and again on the descriptor
+    // (the path may have been swapped in between).
+    let before = std::fs::metadata(p).map_err(|e| err(format!("stat: {e}")))?;
+    let f = if before.is_file() {
+        Some(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(p)
+                .map_err(|e| err(format!("opening: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let md = match &f {
+        Some(f) => f.metadata().map_err(|e| err(format!("stat: {e}")))?,
+        None => before,
+    };
     if !md.is_file() {
         let what = {
             use std::os::unix::fs::FileTypeExt;
@@ -177,6 +189,9 @@ pub fn read_file(p: &Path) -> Result<Source, LoadError> {
             md.len()
         )));
     }
+    let Some(f) = f else {
+        return Err(err("not a regular file".into()));
+    };
     let mut bytes = Vec::with_capacity(md.len() as usize);
     f.take(max + 1)
         .read_to_end(&mut bytes)

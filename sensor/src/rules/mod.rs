@@ -216,6 +216,9 @@ pub struct Engine {
 }
 
 const MAX_PENDING: usize = 64;
+/// Scopes with correlation state kept at most; past it, expired windows are dropped first and
+/// then the whole state (counted in `suppressed`-style logs).
+const MAX_SCOPES: usize = 100_000;
 
 /// What sequences and thresholds are counted per.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -273,8 +276,53 @@ impl Engine {
         }
     }
 
+    /// Scopes holding sequence or threshold state (tests, diagnostics).
+    pub fn correlation_scopes(&self) -> usize {
+        self.seq_state.len() + self.thr_state.len()
+    }
+
+    /// Drops the correlation state of a process that exited (keyed by its (pid, start)), and
+    /// bounds the state of all scopes: sequences and thresholds cannot grow without end.
+    fn forget(&mut self, inp: &Input<'_>) {
+        if let crate::event::Body::Exit(_) = inp.ev.body {
+            let key = ScopeKey::Process(inp.procs.key(inp.ev.pid));
+            for i in 0..self.set.rules.len() {
+                self.seq_state.remove(&(i, key));
+                self.thr_state.remove(&(i, key));
+            }
+        }
+        if self.seq_state.len() + self.thr_state.len() > MAX_SCOPES {
+            let now = inp.ev.ts_ns;
+            let rules = &self.set.rules;
+            self.seq_state.retain(|(i, _), q| {
+                let win = rules[*i].sequence.as_ref().map_or(0, |s| s.within_ns);
+                q.back().is_some_and(|(t, _)| now.saturating_sub(*t) <= win)
+            });
+            self.thr_state.retain(|(i, _), q| {
+                let win = rules[*i]
+                    .threshold
+                    .as_ref()
+                    .map_or(0, |t| (t.within * 1e9) as u64);
+                q.back().is_some_and(|t| now.saturating_sub(*t) <= win)
+            });
+            if self.seq_state.len() + self.thr_state.len() > MAX_SCOPES {
+                tracing::warn!(
+                    "more than {MAX_SCOPES} processes with open rule sequences/thresholds: state reset"
+                );
+                self.seq_state.clear();
+                self.thr_state.clear();
+            }
+        }
+    }
+
     /// Evaluates every applicable rule on `ev`.
     pub fn process(&mut self, inp: &Input<'_>) -> Vec<Alert> {
+        let out = self.evaluate(inp);
+        self.forget(inp);
+        out
+    }
+
+    fn evaluate(&mut self, inp: &Input<'_>) -> Vec<Alert> {
         let set = self.set.clone();
         let kind = inp.ev.body.kind();
         let idx = set
