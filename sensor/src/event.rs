@@ -189,6 +189,31 @@ names! {
 }
 
 impl Device {
+    /// The GPU kinds a configured stand-in device may take (not `tun`, not `unknown`).
+    pub const GPU: [Device; 6] = [
+        Device::Nvidia,
+        Device::NvidiaUvm,
+        Device::NvidiaCaps,
+        Device::NvidiaFabric,
+        Device::Kfd,
+        Device::Drm,
+    ];
+
+    /// The kernel's device-kind id (`sensor_common::gpu::dev`); 0 for `unknown`.
+    pub fn id(self) -> u32 {
+        use sensor_common::gpu::dev;
+        match self {
+            Device::Nvidia => dev::NVIDIA,
+            Device::NvidiaUvm => dev::NVIDIA_UVM,
+            Device::NvidiaCaps => dev::NVIDIA_CAPS,
+            Device::NvidiaFabric => dev::NVIDIA_FABRIC,
+            Device::Kfd => dev::KFD,
+            Device::Drm => dev::DRM,
+            Device::Tun => dev::TUN,
+            Device::Unknown => 0,
+        }
+    }
+
     /// From the kernel's device-kind id.
     pub fn from_id(kind: u32) -> Device {
         use sensor_common::gpu::dev;
@@ -431,6 +456,14 @@ pub struct NetPayload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_ids_round_trip() {
+        for d in Device::GPU.into_iter().chain([Device::Tun]) {
+            assert_eq!(Device::from_id(d.id()), d);
+        }
+        assert_eq!(Device::from_id(0), Device::Unknown);
+    }
 
     /// The JSON `kind` tag of every body is its [`Kind`]'s name (serde names the variants, the
     /// table in sensor-common names the kinds: they must agree).

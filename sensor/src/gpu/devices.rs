@@ -32,16 +32,12 @@ pub struct DeviceSpec {
     pub emulated: bool,
 }
 
+/// A configured device kind's id, by the name events use for it (`crate::event::Device`).
 pub fn kind_from_name(name: &str) -> Option<u32> {
-    Some(match name {
-        "nvidia" => dev::NVIDIA,
-        "nvidia-uvm" => dev::NVIDIA_UVM,
-        "nvidia-caps" => dev::NVIDIA_CAPS,
-        "nvidia-fabric" => dev::NVIDIA_FABRIC,
-        "kfd" => dev::KFD,
-        "drm" => dev::DRM,
-        _ => return None,
-    })
+    crate::event::Device::GPU
+        .iter()
+        .find(|d| d.as_str() == name)
+        .map(|d| d.id())
 }
 
 /// Driver names in the "Character devices" part of /proc/devices → kind. Names: NVIDIA

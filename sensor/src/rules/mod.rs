@@ -286,7 +286,9 @@ impl Engine {
     fn forget(&mut self, inp: &Input<'_>) {
         if let crate::event::Body::Exit(_) = inp.ev.body {
             let key = ScopeKey::Process(inp.procs.key(inp.ev.pid));
-            for i in 0..self.set.rules.len() {
+            let set = self.set.clone();
+            let stateful = set.rules.iter().enumerate();
+            for (i, _) in stateful.filter(|(_, r)| r.sequence.is_some() || r.threshold.is_some()) {
                 self.seq_state.remove(&(i, key));
                 self.thr_state.remove(&(i, key));
             }
