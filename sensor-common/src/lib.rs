@@ -80,16 +80,21 @@ kinds! {
     Listen = 6, "listen", "a TCP socket entered LISTEN";
     GpuIoctl = 7, "gpu_ioctl", "an ioctl on a GPU device file";
     GpuOpen = 8, "gpu_open", "an open of a GPU device file";
-    NetPayload = 9, "net_payload", "the first bytes written to a new outbound TCP connection";
+    NetPayload = 9, "net_payload", "the first data bytes sent on a new outbound TCP connection (any send path; seen at the socket)";
     /// A tracked TCP connection reached TCP_CLOSE (`NetEvent`; only `hdr.pid`, the owner
     /// recorded at connect, is meaningful in the header: closes may run in softirq context).
     TcpClose = 10, "tcp_close", "a TCP connection the sensor saw opening reached TCP_CLOSE";
+    /// An IPv4/IPv6 socket was duplicated onto fd 0, 1 or 2 (`NetEvent`: `fd` is the target,
+    /// the address is the socket's peer).
+    SockDup = 11, "sock_dup", "a network socket was dup'd onto stdin/stdout/stderr (dup2/dup3)";
     /// Decoded from a `gpu_open` record of /dev/net/tun.
     TunOpen = 32, "tun_open", "an open of /dev/net/tun";
     GpuSessionStart = 33, "gpu_session_start", "derived: a process created its first GPU compute object";
     GpuSessionEnd = 34, "gpu_session_end", "derived: a process with a GPU compute session exited";
     GpuQuery = 35, "gpu_query", "derived: a process used GPU devices without computing (nvidia-smi) and exited";
     GpuUsage = 36, "gpu_usage", "derived: NVML utilisation joined to a running compute session";
+    /// Decoded from a `net_payload` record sent to port 53.
+    DnsQuery = 37, "dns_query", "a DNS query sent by a process (UDP or TCP port 53)";
 }
 
 /// Numeric ids of the kernel ring records (the eBPF side writes these).
@@ -105,8 +110,9 @@ pub mod kind {
     pub const GPU_OPEN: u32 = Kind::GpuOpen.id();
     pub const NET_PAYLOAD: u32 = Kind::NetPayload.id();
     pub const TCP_CLOSE: u32 = Kind::TcpClose.id();
+    pub const SOCK_DUP: u32 = Kind::SockDup.id();
     /// One past the highest kernel record id: size of per-kind counter arrays.
-    pub const MAX: u32 = 11;
+    pub const MAX: u32 = 12;
 }
 
 /// Name of a kernel record kind id for counters (index 0 and unknown ids: "unknown").
@@ -226,26 +232,38 @@ numbered! {
     SysExitIoctl = 9, "sys_exit_ioctl";
     SysEnterOpenat = 10, "sys_enter_openat";
     SysExitOpenat = 11, "sys_exit_openat";
-    SysEnterWrite = 12, "sys_enter_write";
-    SysEnterSendto = 13, "sys_enter_sendto";
+    /// `cgroup_skb/egress` on the cgroup v2 root: first data of new TCP connections, DNS.
+    SockEgress = 12, "sock_egress";
+    SysExitDup2 = 13, "sys_exit_dup2";
+    SysExitDup3 = 14, "sys_exit_dup3";
 }
 
 impl Hook {
-    /// The tracepoint the program attaches to: `(category, name)`; category `None` for a raw
-    /// tracepoint.
-    pub const fn tracepoint(self) -> (Option<&'static str>, &'static str) {
+    /// What the program attaches to.
+    pub const fn attach(self) -> Attach {
         match self {
             Hook::SchedProcessExec | Hook::SchedProcessFork | Hook::SchedProcessExit => {
-                (None, self.name())
+                Attach::RawTracepoint(self.name())
             }
-            Hook::InetSockSetState => (Some("sock"), self.name()),
-            _ => (Some("syscalls"), self.name()),
+            Hook::InetSockSetState => Attach::Tracepoint("sock", self.name()),
+            Hook::SockEgress => Attach::CgroupSkbEgress,
+            _ => Attach::Tracepoint("syscalls", self.name()),
         }
     }
 }
 
+/// Where a [`Hook`]'s program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    RawTracepoint(&'static str),
+    /// `(category, name)` under tracefs `events/`.
+    Tracepoint(&'static str, &'static str),
+    /// `cgroup_skb` egress on the cgroup v2 root (config `net.cgroup_path`).
+    CgroupSkbEgress,
+}
+
 const _: () = assert!(ProbeError::COUNT == 6);
-const _: () = assert!(Hook::COUNT == 14);
+const _: () = assert!(Hook::COUNT == 15);
 
 /// Entries of the `PROBE_ERRORS` map: one counter per (hook, error).
 pub const PROBE_ERROR_ENTRIES: u32 = (Hook::COUNT * ProbeError::COUNT) as u32;
@@ -267,6 +285,13 @@ pub mod flags {
     /// Network: seen by `sock/inet_sock_set_state` outside a connect(2)/listen(2) syscall (for
     /// example a connect submitted through io_uring); `ret` and `fd` are not known.
     pub const NET_NO_SYSCALL: u32 = 1 << 8;
+    /// Payload: sent by another task than the connection's owner, or outside process context
+    /// (softirq); the header names the owner (recorded at the SYN) and its comm is empty.
+    pub const PAYLOAD_OWNER: u32 = 1 << 9;
+    /// Payload: a UDP datagram (DNS), not the first TCP segment.
+    pub const PAYLOAD_UDP: u32 = 1 << 10;
+    /// Exec: the executable has no link left (a memfd, or a deleted file): `i_nlink == 0`.
+    pub const EXE_UNLINKED: u32 = 1 << 3;
     /// GPU ioctl: `NV_ESC_IOCTL_XFER_CMD` was unwrapped; `arg` holds the inner parameters.
     pub const GPU_XFER: u32 = 1 << 12;
     /// GPU ioctl/open: the device is a configured stand-in (tests), not a real GPU driver.
@@ -275,8 +300,10 @@ pub mod flags {
     pub const GPU_ARG_UNREADABLE: u32 = 1 << 14;
 }
 
-/// Bytes captured of the first payload written to a freshly connected TCP socket.
-pub const PAYLOAD_LEN: usize = 64;
+/// Bytes captured of the first data segment of a new outbound TCP connection (or of a DNS
+/// datagram): a whole XMRig login with its `agent`, a TLS ClientHello's SNI, an HTTP request
+/// line and Host, a DNS question with a 253-byte name.
+pub const PAYLOAD_LEN: usize = 512;
 
 /// Bytes of an ioctl argument captured for GPU ioctls.
 pub const GPU_ARG_LEN: usize = 64;
@@ -315,6 +342,17 @@ pub struct ExecEvent {
     pub args_len: u32,
     /// Full size of the argv block in the new image (`arg_end - arg_start`).
     pub args_total: u32,
+    /// Descriptors 0, 1, 2 at exec: bit `fd` set when it is a socket, bit `4 + fd` when it is
+    /// an IPv4/IPv6 socket with a peer (connected TCP, or connected UDP).
+    pub stdio: u32,
+    /// The peer of the lowest such inet descriptor (`family` 0 when none): AF_INET/AF_INET6,
+    /// port in host order, address in network byte order (IPv4 in the first 4 bytes).
+    pub peer_family: u16,
+    pub peer_port: u16,
+    pub peer_addr: [u8; 16],
+    /// `socket->type` of that descriptor (SOCK_STREAM 1, SOCK_DGRAM 2).
+    pub peer_sock_type: u16,
+    pub _pad: [u8; 6],
     /// `bprm->filename`, NUL-terminated.
     pub filename: [u8; FILENAME_MAX],
     /// NUL-separated argv strings as laid out on the new stack.
@@ -366,20 +404,27 @@ pub struct NetEvent {
     pub cookie: u64,
 }
 
-/// The first bytes written (write/sendto) to a TCP socket after its connect(2): enough to see a
-/// plaintext protocol greeting such as Stratum's `mining.subscribe`.
+/// The first data segment of a new outbound TCP connection, or a DNS datagram, as it leaves the
+/// host (`cgroup_skb/egress`): whatever syscall sent it (write, writev, send*, sendmmsg,
+/// io_uring, sendfile).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct NetPayloadEvent {
     pub hdr: EventHeader,
+    /// Always -1: the packet carries no descriptor.
     pub fd: i32,
-    /// Length the caller asked to write.
+    /// Payload bytes in the segment/datagram.
     pub len: u32,
     pub family: u16,
+    /// Destination port.
     pub port: u16,
     pub data_len: u32,
     /// Destination (as for `NetEvent::addr`).
     pub addr: [u8; 16],
+    /// Source port and IP protocol (6 TCP, 17 UDP).
+    pub local_port: u16,
+    pub protocol: u16,
+    pub _pad: u32,
     pub data: [u8; PAYLOAD_LEN],
 }
 
@@ -604,8 +649,6 @@ pub mod record_size {
     pub const SYS_ENTER_SOCKADDR: usize = 48;
     /// `syscalls/sys_enter_ioctl`: fd, cmd, arg.
     pub const SYS_ENTER_IOCTL: usize = 48;
-    /// `syscalls/sys_enter_{write,sendto}`: fd, buffer, length.
-    pub const SYS_ENTER_PAYLOAD: usize = 48;
     /// `sock/inet_sock_set_state` for SYN_SENT and LISTEN: up to `daddr_v6`.
     pub const INET_SOCK_SET_STATE: usize = 72;
     /// `sock/inet_sock_set_state` at TCP_CLOSE: `skaddr` only.
@@ -752,6 +795,16 @@ offsets! {
     mnt_ns_inum = OffsetSource::Btf("mnt_namespace", "ns.inum");
     // struct linux_binprm
     bprm_filename = OffsetSource::Btf("linux_binprm", "filename");
+    /// `bprm->file`, the executable being run.
+    bprm_file = OffsetSource::Btf("linux_binprm", "file");
+    /// `inode->i_mode` (S_IFMT bits tell a socket), `inode->__i_nlink` (0: memfd or deleted).
+    inode_mode = OffsetSource::Btf("inode", "i_mode");
+    inode_nlink = OffsetSource::Btf("inode", "__i_nlink");
+    // struct sock_common (the first member of struct sock): the peer of a socket
+    skc_family = OffsetSource::Btf("sock_common", "skc_family");
+    skc_daddr = OffsetSource::Btf("sock_common", "skc_daddr");
+    skc_dport = OffsetSource::Btf("sock_common", "skc_dport");
+    skc_v6_daddr = OffsetSource::Btf("sock_common", "skc_v6_daddr");
     // struct files_struct / fdtable
     files_fdt = OffsetSource::Btf("files_struct", "fdt");
     fdt_max_fds = OffsetSource::Btf("fdtable", "max_fds");
@@ -797,6 +850,8 @@ offsets! {
             ("syscalls", "sys_exit_bind", "ret"),
             ("syscalls", "sys_exit_ioctl", "ret"),
             ("syscalls", "sys_exit_openat", "ret"),
+            ("syscalls", "sys_exit_dup2", "ret"),
+            ("syscalls", "sys_exit_dup3", "ret"),
         ],
         CTX_READ8,
     );
@@ -829,19 +884,6 @@ offsets! {
     // sys_enter_openat: filename, flags (read from the context)
     tp_openat_filename = OffsetSource::Tracefs((SYSCALLS, OPENAT, "filename"), CTX_READ8);
     tp_openat_flags = OffsetSource::Tracefs((SYSCALLS, OPENAT, "flags"), CTX_READ8);
-    // sys_enter_write / sys_enter_sendto: fd, buffer, length (same positions in both)
-    tp_payload_fd = OffsetSource::Shared(
-        &[("syscalls", "sys_enter_write", "fd"), ("syscalls", "sys_enter_sendto", "fd")],
-        arg8!(record_size::SYS_ENTER_PAYLOAD),
-    );
-    tp_payload_buf = OffsetSource::Shared(
-        &[("syscalls", "sys_enter_write", "buf"), ("syscalls", "sys_enter_sendto", "buff")],
-        arg8!(record_size::SYS_ENTER_PAYLOAD),
-    );
-    tp_payload_len = OffsetSource::Shared(
-        &[("syscalls", "sys_enter_write", "count"), ("syscalls", "sys_enter_sendto", "len")],
-        arg8!(record_size::SYS_ENTER_PAYLOAD),
-    );
     /// Explicit padding: keeps `ProgConfig` free of implicit padding bytes.
     _pad = OffsetSource::Pad;
 }
@@ -929,9 +971,10 @@ const _: () = assert!(offset_of!(EventHeader, ts_ns) == 8);
 const _: () = assert!(offset_of!(EventHeader, pid) == 16);
 const _: () = assert!(offset_of!(EventHeader, cgroup_id) == 40);
 const _: () = assert!(offset_of!(EventHeader, comm) == 48);
-const _: () = assert!(size_of::<ExecEvent>() == 64 + 8 + FILENAME_MAX + ARGS_MAX);
-const _: () = assert!(offset_of!(ExecEvent, filename) == 72);
-const _: () = assert!(offset_of!(ExecEvent, args) == 72 + FILENAME_MAX);
+const _: () = assert!(size_of::<ExecEvent>() == 64 + 8 + 32 + FILENAME_MAX + ARGS_MAX);
+const _: () = assert!(offset_of!(ExecEvent, peer_addr) == 80);
+const _: () = assert!(offset_of!(ExecEvent, filename) == 104);
+const _: () = assert!(offset_of!(ExecEvent, args) == 104 + FILENAME_MAX);
 const _: () = assert!(size_of::<ForkEvent>() == 72);
 const _: () = assert!(size_of::<ExitEvent>() == 72);
 const _: () = assert!(size_of::<NetEvent>() == 104);
@@ -939,12 +982,12 @@ const _: () = assert!(offset_of!(NetEvent, cookie) == 96);
 const _: () = assert!(offset_of!(NetEvent, ret) == 64);
 const _: () = assert!(offset_of!(NetEvent, family) == 72);
 const _: () = assert!(offset_of!(NetEvent, addr) == 80);
-const _: () = assert!(size_of::<Offsets>() == 48 * 4);
+const _: () = assert!(size_of::<Offsets>() == 52 * 4);
 const _: () = assert!(Offsets::FIELDS.len() * 4 == size_of::<Offsets>());
-const _: () = assert!(size_of::<ProgConfig>() == 48 * 4 + 16);
-const _: () = assert!(offset_of!(ProgConfig, cookie_key) == 48 * 4 + 8);
-const _: () = assert!(size_of::<NetPayloadEvent>() == 64 + 16 + 16 + PAYLOAD_LEN);
-const _: () = assert!(offset_of!(NetPayloadEvent, data) == 96);
+const _: () = assert!(size_of::<ProgConfig>() == 52 * 4 + 16);
+const _: () = assert!(offset_of!(ProgConfig, cookie_key) == 52 * 4 + 8);
+const _: () = assert!(size_of::<NetPayloadEvent>() == 64 + 16 + 16 + 8 + PAYLOAD_LEN);
+const _: () = assert!(offset_of!(NetPayloadEvent, data) == 104);
 const _: () = assert!(size_of::<GpuIoctlEvent>() == 64 + 48 + GPU_ARG_LEN);
 const _: () = assert!(offset_of!(GpuIoctlEvent, arg) == 112);
 const _: () = assert!(size_of::<GpuOpenEvent>() == 64 + 24 + 2 * GPU_NAME_LEN);

@@ -1,7 +1,7 @@
 //! Kernel side of the sensor: hooks → one BPF ring buffer.
 //!
-//! Only tracepoints and raw tracepoints are used (kprobes are not compiled into the target
-//! kernels; LSM and fentry/fexit loads are refused). Every kernel struct offset comes from
+//! Only tracepoints, raw tracepoints and one `cgroup_skb` program are used (kprobes are not
+//! compiled into the target kernels; LSM and fentry/fexit loads are refused). Every kernel struct offset comes from
 //! [`CONFIG`], which the agent fills from the running kernel's BTF before loading: Rust eBPF emits
 //! no CO-RE relocations, so nothing here may assume a layout.
 #![no_std]
@@ -12,6 +12,7 @@ mod filter;
 mod gpu;
 mod net;
 mod proc;
+mod sock;
 mod task;
 
 use aya_ebpf::{

@@ -1,5 +1,7 @@
-//! connect(2) and bind(2) (syscall enter/exit tracepoints) and TCP state changes
-//! (`sock/inet_sock_set_state`) for connects that bypass connect(2) (io_uring) and for listeners.
+//! connect(2) and bind(2) (syscall enter/exit tracepoints), TCP state changes
+//! (`sock/inet_sock_set_state`) for connects that bypass connect(2) (io_uring) and for listeners,
+//! and dup2/dup3 of an IP socket onto stdio (syscall exit tracepoints). First bytes of new
+//! connections are taken at the socket level (`sock.rs`), not here.
 //!
 //! Tracepoint record layouts are not assumed: the field offsets come from the tracefs `format`
 //! files via [`crate::config`].
@@ -10,20 +12,14 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
     programs::TracePointContext,
 };
-use sensor_common::{
-    flags, kind, record_size, Hook, NetEvent, NetPayloadEvent, ProbeError, PAYLOAD_LEN,
-};
+use sensor_common::{flags, kind, record_size, Hook, NetEvent, ProbeError};
 
 use crate::{
     config,
     emit::{count_error, emit, finish, or_count},
     filter::current_traced,
-    task::{ctx_field, field, file_of_fd, fill_header, read, record},
+    task::{ctx_field, field, file_of_fd, fill_header, read, record, sock_of_file, AF_INET, AF_INET6},
 };
-
-/// Address families (include/linux/socket.h).
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 /// TCP states (include/net/tcp_states.h).
 const TCP_SYN_SENT: i32 = 2;
 const TCP_LISTEN: i32 = 10;
@@ -47,11 +43,6 @@ pub struct Pending {
     owner: u32,
     _pad: u32,
 }
-
-/// TCP sockets connected (ok or in progress) whose first payload has not been seen yet, by
-/// `tgid << 32 | fd`, with their destination. LRU: a socket that never writes ages out.
-#[map(name = "FRESH_SOCKS")]
-static FRESH_SOCKS: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
 
 /// Outbound TCP connections being followed until TCP_CLOSE, by `struct sock *`.
 #[map(name = "TRACKED_SOCKS")]
@@ -160,80 +151,55 @@ fn exit(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> {
     let ret = or_count(hook, ctx_field::<i64>(ctx, o.tp_exit_ret), 0);
     let emitted = emit_net(k, 0, ret as i32, p.fd, &p);
     // Followed even when the record was lost, as before.
-    if k == kind::CONNECT && p.sock_type == SOCK_STREAM && (ret == 0 || ret == -EINPROGRESS) {
-        let key = (id & 0xffff_ffff_0000_0000) | (p.fd as u32 as u64);
-        if FRESH_SOCKS.insert(&key, &p, 0).is_err() {
-            count_error(hook, ProbeError::MapUpdate);
-        }
-        if p.sk != 0 && TRACKED_SOCKS.insert(&p.sk, &p, 0).is_err() {
+    if k == kind::CONNECT
+        && p.sock_type == SOCK_STREAM
+        && (ret == 0 || ret == -EINPROGRESS)
+        && p.sk != 0
+    {
+        if TRACKED_SOCKS.insert(&p.sk, &p, 0).is_err() {
             count_error(hook, ProbeError::MapUpdate);
         }
     }
     emitted
 }
 
-/// First write/sendto on a fresh TCP socket: capture its first bytes.
+/// sys_exit_dup2 / sys_exit_dup3: an IPv4/IPv6 socket now sits on fd 0, 1 or 2 (the
+/// reverse-shell move of a program that may never exec afterwards).
 #[inline(always)]
-fn first_payload(ctx: &TracePointContext, hook: Hook) -> Result<(), ProbeError> {
-    let o = &config().offsets;
-    let r = record::<{ record_size::SYS_ENTER_PAYLOAD }>(ctx)?;
-    let fd = field(&r, o.tp_payload_fd, 8)? as u32;
-    let key = (bpf_get_current_pid_tgid() & 0xffff_ffff_0000_0000) | fd as u64;
-    // SAFETY: LRU lookup; the value is copied out before the entry is removed.
-    let Some(p) = (unsafe { FRESH_SOCKS.get(&key) }).copied() else {
+fn dup_exit(ctx: &TracePointContext) -> Result<(), ProbeError> {
+    let ret = ctx_field::<i64>(ctx, config().offsets.tp_exit_ret)?;
+    if !(0..=2).contains(&ret) || !current_traced() {
+        return Ok(());
+    }
+    let Some(s) = sock_of_file(file_of_fd(ret as u64)?)? else {
         return Ok(());
     };
-    let _ = FRESH_SOCKS.remove(&key);
-    let buf = field(&r, o.tp_payload_buf, 8)?;
-    let len = field(&r, o.tp_payload_len, 8)?;
-    emit(kind::NET_PAYLOAD, |ev: *mut NetPayloadEvent| {
-        // SAFETY: `ev` is a reservation of size_of::<NetPayloadEvent>() owned by this program;
-        // the user buffer is read with the fault-handling helper and a bounded size.
-        unsafe {
-            fill_header(&mut (*ev).hdr, kind::NET_PAYLOAD);
-            (*ev).fd = fd as i32;
-            (*ev).len = len as u32;
-            (*ev).family = p.family;
-            (*ev).port = p.port;
-            (*ev).addr = p.addr;
-            (*ev).data = [0; PAYLOAD_LEN];
-            let n = if len > PAYLOAD_LEN as u64 {
-                PAYLOAD_LEN as u64
-            } else {
-                len
-            };
-            (*ev).data_len = 0;
-            if buf != 0 {
-                if aya_ebpf::helpers::generated::bpf_probe_read_user(
-                    (*ev).data.as_mut_ptr().cast(),
-                    (n as u32) & (2 * PAYLOAD_LEN as u32 - 1),
-                    buf as *const _,
-                ) == 0
-                {
-                    (*ev).data_len = n as u32;
-                } else {
-                    count_error(hook, ProbeError::UserRead);
-                }
-            }
-        }
-        Ok(())
-    })
+    if s.family != AF_INET && s.family != AF_INET6 {
+        return Ok(()); // a unix socket on stdio is ordinary (systemd, container runtimes)
+    }
+    let p = Pending {
+        kind: kind::SOCK_DUP,
+        fd: ret as i32,
+        family: s.family,
+        port: s.port,
+        sock_type: s.sock_type,
+        protocol: 0,
+        addr: s.addr,
+        sk: s.sk,
+        owner: (bpf_get_current_pid_tgid() >> 32) as u32,
+        _pad: 0,
+    };
+    emit_net(kind::SOCK_DUP, 0, 0, ret as i32, &p)
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_write")]
-pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    finish(
-        Hook::SysEnterWrite,
-        first_payload(&ctx, Hook::SysEnterWrite),
-    )
+#[tracepoint(category = "syscalls", name = "sys_exit_dup2")]
+pub fn sys_exit_dup2(ctx: TracePointContext) -> u32 {
+    finish(Hook::SysExitDup2, dup_exit(&ctx))
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
-pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    finish(
-        Hook::SysEnterSendto,
-        first_payload(&ctx, Hook::SysEnterSendto),
-    )
+#[tracepoint(category = "syscalls", name = "sys_exit_dup3")]
+pub fn sys_exit_dup3(ctx: TracePointContext) -> u32 {
+    finish(Hook::SysExitDup3, dup_exit(&ctx))
 }
 
 /// A connect/bind/listen record from `p`.

@@ -15,7 +15,9 @@ use crate::{
     emit::{count_error, emit, finish, or_count},
     filter::{current_traced, inherit, tgid_traced},
     gpu::GPU_TGIDS,
-    task::{current_task_btf, fill_header, load, read},
+    task::{
+        current_task_btf, file_of_fd, fill_header, load, read, sock_of_file, AF_INET, AF_INET6,
+    },
 };
 
 /// `trace_sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`;
@@ -85,10 +87,62 @@ fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), ProbeError> 
                     count_error(HOOK, ProbeError::UserRead);
                 }
             }
+            // The executable: no link left means a memfd or a deleted file.
+            let nlink = read::<u64>(bprm, o.bprm_file)
+                .and_then(|f| read::<u64>(f, o.file_inode))
+                .and_then(|i| read::<u32>(i, o.inode_nlink));
+            if or_count(HOOK, nlink, 1) == 0 {
+                fl |= flags::EXE_UNLINKED;
+            }
+            stdio(ev);
             (*ev).hdr.flags = fl;
         }
         Ok(())
     })
+}
+
+/// Which of fds 0-2 the new image starts with are sockets, and the peer of the first IP one.
+/// A shell or interpreter whose stdio is a TCP connection is a reverse shell, however it got
+/// there (`socat exec:`, `nc -e`, fds inherited from a parent that dup2'd them, SCM_RIGHTS).
+///
+/// # Safety
+/// `ev` points at a writable `ExecEvent`; the fields this writes need not be initialised.
+#[inline(always)]
+unsafe fn stdio(ev: *mut ExecEvent) {
+    let mut bits = 0u32;
+    let mut peer = None;
+    for fd in 0..3u32 {
+        let s = file_of_fd(fd as u64).and_then(sock_of_file);
+        let Some(s) = or_count(Hook::SchedProcessExec, s, None) else {
+            continue;
+        };
+        bits |= 1 << fd;
+        if (s.family == AF_INET || s.family == AF_INET6) && s.port != 0 {
+            bits |= 1 << (4 + fd);
+            if peer.is_none() {
+                peer = Some(s);
+            }
+        }
+    }
+    // SAFETY: the caller hands a valid record pointer; only plain writes through it.
+    unsafe {
+        (*ev).stdio = bits;
+        (*ev)._pad = [0; 6];
+        match peer {
+            Some(s) => {
+                (*ev).peer_family = s.family;
+                (*ev).peer_port = s.port;
+                (*ev).peer_addr = s.addr;
+                (*ev).peer_sock_type = s.sock_type;
+            }
+            None => {
+                (*ev).peer_family = 0;
+                (*ev).peer_port = 0;
+                (*ev).peer_addr = [0; 16];
+                (*ev).peer_sock_type = 0;
+            }
+        }
+    }
 }
 
 /// `trace_sched_process_fork(struct task_struct *parent, struct task_struct *child)`, in the

@@ -86,6 +86,53 @@ pub(crate) fn file_of_fd(fd: u64) -> Result<u64, ProbeError> {
     read::<u64>(arr + fd * 8, 0)
 }
 
+/// Address families (include/linux/socket.h).
+pub(crate) const AF_INET: u16 = 2;
+pub(crate) const AF_INET6: u16 = 10;
+/// File type bits of `i_mode` (include/uapi/linux/stat.h): S_IFMT, S_IFSOCK.
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+
+/// A socket behind a file: its family, type and peer (port 0 and a zero address when it has
+/// none, or for families other than AF_INET/AF_INET6).
+pub(crate) struct SockInfo {
+    pub family: u16,
+    pub sock_type: u16,
+    pub port: u16,
+    pub addr: [u8; 16],
+    pub sk: u64,
+}
+
+/// `Ok(None)` when `file` (a `struct file *`, 0 for none) is not a socket.
+#[inline(always)]
+pub(crate) fn sock_of_file(file: u64) -> Result<Option<SockInfo>, ProbeError> {
+    if file == 0 {
+        return Ok(None);
+    }
+    let o = &config().offsets;
+    let inode = read::<u64>(file, o.file_inode)?;
+    if read::<u16>(inode, o.inode_mode)? & S_IFMT != S_IFSOCK {
+        return Ok(None);
+    }
+    let sock = read::<u64>(file, o.file_private_data)?;
+    let sk = read::<u64>(sock, o.socket_sk)?;
+    let mut s = SockInfo {
+        family: read::<u16>(sk, o.skc_family)?,
+        sock_type: read::<u16>(sock, o.socket_type)?,
+        port: 0,
+        addr: [0; 16],
+        sk,
+    };
+    if s.family == AF_INET {
+        s.addr[..4].copy_from_slice(&read::<[u8; 4]>(sk, o.skc_daddr)?);
+        s.port = u16::from_be(read::<u16>(sk, o.skc_dport)?);
+    } else if s.family == AF_INET6 {
+        s.addr = read::<[u8; 16]>(sk, o.skc_v6_daddr)?;
+        s.port = u16::from_be(read::<u16>(sk, o.skc_dport)?);
+    }
+    Ok(Some(s))
+}
+
 /// Fills `hdr` for the current task.
 #[inline(always)]
 pub(crate) fn fill_header(hdr: &mut EventHeader, kind: u32) {

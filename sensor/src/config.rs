@@ -188,15 +188,22 @@ impl MetricsConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetConfig {
-    /// Capture the first 64 bytes written to each new outbound TCP connection (Stratum and
-    /// other plaintext greetings). Adds a tracepoint on write(2) and sendto(2).
+    /// Capture the first data segment (512 bytes) of each new outbound TCP connection and every
+    /// DNS query, at the socket level (`cgroup_skb/egress` on the cgroup v2 root): SSH banners,
+    /// Stratum/XMRig logins, TLS SNI, HTTP Host, DNS names, whatever syscall sent them. Costs
+    /// each sent packet one socket-cookie lookup; no syscall is hooked for it.
     pub first_payload: bool,
+    /// The cgroup v2 mount to attach that program to (default: `/sys/fs/cgroup`, or
+    /// `/sys/fs/cgroup/unified` on a hybrid host). In a container, mount the host's cgroup v2
+    /// root here: a container's own cgroup namespace root covers only itself.
+    pub cgroup_path: Option<PathBuf>,
 }
 
 impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
             first_payload: true,
+            cgroup_path: None,
         }
     }
 }

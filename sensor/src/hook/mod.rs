@@ -7,7 +7,10 @@ pub mod tracefs;
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{
+        cgroup_skb::CgroupSkbAttachType, links::CgroupAttachMode, CgroupSkb, RawTracePoint,
+        TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use sensor_common::{
@@ -52,6 +55,48 @@ pub enum HookError {
     GpuDevice(String),
     #[error("map `{0}` missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("cgroup v2 root for the socket-level capture: {0}")]
+    Cgroup(String),
+}
+
+/// `CGROUP2_SUPER_MAGIC` (include/uapi/linux/magic.h).
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Whether `path` is a mounted cgroup v2 file system.
+fn is_cgroup2(path: &std::path::Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into a zeroed struct we own; `c` is a valid NUL-terminated path.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC
+    }
+}
+
+/// The cgroup v2 root the egress program is attached to: the configured path, else
+/// `/sys/fs/cgroup` (unified hierarchy) or `/sys/fs/cgroup/unified` (hybrid v1/v2). Attached
+/// at the root, the program runs for every process on the host (descendant cgroups inherit it).
+pub fn cgroup2_root(configured: Option<&std::path::Path>) -> Result<std::path::PathBuf, HookError> {
+    if let Some(p) = configured {
+        return if is_cgroup2(p) {
+            Ok(p.to_path_buf())
+        } else {
+            Err(HookError::Cgroup(format!(
+                "{} (net.cgroup_path) is not a cgroup v2 mount",
+                p.display()
+            )))
+        };
+    }
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| is_cgroup2(p))
+        .ok_or_else(|| {
+            HookError::Cgroup(
+                "no cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified: set net.cgroup_path, or net.first_payload = false".into(),
+            )
+        })
 }
 
 /// Raw tracepoints (no tracefs needed): program name = tracepoint name.
@@ -71,12 +116,12 @@ const TPS: &[(&str, &str, &str)] = &[
     ("sys_exit_ioctl", "syscalls", "sys_exit_ioctl"),
     ("sys_enter_openat", "syscalls", "sys_enter_openat"),
     ("sys_exit_openat", "syscalls", "sys_exit_openat"),
+    ("sys_exit_dup2", "syscalls", "sys_exit_dup2"),
+    ("sys_exit_dup3", "syscalls", "sys_exit_dup3"),
 ];
-/// First-payload capture (config `net.first_payload`): fires on every write(2)/sendto(2).
-const PAYLOAD_TPS: &[(&str, &str, &str)] = &[
-    ("sys_enter_write", "syscalls", "sys_enter_write"),
-    ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
-];
+/// Socket-level capture (config `net.first_payload`): `cgroup_skb/egress` on the cgroup v2
+/// root (first data segment of new outbound TCP connections, DNS datagrams).
+const EGRESS_PROG: &str = "sock_egress";
 
 /// Resolves every offset the programs use from BTF and tracefs formats (the table of
 /// [`Offsets::FIELDS`]), checking that every tracepoint field read fits its record.
@@ -146,17 +191,27 @@ impl Hooks {
             prog.attach(name).map_err(|source| prog_err(name, source))?;
             attached.push(format!("raw_tp/{name}"));
         }
-        let payload: &[(&str, &str, &str)] = if cfg.net.first_payload {
-            PAYLOAD_TPS
-        } else {
-            &[]
-        };
-        for &(name, cat, tp) in TPS.iter().chain(payload) {
+        for &(name, cat, tp) in TPS {
             let prog: &mut TracePoint = program(&mut ebpf, name)?;
             prog.load().map_err(|source| prog_err(name, source))?;
             prog.attach(cat, tp)
                 .map_err(|source| prog_err(name, source))?;
             attached.push(format!("tracepoint/{cat}/{tp}"));
+        }
+        if cfg.net.first_payload {
+            let path = cgroup2_root(cfg.net.cgroup_path.as_deref())?;
+            let dir = std::fs::File::open(&path).map_err(|e| {
+                HookError::Cgroup(format!("{}: {e}", path.display()))
+            })?;
+            let prog: &mut CgroupSkb = program(&mut ebpf, EGRESS_PROG)?;
+            prog.load()
+                .map_err(|source| prog_err(EGRESS_PROG, source))?;
+            // A bpf_link (kernel ≥ 5.7): detached when the sensor exits, however it exits, and
+            // always run alongside other programs on the cgroup (the kernel refuses link
+            // flags: BPF_F_ALLOW_MULTI is implied, kernel/bpf/cgroup.c cgroup_bpf_link_attach).
+            prog.attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+            .map_err(|source| prog_err(EGRESS_PROG, source))?;
+            attached.push(format!("cgroup_skb/egress:{}", path.display()));
         }
         Ok(Hooks {
             ebpf,
@@ -294,22 +349,25 @@ fn random_u64() -> u64 {
 mod tests {
     use super::*;
 
-    /// One `Hook` per attached program, with the tracepoint it attaches to.
+    /// One `Hook` per attached program, with the place it attaches to.
     #[test]
     fn hooks_are_the_attached_programs() {
-        let mut attached: Vec<(Option<&str>, &str, &str)> =
-            RAW_TPS.iter().map(|&n| (None, n, n)).collect();
+        use sensor_common::Attach;
+        let mut attached: Vec<(Attach, &str)> = RAW_TPS
+            .iter()
+            .map(|&n| (Attach::RawTracepoint(n), n))
+            .collect();
         attached.extend(
             TPS.iter()
-                .chain(PAYLOAD_TPS)
-                .map(|&(prog, cat, tp)| (Some(cat), tp, prog)),
+                .map(|&(prog, cat, tp)| (Attach::Tracepoint(cat, tp), prog)),
         );
+        attached.push((Attach::CgroupSkbEgress, EGRESS_PROG));
         assert_eq!(attached.len(), Hook::COUNT);
         for &h in Hook::ALL {
-            let (cat, tp) = h.tracepoint();
             assert!(
-                attached.contains(&(cat, tp, h.name())),
-                "{h:?} is not attached as {cat:?}/{tp}"
+                attached.contains(&(h.attach(), h.name())),
+                "{h:?} is not attached as {:?}",
+                h.attach()
             );
             assert_eq!(Hook::from_id(h.id()), Some(h));
         }
