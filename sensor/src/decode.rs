@@ -15,7 +15,8 @@ use thiserror::Error;
 
 use crate::{
     event::{
-        Body, Device, Event, Exec, Exit, Family, Fork, GpuIoctl, GpuOpen, Net, NetPayload, Outcome,
+        Body, Device, DnsQuery, Event, Exec, Exit, Family, Fork, GpuIoctl, GpuOpen, Net, NetPayload,
+        Outcome, Stdio, Transport,
         SockType, Via,
     },
     gpu::classes,
@@ -167,7 +168,7 @@ fn decode_net(n: &NetEvent, k: u32) -> Net {
         let e = std::io::Error::from_raw_os_error(-n.ret).to_string();
         (Outcome::Error, Some(n.ret), Some(e))
     };
-    let connect = k == kind::CONNECT || k == kind::TCP_CLOSE;
+    let connect = k == kind::CONNECT || k == kind::TCP_CLOSE || k == kind::SOCK_DUP;
     Net {
         family: family(n.family),
         sock_type: sock_type(n.sock_type),
@@ -268,6 +269,66 @@ fn decode_gpu_open(e: &GpuOpenEvent) -> GpuOpen {
     }
 }
 
+/// Port of DNS (RFC 1035 §4.2).
+const DNS_PORT: u16 = 53;
+
+fn decode_stdio(e: &ExecEvent) -> Option<Stdio> {
+    if e.stdio & 0x7 == 0 {
+        return None;
+    }
+    let fds = |shift: u32| (0..3u8).filter(|&fd| e.stdio & (1 << (shift + fd as u32)) != 0).collect();
+    let peer = e.peer_family != 0;
+    Some(Stdio {
+        sockets: fds(0),
+        net: fds(4),
+        peer_ip: peer.then(|| ip_addr(e.peer_family, &e.peer_addr)),
+        peer_port: peer.then_some(e.peer_port),
+        sock_type: peer.then(|| sock_type(e.peer_sock_type)),
+    })
+}
+
+/// A captured first segment or datagram: a DNS query when it is one (to port 53), else a
+/// `net_payload` with what its bytes say.
+fn decode_payload(e: &NetPayloadEvent) -> Body {
+    let d = &e.data[..(e.data_len as usize).min(e.data.len())];
+    let udp = e.hdr.flags & flags::PAYLOAD_UDP != 0;
+    let transport = if udp { Transport::Udp } else { Transport::Tcp };
+    if e.port == DNS_PORT {
+        // DNS over TCP prefixes each message with its 2-byte length (RFC 1035 §4.2.2).
+        let msg = if udp { d } else { d.get(2..).unwrap_or(&[]) };
+        if let Some(q) = crate::proto::parse_dns_query(msg) {
+            return Body::DnsQuery(DnsQuery {
+                family: family(e.family),
+                server: ip_addr(e.family, &e.addr),
+                server_port: e.port,
+                local_port: e.local_port,
+                transport,
+                id: q.id,
+                qtype_name: crate::proto::qtype_name(q.qtype),
+                qname: q.qname,
+                qtype: q.qtype,
+            });
+        }
+    }
+    Body::NetPayload(NetPayload {
+        fd: e.fd,
+        family: family(e.family),
+        dst_ip: ip_addr(e.family, &e.addr),
+        dst_port: e.port,
+        local_port: e.local_port,
+        transport,
+        len: e.len,
+        data: hex(d),
+        text: String::from_utf8_lossy(d).into_owned(),
+        owner_only: e.hdr.flags & flags::PAYLOAD_OWNER != 0,
+        app: if udp {
+            crate::proto::AppInfo::default()
+        } else {
+            crate::proto::parse_stream(d)
+        },
+    })
+}
+
 /// Decodes one ring-buffer record. `exe` is filled later by the process context.
 pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
     let hdr: EventHeader = read(buf, 0)?;
@@ -282,6 +343,8 @@ pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
                 args_size: e.args_total,
                 filename_truncated: hdr.flags & flags::FILENAME_TRUNCATED != 0,
                 args_unreadable: hdr.flags & flags::ARGS_UNREADABLE != 0,
+                exe_unlinked: hdr.flags & flags::EXE_UNLINKED != 0,
+                stdio: decode_stdio(&e),
             })
         }
         kind::FORK => {
@@ -301,11 +364,12 @@ pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
                 signal: (sig != 0).then_some(sig),
             })
         }
-        kind::CONNECT | kind::BIND | kind::LISTEN | kind::TCP_CLOSE => {
+        kind::CONNECT | kind::BIND | kind::LISTEN | kind::TCP_CLOSE | kind::SOCK_DUP => {
             let e: NetEvent = read(buf, hdr.kind)?;
             let mut n = decode_net(&e, hdr.kind);
             match hdr.kind {
                 kind::CONNECT => Body::Connect(n),
+                kind::SOCK_DUP => Body::SockDup(n),
                 kind::BIND => Body::Bind(n),
                 kind::TCP_CLOSE => {
                     n.result = Outcome::Closed;
@@ -314,19 +378,7 @@ pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
                 _ => Body::Listen(n),
             }
         }
-        kind::NET_PAYLOAD => {
-            let e: NetPayloadEvent = read(buf, hdr.kind)?;
-            let d = &e.data[..(e.data_len as usize).min(e.data.len())];
-            Body::NetPayload(NetPayload {
-                fd: e.fd,
-                family: family(e.family),
-                dst_ip: ip_addr(e.family, &e.addr),
-                dst_port: e.port,
-                len: e.len,
-                data: hex(d),
-                text: String::from_utf8_lossy(d).into_owned(),
-            })
-        }
+        kind::NET_PAYLOAD => decode_payload(&read::<NetPayloadEvent>(buf, hdr.kind)?),
         kind::GPU_IOCTL => Body::GpuIoctl(decode_gpu_ioctl(&read::<GpuIoctlEvent>(buf, hdr.kind)?)),
         kind::GPU_OPEN => {
             let o = decode_gpu_open(&read::<GpuOpenEvent>(buf, hdr.kind)?);
@@ -401,6 +453,12 @@ mod tests {
             hdr: hdr(kind::EXEC),
             args_len: 0,
             args_total: 0,
+            stdio: 0,
+            peer_family: 0,
+            peer_port: 0,
+            peer_addr: [0; 16],
+            peer_sock_type: 0,
+            _pad: [0; 6],
             filename: [0; FILENAME_MAX],
             args: [0; ARGS_MAX],
         };
@@ -427,6 +485,64 @@ mod tests {
         // The whole 4 KiB buffer is used: "ls\0-la\0" then 4089 zero bytes, i.e. 4091 pieces.
         assert_eq!(x.argv[..3], ["ls", "-la", ""]);
         assert_eq!(x.argv.len(), ARGS_MAX - 5);
+        assert!(x.stdio.is_none() && !x.exe_unlinked);
+
+        // A shell whose stdin/stdout are a TCP connection, run from a memfd.
+        e.stdio = 0b011_0111;
+        e.peer_family = 2;
+        e.peer_port = 4444;
+        e.peer_addr[..4].copy_from_slice(&[198, 51, 100, 7]);
+        e.peer_sock_type = 1;
+        e.hdr.flags = flags::EXE_UNLINKED;
+        let ev = decode(&bytes_of(&e), &Clock::fixed(0)).unwrap();
+        let Body::Exec(x) = ev.body else { panic!() };
+        assert!(x.exe_unlinked);
+        let st = x.stdio.unwrap();
+        assert_eq!((st.sockets, st.net), (vec![0, 1, 2], vec![0, 1]));
+        assert_eq!(st.peer_ip, Some("198.51.100.7".parse().unwrap()));
+        assert_eq!((st.peer_port, st.sock_type), (Some(4444), Some(SockType::Stream)));
+    }
+
+    fn payload(port: u16, fl: u32, data: &[u8]) -> NetPayloadEvent {
+        let mut p = NetPayloadEvent {
+            hdr: hdr(kind::NET_PAYLOAD),
+            fd: -1,
+            len: data.len() as u32,
+            family: 2,
+            port,
+            data_len: data.len() as u32,
+            addr: [0; 16],
+            local_port: 40000,
+            protocol: if fl & flags::PAYLOAD_UDP != 0 { 17 } else { 6 },
+            _pad: 0,
+            data: [0; sensor_common::PAYLOAD_LEN],
+        };
+        p.hdr.flags = fl;
+        p.addr[..4].copy_from_slice(&[10, 96, 0, 10]);
+        p.data[..data.len()].copy_from_slice(data);
+        p
+    }
+
+    #[test]
+    fn payloads_become_protocols_and_dns_queries() {
+        let clock = Clock::fixed(0);
+        let ev = decode(&bytes_of(&payload(2222, 0, b"SSH-2.0-Go\r\n")), &clock).unwrap();
+        let Body::NetPayload(p) = ev.body else { panic!() };
+        assert_eq!((p.app.proto, p.local_port, p.transport), (crate::event::AppProto::Ssh, 40000, Transport::Tcp));
+
+        let q = b"\x00\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04pool\x0asupportxmr\x03com\x00\x00\x10\x00\x01";
+        let ev = decode(&bytes_of(&payload(53, flags::PAYLOAD_UDP, q)), &clock).unwrap();
+        let Body::DnsQuery(d) = ev.body else { panic!("{ev:?}") };
+        assert_eq!((d.qname.as_str(), d.qtype_name.as_str(), d.transport), ("pool.supportxmr.com", "TXT", Transport::Udp));
+        assert_eq!(d.server, "10.96.0.10".parse::<std::net::IpAddr>().unwrap());
+        // Over TCP the message follows a 2-byte length.
+        let mut t = vec![0, q.len() as u8];
+        t.extend_from_slice(q);
+        let ev = decode(&bytes_of(&payload(53, 0, &t)), &clock).unwrap();
+        assert!(matches!(ev.body, Body::DnsQuery(DnsQuery { transport: Transport::Tcp, .. })));
+        // Not a query: stays a payload.
+        let ev = decode(&bytes_of(&payload(53, flags::PAYLOAD_UDP, b"junk")), &clock).unwrap();
+        assert!(matches!(ev.body, Body::NetPayload(_)));
     }
 
     #[test]

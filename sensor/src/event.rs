@@ -42,8 +42,10 @@ pub enum Body {
     Listen(Net),
     /// A TCP connection the sensor saw being opened reached TCP_CLOSE.
     TcpClose(Net),
-    /// First bytes written to a new outbound TCP connection.
+    /// First data segment of a new outbound TCP connection, with what it says.
     NetPayload(NetPayload),
+    /// An IP socket was dup'd onto fd 0, 1 or 2 (`fd` is the target, `dst_*` the peer).
+    SockDup(Net),
     GpuIoctl(GpuIoctl),
     GpuOpen(GpuOpen),
     /// An open of /dev/net/tun (same fields as `gpu_open`, `device` = "tun").
@@ -56,6 +58,8 @@ pub enum Body {
     GpuQuery(GpuSession),
     /// Derived: NVML utilisation joined to a running compute session.
     GpuUsage(GpuUsage),
+    /// A DNS query (decoded from a payload sent to port 53).
+    DnsQuery(DnsQuery),
 }
 
 impl Body {
@@ -77,6 +81,8 @@ impl Body {
             Body::GpuSessionEnd(_) => Kind::GpuSessionEnd,
             Body::GpuQuery(_) => Kind::GpuQuery,
             Body::GpuUsage(_) => Kind::GpuUsage,
+            Body::SockDup(_) => Kind::SockDup,
+            Body::DnsQuery(_) => Kind::DnsQuery,
         }
     }
 }
@@ -162,6 +168,31 @@ names! {
         Unknown = "unknown",
         /// `tcp_close`: the connection reached TCP_CLOSE.
         Closed = "closed",
+    }
+}
+
+names! {
+    /// Transport protocol of a captured payload.
+    Transport { Tcp = "tcp", Udp = "udp", }
+}
+
+names! {
+    /// The application protocol a first segment speaks (`proto.rs`).
+    AppProto {
+        Ssh = "ssh",
+        Tls = "tls",
+        Http = "http",
+        /// Stratum or another mining JSON-RPC (XMRig `login` with an agent, getwork proxies).
+        Stratum = "stratum",
+        /// JSON-RPC that is not a mining protocol.
+        JsonRpc = "json_rpc",
+        Unknown = "unknown",
+    }
+}
+
+impl Default for AppProto {
+    fn default() -> Self {
+        AppProto::Unknown
     }
 }
 
@@ -277,6 +308,28 @@ pub struct Exec {
     pub filename_truncated: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub args_unreadable: bool,
+    /// The executable has no link left (`i_nlink == 0`): a memfd or a deleted file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exe_unlinked: bool,
+    /// Sockets among fds 0-2 at exec (absent when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdio: Option<Stdio>,
+}
+
+/// Sockets the new program starts with on stdin/stdout/stderr.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stdio {
+    /// Which of 0, 1, 2 are sockets.
+    pub sockets: Vec<u8>,
+    /// Which of those are IPv4/IPv6 sockets with a peer.
+    pub net: Vec<u8>,
+    /// The peer of the first such descriptor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_ip: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sock_type: Option<SockType>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -441,16 +494,47 @@ pub struct GpuUsage {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetPayload {
+    /// -1: captured at the socket, where no descriptor is known.
     pub fd: i32,
     pub family: Family,
     pub dst_ip: IpAddr,
     pub dst_port: u16,
-    /// Bytes the write asked for.
+    #[serde(default)]
+    pub local_port: u16,
+    #[serde(default = "tcp")]
+    pub transport: Transport,
+    /// Payload bytes in the segment.
     pub len: u32,
-    /// The captured bytes (at most 64), hex.
+    /// The captured bytes (at most 512), hex.
     pub data: String,
     /// The captured bytes as text (invalid UTF-8 replaced), for rules.
     pub text: String,
+    /// The header names the connection's owner, not the task that sent the segment.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub owner_only: bool,
+    /// What the bytes say.
+    #[serde(flatten)]
+    pub app: crate::proto::AppInfo,
+}
+
+fn tcp() -> Transport {
+    Transport::Tcp
+}
+
+/// A DNS query as it left the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DnsQuery {
+    pub family: Family,
+    /// The resolver it was sent to.
+    pub server: IpAddr,
+    pub server_port: u16,
+    pub local_port: u16,
+    pub transport: Transport,
+    pub id: u16,
+    pub qname: String,
+    pub qtype: u16,
+    /// `A`, `AAAA`, `TXT`, … (`TYPEn` when unnamed).
+    pub qtype_name: String,
 }
 
 #[cfg(test)]
@@ -493,6 +577,8 @@ mod tests {
                 args_size: 0,
                 filename_truncated: false,
                 args_unreadable: false,
+                exe_unlinked: false,
+                stdio: None,
             }),
             Body::Fork(Fork { child_pid: 2 }),
             Body::Exit(Exit {

@@ -2,7 +2,7 @@
 //! integration tests deserialize the sensor's output into these types.
 //!
 //! Data path, one module per step: [`hook`] (load + attach the eBPF programs) → [`ring`] (BPF
-//! ring buffer → bounded queue) → [`decode`] (records → typed [`event`]s) → [`context`]
+//! ring buffer → bounded queue) → [`decode`] (records → typed [`event`]s; [`proto`] reads captured first bytes) → [`context`]
 //! (process table, containers, pods) → [`pipeline`] (GPU sessions, [`rules`]) → [`alerting`]
 //! (sinks), [`output`] (JSON lines), [`metrics`]. [`run`] starts them ([`live`] is the live loop) under [`health`]'s
 //! supervision; [`config`] is the TOML configuration; [`replay`] runs recordings offline.
@@ -19,6 +19,7 @@ pub mod live;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
+pub mod proto;
 pub mod replay;
 pub mod ring;
 pub mod rules;

@@ -706,7 +706,7 @@ mod tests {
         assert!(t.contains("gpu_sensor_build_info{version="), "{t}");
         assert!(
             t.contains(
-                "gpu_sensor_probe_errors_total{hook=\"sys_enter_sendto\",error=\"map_lookup\"} 0"
+                "gpu_sensor_probe_errors_total{hook=\"sock_egress\",error=\"map_lookup\"} 0"
             ),
             "{t}"
         );

@@ -18,6 +18,59 @@ pub struct ProcFacts {
     pub episode: Option<String>,
     /// Start (ts_ns) of the oldest still-open outbound TCP connection to an external address.
     pub oldest_external_start_ns: Option<u64>,
+    /// The process (or the program it was forked from) sent an SSH identification string on an
+    /// outbound connection: an SSH client, whatever its name.
+    pub ssh_session: bool,
+    /// For a `dns_query`: distinct names this process asked for in the query's zone within
+    /// [`DNS_WINDOW_NS`] (this one included).
+    pub dns_zone_names: u32,
+}
+
+/// Window over which distinct names per zone are counted (Elastic's DNS-tunnel rule uses 5
+/// minutes).
+pub const DNS_WINDOW_NS: u64 = 300_000_000_000;
+/// Zones remembered per process, and distinct names per zone (enough to pass any threshold).
+const DNS_ZONES: usize = 32;
+const DNS_NAMES: usize = 256;
+
+/// Distinct DNS names asked per zone by one process, per window.
+#[derive(Debug, Clone, Default)]
+pub struct DnsZones {
+    /// (zone, window start ts_ns, hashes of the distinct names).
+    zones: Vec<(Arc<str>, u64, std::collections::HashSet<u64>)>,
+}
+
+impl DnsZones {
+    /// Records `qname` in `zone` at `ts` and returns the distinct names in that zone's window.
+    pub fn record(&mut self, zone: &str, qname: &str, ts: u64) -> u32 {
+        use std::hash::{Hash, Hasher};
+        // Fixed keys: the same name must hash the same way on every query.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        qname.hash(&mut hasher);
+        let h = hasher.finish();
+        let i = match self.zones.iter().position(|z| &*z.0 == zone) {
+            Some(i) => i,
+            None => {
+                if self.zones.len() >= DNS_ZONES {
+                    // Forget the zone whose window started first.
+                    if let Some(old) = (0..self.zones.len()).min_by_key(|&i| self.zones[i].1) {
+                        self.zones.swap_remove(old);
+                    }
+                }
+                self.zones.push((Arc::from(zone), ts, Default::default()));
+                self.zones.len() - 1
+            }
+        };
+        let z = &mut self.zones[i];
+        if ts.saturating_sub(z.1) > DNS_WINDOW_NS {
+            z.1 = ts;
+            z.2.clear();
+        }
+        if z.2.len() < DNS_NAMES {
+            z.2.insert(h);
+        }
+        z.2.len() as u32
+    }
 }
 
 /// Exited processes kept so that descendants' lineage still resolves through them.
@@ -42,6 +95,12 @@ pub struct Proc {
     pub episode: Option<Arc<str>>,
     /// Open outbound TCP connections: (conn_id, start ts_ns, external), oldest first.
     pub open_conns: Vec<(Arc<str>, u64, bool)>,
+    /// Sent an SSH identification string (inherited by fork, reset by exec).
+    pub ssh_session: bool,
+    /// DNS names asked, per zone (allocated on the first query).
+    pub dns: Option<Box<DnsZones>>,
+    /// The count [`DnsZones::record`] gave for the process's latest query.
+    pub dns_last: u32,
 }
 
 /// Open connections remembered per process (the oldest are dropped beyond it).
@@ -187,6 +246,8 @@ impl ProcTable {
                 gpu_session: false,
                 episode: p.episode.as_deref().map(str::to_string),
                 oldest_external_start_ns: p.open_conns.iter().find(|c| c.2).map(|c| c.1),
+                ssh_session: p.ssh_session,
+                dns_zone_names: p.dns_last,
             })
     }
 
@@ -235,7 +296,10 @@ impl ProcTable {
     pub fn apply(&mut self, ev: &mut Event) {
         match &mut ev.body {
             Body::Exec(x) => {
-                let exe: Arc<str> = if x.filename.starts_with('/') {
+                // fexecve/execveat(AT_EMPTY_PATH) name the file `/dev/fd/N`; a memfd or a deleted
+                // file has no usable path: /proc names what runs (`/memfd:x (deleted)`).
+                let via_fd = x.filename.starts_with("/dev/fd/") || x.filename.starts_with("/proc/");
+                let exe: Arc<str> = if x.filename.starts_with('/') && !via_fd && !x.exe_unlinked {
                     Arc::from(x.filename.as_str())
                 } else {
                     // A relative path: the kernel resolved it against the cwd; ask /proc.
@@ -258,6 +322,7 @@ impl ProcTable {
                 // A new program: its sessions start now (a fork after exec inherits them).
                 p.connections = 0;
                 p.external_connections = 0;
+                p.ssh_session = false;
                 if !self.episode_env.is_empty() {
                     if let Some(tag) = episode_from_environ(ev.pid, &self.episode_env) {
                         p.episode = Some(tag);
@@ -279,6 +344,7 @@ impl ProcTable {
                     // connecting; the child then serves the forwards).
                     connections: parent.connections,
                     external_connections: parent.external_connections,
+                    ssh_session: parent.ssh_session,
                     ..Proc::default()
                 };
                 self.procs.insert(f.child_pid, child);
@@ -327,6 +393,28 @@ impl ProcTable {
                             n.duration_s = Some(ev.ts_ns.saturating_sub(start) as f64 / 1e9);
                         }
                     }
+                    if let Some(e) = p.exe.as_deref() {
+                        ev.exe = Some(e.to_string());
+                    }
+                }
+            }
+            Body::NetPayload(n) => {
+                if let Some(p) = self.procs.get_mut(&ev.pid) {
+                    if n.app.proto == crate::event::AppProto::Ssh {
+                        p.ssh_session = true;
+                    }
+                    if let Some(e) = p.exe.as_deref() {
+                        ev.exe = Some(e.to_string());
+                    }
+                }
+            }
+            Body::DnsQuery(q) => {
+                if let Some(p) = self.procs.get_mut(&ev.pid) {
+                    let zone = crate::proto::zone(&q.qname);
+                    p.dns_last = p
+                        .dns
+                        .get_or_insert_with(Default::default)
+                        .record(zone, &q.qname, ev.ts_ns);
                     if let Some(e) = p.exe.as_deref() {
                         ev.exe = Some(e.to_string());
                     }
@@ -390,6 +478,8 @@ mod tests {
                 args_size: 8,
                 filename_truncated: false,
                 args_unreadable: false,
+                exe_unlinked: false,
+                stdio: None,
             }),
         );
         t.apply(&mut e);
@@ -427,6 +517,8 @@ mod tests {
                     args_size: 1,
                     filename_truncated: false,
                     args_unreadable: false,
+                    exe_unlinked: false,
+                    stdio: None,
                 }),
             );
             e.ppid = ppid;

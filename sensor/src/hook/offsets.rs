@@ -309,8 +309,17 @@ mod tests {
         );
         let bind = Format::load("syscalls", "sys_enter_bind").unwrap();
         assert_eq!(o.tp_sockaddr_ptr, bind.offset("umyaddr").unwrap());
-        let sendto = Format::load("syscalls", "sys_enter_sendto").unwrap();
-        assert_eq!(o.tp_payload_len, sendto.offset("len").unwrap());
+        let dup3 = Format::load("syscalls", "sys_exit_dup3").unwrap();
+        assert_eq!(o.tp_exit_ret, dup3.offset("ret").unwrap());
+        // skc_dport and skc_num share skc_portpair; skc_daddr opens the address pair.
+        assert_eq!(
+            o.skc_dport,
+            btf.member_offset("sock_common", "skc_portpair").unwrap()
+        );
+        assert_eq!(
+            o.skc_daddr,
+            btf.member_offset("sock_common", "skc_addrpair").unwrap()
+        );
         let iss = Format::load("sock", "inet_sock_set_state").unwrap();
         assert_eq!(o.tp_iss_daddr_v6, iss.offset("daddr_v6").unwrap());
         assert_eq!(

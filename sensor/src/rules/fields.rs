@@ -94,18 +94,18 @@ fields! {
     Argc: "argc", &[], Type::Int, Carried::Any, "number of arguments";
     Cmdline: "cmdline", &["proc.cmdline"], Type::Str, Carried::Any, "arguments joined with spaces";
     ArgsTruncated: "args_truncated", &[], Type::Bool, Carried::Only(&[Kind::Exec]), "the argv block was longer than the kernel copy";
-    DstIp: "dst_ip", &[], Type::Ip, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose, Kind::NetPayload]), "destination (connect, payload) or local (bind, listen) address";
-    DstPort: "dst_port", &[], Type::Int, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose, Kind::NetPayload]), "port of `dst_ip`";
+    DstIp: "dst_ip", &[], Type::Ip, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose, Kind::NetPayload, Kind::SockDup, Kind::DnsQuery]), "destination (connect, payload), peer (sock_dup), resolver (dns_query) or local (bind, listen) address";
+    DstPort: "dst_port", &[], Type::Int, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose, Kind::NetPayload, Kind::SockDup, Kind::DnsQuery]), "port of `dst_ip`";
     LocalIp: "local_ip", &[], Type::Ip, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "local address of a connection";
-    LocalPort: "local_port", &[], Type::Int, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "local port of a connection";
+    LocalPort: "local_port", &[], Type::Int, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose, Kind::NetPayload, Kind::DnsQuery]), "local port of a connection, payload or query";
     Family: "family", &[], Type::Str, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`inet` or `inet6`";
     SockType: "sock_type", &[], Type::Str, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`stream`, `dgram`, `raw`, …";
     Protocol: "protocol", &[], Type::Str, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`tcp`, `udp`, … when known";
     Result: "result", &[], Type::Str, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose, Kind::GpuIoctl, Kind::GpuOpen, Kind::TunOpen]), "`ok`, `in_progress`, `error`, `unknown`, `closed` (tcp_close)";
     Via: "via", &[], Type::Str, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`syscall` or `sock_state` (a TCP connect outside connect(2))";
-    DstLoopback: "dst.loopback", &[], Type::Bool, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`dst_ip` is a loopback address";
-    DstPrivate: "dst.private", &[], Type::Bool, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`dst_ip` is private or link-local (RFC 1918, fc00::/7, fe80::/10)";
-    DstExternal: "dst.external", &[], Type::Bool, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose]), "`dst_ip` is neither loopback nor private";
+    DstLoopback: "dst.loopback", &[], Type::Bool, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose, Kind::NetPayload, Kind::SockDup, Kind::DnsQuery]), "`dst_ip` is a loopback address";
+    DstPrivate: "dst.private", &[], Type::Bool, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose, Kind::NetPayload, Kind::SockDup, Kind::DnsQuery]), "`dst_ip` is private or link-local (RFC 1918, fc00::/7, fe80::/10)";
+    DstExternal: "dst.external", &[], Type::Bool, Carried::Only(&[Kind::Connect, Kind::Bind, Kind::Listen, Kind::TcpClose, Kind::NetPayload, Kind::SockDup, Kind::DnsQuery]), "`dst_ip` is neither loopback nor private";
     ChildPid: "child_pid", &[], Type::Int, Carried::Only(&[Kind::Fork]), "the new process";
     ExitStatus: "exit_status", &[], Type::Int, Carried::Only(&[Kind::Exit]), "exit status of a normal exit";
     Device: "device", &[], Type::Str, Carried::Only(&[Kind::GpuIoctl, Kind::GpuOpen, Kind::TunOpen]), "GPU/TUN device kind (`nvidia`, `nvidia-uvm`, `nvidia-caps`, `nvidia-fabric`, `kfd`, `drm`, `tun`)";
@@ -136,6 +136,29 @@ fields! {
     Payload: "payload", &[], Type::Str, Carried::Only(&[Kind::NetPayload]), "the captured first bytes as text (lossy UTF-8)";
     DurationS: "duration_s", &[], Type::Int, Carried::Only(&[Kind::TcpClose]), "how long the connection was open, s";
     ProcOldestExternalConnectionS: "proc.oldest_external_connection_s", &[], Type::Int, Carried::Any, "age of the process's oldest open external connection, s (0 when none)";
+    Fd: "fd", &[], Type::Int, Carried::Only(&[Kind::SockDup]), "the descriptor the socket was dup'd onto (0, 1, 2)";
+    AppProto: "proto", &[], Type::Str, Carried::Only(&[Kind::NetPayload]), "what the first bytes speak: `ssh`, `tls`, `http`, `stratum`, `json_rpc`, `unknown`";
+    Transport: "transport", &[], Type::Str, Carried::Only(&[Kind::NetPayload, Kind::DnsQuery]), "`tcp` or `udp`";
+    SshBanner: "ssh.banner", &[], Type::Str, Carried::Only(&[Kind::NetPayload]), "SSH identification string sent (`SSH-2.0-…`)";
+    TlsSni: "tls.sni", &[], Type::Str, Carried::Only(&[Kind::NetPayload]), "server name of a TLS ClientHello (lower case)";
+    HttpHost: "http.host", &[], Type::Str, Carried::Only(&[Kind::NetPayload]), "Host header of an HTTP/1.x request (lower case)";
+    HttpRequest: "http.request", &[], Type::Str, Carried::Only(&[Kind::NetPayload]), "HTTP request line";
+    RpcMethod: "rpc.method", &[], Type::Str, Carried::Only(&[Kind::NetPayload]), "JSON-RPC method of the first message (`mining.subscribe`, `login`, …)";
+    MinerAgent: "miner.agent", &[], Type::Str, Carried::Only(&[Kind::NetPayload]), "`agent` of an XMRig-style mining login";
+    DnsQname: "dns.qname", &[], Type::Str, Carried::Only(&[Kind::DnsQuery]), "name queried (lower case, no trailing dot)";
+    DnsQtype: "dns.qtype", &[], Type::Str, Carried::Only(&[Kind::DnsQuery]), "query type (`A`, `AAAA`, `TXT`, … or `TYPEn`)";
+    DnsZone: "dns.zone", &[], Type::Str, Carried::Only(&[Kind::DnsQuery]), "registrable zone of the name (last two labels; three under `co.uk`-style suffixes)";
+    DnsLongestLabel: "dns.longest_label", &[], Type::Int, Carried::Only(&[Kind::DnsQuery]), "length of the name's longest label";
+    DnsLabelEntropy: "dns.label_entropy", &[], Type::Int, Carried::Only(&[Kind::DnsQuery]), "Shannon entropy of the labels left of the zone, bits per character × 100";
+    DnsZoneNames: "dns.zone_names", &[], Type::Int, Carried::Only(&[Kind::DnsQuery]), "distinct names this process asked in the same zone in the last 5 minutes";
+    ProcSshSession: "proc.ssh_session", &[], Type::Bool, Carried::Any, "the process sent an SSH identification string on an outbound connection (an SSH client by protocol, whatever its name; inherited by fork)";
+    StdioSockets: "stdio.sockets", &[], Type::Int, Carried::Only(&[Kind::Exec]), "how many of fds 0-2 were sockets at exec";
+    StdioNet: "stdio.net", &[], Type::Int, Carried::Only(&[Kind::Exec]), "how many of fds 0-2 were IPv4/IPv6 sockets with a peer at exec";
+    StdioPeerIp: "stdio.peer_ip", &[], Type::Ip, Carried::Only(&[Kind::Exec]), "the peer of the first such socket";
+    StdioPeerPort: "stdio.peer_port", &[], Type::Int, Carried::Only(&[Kind::Exec]), "its port";
+    ExeUnlinked: "exe.unlinked", &[], Type::Bool, Carried::Only(&[Kind::Exec]), "the executable had no link at exec (a memfd or a deleted file; from the kernel's inode)";
+    ExeFileless: "exe.fileless", &[], Type::Bool, Carried::Any, "the program runs from no file on disk: unlinked, run through `/dev/fd/N` or `/proc/*/fd/N`, or a `/memfd:` / `(deleted)` executable";
+    ProcScript: "proc.script", &[], Type::Str, Carried::Any, "the script an interpreter (sh, bash, python, perl, ruby, php, node, lua, …) runs: its first non-option argument (absent for `-c`/`-m`/`-e` code)";
 }
 
 impl Field {
@@ -229,19 +252,30 @@ pub fn basename(p: &str) -> &str {
     p.rsplit('/').next().unwrap_or(p)
 }
 
-/// getopt-style parse of an OpenSSH/dropbear client command line: the single-letter options
-/// (combined short flags split; options that take an argument consume it) and the lower-cased
-/// keys of `-o Key=Value`. Option letters with arguments: OpenSSH ssh.c `getopt` string.
+/// Parse of an OpenSSH/dropbear client command line as OpenSSH parses it: the single-letter
+/// options (combined short flags split; options that take an argument consume it) and the
+/// lower-cased keys of `-o Key=Value`. Option letters with arguments: OpenSSH ssh.c `getopt`
+/// string. OpenSSH restarts option parsing after the destination (ssh.c: `goto again`), so
+/// `ssh u@h -p 22 -N -R …` forwards; the next non-option starts the remote command, and `--`
+/// ends the options.
 pub fn ssh_parse(argv: &[String]) -> (Vec<String>, Vec<String>) {
     const WITH_ARG: &str = "BbcDEeFIiJLlmOoPpQRSWwtyK";
     let mut flags = vec![];
     let mut opts = vec![];
     let mut i = 1;
+    let mut seen_destination = false;
     while i < argv.len() {
         let a = &argv[i];
-        if a == "--" || !a.starts_with('-') || a.len() < 2 {
-            // First non-option: the destination; OpenSSH stops option parsing there.
+        if a == "--" {
             break;
+        }
+        if !a.starts_with('-') || a.len() < 2 {
+            if seen_destination {
+                break; // the remote command
+            }
+            seen_destination = true;
+            i += 1;
+            continue;
         }
         let chars: Vec<char> = a[1..].chars().collect();
         let mut j = 0;
@@ -289,6 +323,11 @@ impl Ctx<'_> {
     fn argv(&self) -> Cow<'_, [String]> {
         match &self.ev.body {
             Body::Exec(x) => Cow::Borrowed(&x.argv),
+            Body::GpuSessionStart(x) | Body::GpuSessionEnd(x) | Body::GpuQuery(x)
+                if !x.argv.is_empty() =>
+            {
+                Cow::Borrowed(&x.argv)
+            }
             _ => Cow::Owned(self.procs.argv(self.ev.pid)),
         }
     }
@@ -299,7 +338,42 @@ impl Ctx<'_> {
 
     fn net(&self) -> Option<&crate::event::Net> {
         match &self.ev.body {
-            Body::Connect(n) | Body::Bind(n) | Body::Listen(n) | Body::TcpClose(n) => Some(n),
+            Body::Connect(n)
+            | Body::Bind(n)
+            | Body::Listen(n)
+            | Body::TcpClose(n)
+            | Body::SockDup(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The remote address of a network event (a connect's destination, a payload's, a dup'd
+    /// socket's peer, a query's resolver).
+    fn remote(&self) -> Option<IpAddr> {
+        match &self.ev.body {
+            Body::NetPayload(p) => Some(p.dst_ip),
+            Body::DnsQuery(q) => Some(q.server),
+            _ => self.net().and_then(|n| n.dst_ip),
+        }
+    }
+
+    fn payload(&self) -> Option<&crate::event::NetPayload> {
+        match &self.ev.body {
+            Body::NetPayload(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn dns(&self) -> Option<&crate::event::DnsQuery> {
+        match &self.ev.body {
+            Body::DnsQuery(q) => Some(q),
+            _ => None,
+        }
+    }
+
+    fn stdio(&self) -> Option<&crate::event::Stdio> {
+        match &self.ev.body {
+            Body::Exec(x) => x.stdio.as_ref(),
             _ => None,
         }
     }
@@ -342,12 +416,10 @@ impl Ctx<'_> {
                 Body::Exec(x) => Bool(x.args_truncated),
                 _ => Null,
             },
-            Field::DstIp => match &ev.body {
-                Body::NetPayload(p) => Ip(p.dst_ip),
-                _ => self.net().and_then(|n| n.dst_ip).map_or(Null, Ip),
-            },
+            Field::DstIp => self.remote().map_or(Null, Ip),
             Field::DstPort => match &ev.body {
                 Body::NetPayload(p) => Int(p.dst_port as i64),
+                Body::DnsQuery(q) => Int(q.server_port as i64),
                 _ => self
                     .net()
                     .and_then(|n| n.dst_port)
@@ -367,10 +439,14 @@ impl Ctx<'_> {
                 _ => Null,
             },
             Field::LocalIp => self.net().and_then(|n| n.local_ip).map_or(Null, Ip),
-            Field::LocalPort => self
-                .net()
-                .and_then(|n| n.local_port)
-                .map_or(Null, |p| Int(p as i64)),
+            Field::LocalPort => match &ev.body {
+                Body::NetPayload(p) => Int(p.local_port as i64),
+                Body::DnsQuery(q) => Int(q.local_port as i64),
+                _ => self
+                    .net()
+                    .and_then(|n| n.local_port)
+                    .map_or(Null, |p| Int(p as i64)),
+            },
             Field::Family => opt(self.net().map(|n| n.family.as_str())),
             Field::SockType => opt(self.net().map(|n| n.sock_type.as_str())),
             Field::Protocol => opt(self.net().and_then(|n| n.protocol.as_deref())),
@@ -384,7 +460,7 @@ impl Ctx<'_> {
             },
             Field::Via => opt(self.net().map(|n| n.via.as_str())),
             Field::DstLoopback | Field::DstPrivate | Field::DstExternal => {
-                let Some(ip) = self.net().and_then(|n| n.dst_ip) else {
+                let Some(ip) = self.remote() else {
                     return Null;
                 };
                 let c = IpClass::of(ip);
@@ -480,7 +556,8 @@ impl Ctx<'_> {
                 let argv = self.argv();
                 let name = self.exe().map(basename).unwrap_or(&ev.comm);
                 let name0 = argv.first().map(|a| basename(a)).unwrap_or("");
-                if !is_ssh_client(name) && !is_ssh_client(name0) {
+                // An SSH client by name, or by protocol (a renamed copy parses like OpenSSH).
+                if !is_ssh_client(name) && !is_ssh_client(name0) && !self.facts.ssh_session {
                     return List(vec![]);
                 }
                 // autossh passes its own options first and the ssh ones after; parsing as
@@ -493,8 +570,132 @@ impl Ctx<'_> {
                         .collect(),
                 )
             }
+            Field::Fd => match &ev.body {
+                Body::SockDup(n) => n.fd.map_or(Null, |fd| Int(fd as i64)),
+                _ => Null,
+            },
+            Field::AppProto => opt(self.payload().map(|p| p.app.proto.as_str())),
+            Field::Transport => match &ev.body {
+                Body::NetPayload(p) => s(p.transport.as_str()),
+                Body::DnsQuery(q) => s(q.transport.as_str()),
+                _ => Null,
+            },
+            Field::SshBanner => opt(self.payload().and_then(|p| p.app.ssh_banner.as_deref())),
+            Field::TlsSni => opt(self.payload().and_then(|p| p.app.sni.as_deref())),
+            Field::HttpHost => opt(self.payload().and_then(|p| p.app.http_host.as_deref())),
+            Field::HttpRequest => opt(self.payload().and_then(|p| p.app.http_request.as_deref())),
+            Field::RpcMethod => opt(self.payload().and_then(|p| p.app.rpc_method.as_deref())),
+            Field::MinerAgent => opt(self.payload().and_then(|p| p.app.miner_agent.as_deref())),
+            Field::DnsQname => opt(self.dns().map(|q| q.qname.as_str())),
+            Field::DnsQtype => opt(self.dns().map(|q| q.qtype_name.as_str())),
+            Field::DnsZone => opt(self.dns().map(|q| crate::proto::zone(&q.qname))),
+            Field::DnsLongestLabel => self.dns().map_or(Null, |q| {
+                Int(q.qname.split('.').map(str::len).max().unwrap_or(0) as i64)
+            }),
+            Field::DnsLabelEntropy => self.dns().map_or(Null, |q| {
+                let z = crate::proto::zone(&q.qname);
+                let sub = q.qname[..q.qname.len() - z.len()].replace('.', "");
+                Int(crate::proto::entropy_x100(&sub))
+            }),
+            Field::DnsZoneNames => match &ev.body {
+                Body::DnsQuery(_) => Int(self.facts.dns_zone_names as i64),
+                _ => Null,
+            },
+            Field::ProcSshSession => Bool(self.facts.ssh_session),
+            Field::StdioSockets => match &ev.body {
+                Body::Exec(x) => Int(x.stdio.as_ref().map_or(0, |s| s.sockets.len()) as i64),
+                _ => Null,
+            },
+            Field::StdioNet => match &ev.body {
+                Body::Exec(x) => Int(x.stdio.as_ref().map_or(0, |s| s.net.len()) as i64),
+                _ => Null,
+            },
+            Field::StdioPeerIp => self.stdio().and_then(|s| s.peer_ip).map_or(Null, Ip),
+            Field::StdioPeerPort => self
+                .stdio()
+                .and_then(|s| s.peer_port)
+                .map_or(Null, |p| Int(p as i64)),
+            Field::ExeUnlinked => match &ev.body {
+                Body::Exec(x) => Bool(x.exe_unlinked),
+                _ => Null,
+            },
+            Field::ExeFileless => {
+                let exe = self.exe().unwrap_or("");
+                let by_path = exe.starts_with("/memfd:") || exe.ends_with(" (deleted)");
+                Bool(match &ev.body {
+                    Body::Exec(x) => {
+                        x.exe_unlinked
+                            || by_path
+                            || x.filename.starts_with("/dev/fd/")
+                            || (x.filename.starts_with("/proc/") && x.filename.contains("/fd/"))
+                    }
+                    _ => by_path,
+                })
+            }
+            Field::ProcScript => {
+                let argv = self.argv();
+                let name = self.exe().map(basename).unwrap_or(&ev.comm);
+                match interpreter_script(name, &argv) {
+                    Some(sc) => Str(Cow::Owned(sc)),
+                    None => Null,
+                }
+            }
         }
     }
+}
+
+/// The option letters that make an interpreter run code from its command line or a module
+/// instead of a script (`sh -c`, `python -c/-m`, `perl -e/-E`, `ruby -e`, `node -e/-p`,
+/// `php -r`, `lua -e`), or `None` when `name` is not a shell or script interpreter
+/// (`python3.11`, `perl5.36` included).
+fn interpreter_code_flags(name: &str) -> Option<&'static str> {
+    let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    Some(match base {
+        "sh" | "bash" | "dash" | "zsh" | "ksh" | "mksh" | "ash" | "fish" | "csh" | "tcsh"
+        | "busybox" => "c",
+        "python" | "pypy" => "cm",
+        "perl" => "eE",
+        "ruby" | "lua" | "luajit" | "julia" => "e",
+        "node" | "nodejs" | "deno" | "bun" => "ep",
+        "php" => "r",
+        "tclsh" | "Rscript" => "e",
+        _ => return None,
+    })
+}
+
+/// Whether `name` is a shell or script interpreter.
+pub fn is_interpreter(name: &str) -> bool {
+    interpreter_code_flags(name).is_some()
+}
+
+/// The script an interpreter runs: the first argument after its options, unless the code comes
+/// from the command line or a module ([`interpreter_code_flags`]). Options that take a value
+/// (`python -W x`/`-X x`, `perl -I dir`, `bash -o opt`/`-O opt`) skip it.
+pub fn interpreter_script(name: &str, argv: &[String]) -> Option<String> {
+    let code = interpreter_code_flags(name)?;
+    let mut i = 1;
+    while i < argv.len() {
+        let a = argv[i].as_str();
+        if a == "--" {
+            return argv.get(i + 1).cloned();
+        }
+        if a == "-" || !a.starts_with('-') || a.starts_with("+") {
+            return (a != "-").then(|| a.to_string());
+        }
+        if a.starts_with("--") {
+            i += 1;
+            continue;
+        }
+        let letters = &a[1..];
+        if letters.chars().any(|c| code.contains(c)) {
+            return None;
+        }
+        if matches!(letters.chars().last(), Some('W' | 'X' | 'I' | 'o' | 'O')) && letters.len() == 1 {
+            i += 1; // the option's value
+        }
+        i += 1;
+    }
+    None
 }
 
 fn lit_str(l: &Lit) -> Cow<'_, str> {
@@ -659,6 +860,20 @@ mod tests {
     }
 
     #[test]
+    fn interpreter_scripts() {
+        let sc = |name: &str, a: &[&str]| interpreter_script(name, &sv(a));
+        assert_eq!(sc("python3", &["python3", "-u", "/home/u/hash.py", "x"]).as_deref(), Some("/home/u/hash.py"));
+        assert_eq!(sc("python3.11", &["python3", "-W", "ignore", "/tmp/a.py"]).as_deref(), Some("/tmp/a.py"));
+        assert_eq!(sc("python3", &["python3", "-c", "print(1)", "/tmp/a.py"]), None);
+        assert_eq!(sc("python3", &["python3", "-m", "http.server"]), None);
+        assert_eq!(sc("bash", &["bash", "-ex", "/tmp/run.sh"]).as_deref(), Some("/tmp/run.sh"));
+        assert_eq!(sc("bash", &["bash", "-c", "/tmp/run.sh"]), None);
+        assert_eq!(sc("perl", &["perl", "-e", "1"]), None);
+        assert_eq!(sc("node", &["node", "/srv/app.js"]).as_deref(), Some("/srv/app.js"));
+        assert_eq!(sc("curl", &["curl", "/tmp/x"]), None);
+    }
+
+    #[test]
     fn ssh_getopt_combined_flags_and_options() {
         let (f, o) = ssh_parse(&sv(&["ssh", "-fNR", "8080:localhost:80", "user@host"]));
         assert_eq!(f, vec!["f", "N", "R"]);
@@ -674,9 +889,15 @@ mod tests {
         ]));
         assert_eq!(f, vec!["p", "o", "o"]);
         assert_eq!(o, vec!["remoteforward", "proxycommand"]);
-        // -R inside a port argument is not a flag; arguments after the host are the command.
-        let (f, _) = ssh_parse(&sv(&["ssh", "-l", "-R", "host", "-L"]));
+        // -R inside an option's argument is not a flag; after the destination, the next
+        // non-option starts the remote command (its -L is not ssh's).
+        let (f, _) = ssh_parse(&sv(&["ssh", "-l", "-R", "host", "ls", "-L"]));
         assert_eq!(f, vec!["l"]);
+        // Options after the destination count, as OpenSSH re-parses them.
+        let (f, _) = ssh_parse(&sv(&["ssh", "u@h", "-p", "22", "-N", "-R", "9000:localhost:22"]));
+        assert_eq!(f, vec!["p", "N", "R"]);
+        let (f, _) = ssh_parse(&sv(&["ssh", "u@h", "--", "-R", "x"]));
+        assert!(f.is_empty());
         let (f, _) = ssh_parse(&sv(&["ssh", "-i", "/k", "-TD1080", "h"]));
         assert_eq!(f, vec!["i", "T", "D"]);
     }

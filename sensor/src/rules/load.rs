@@ -561,7 +561,8 @@ mod tests {
         }
     }
 
-    const SITE_MACRO: &str = "macros:\n  - name: spawned\n    condition: kind = \"connect\"\n";
+    const SITE_MACRO: &str =
+        "macros:\n  - name: spawned\n    condition: kind = \"exec\" and pid > 1\n";
 
     #[test]
     fn a_site_file_cannot_silently_shadow_builtins() {
