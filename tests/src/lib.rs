@@ -1,5 +1,6 @@
 //! Harness for the integration tests: starts the real `sensor` binary as root, collects its JSON
-//! stream, and lets tests wait for events of their own processes.
+//! stream typed as the sensor's own records (`Event`, `Alert`, `Status`), and lets tests wait
+//! for events of their own processes.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -9,6 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sensor::{
+    event::{Body, Event, Exec, Exit, Fork, GpuIoctl, GpuOpen, GpuSession, Kind, Net, NetPayload},
+    output::{RulesReload, SensorStart, Status},
+    rules::Alert,
+};
 use serde_json::Value;
 
 /// Path of the sensor binary: `SENSOR_BIN` (set by `cargo xtask test`) or the release build.
@@ -52,12 +58,12 @@ pub fn require_root(test: &str) -> bool {
 }
 
 /// One line of the sensor's output, deserialized into the sensor's own types.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Record {
-    Event(Box<sensor::event::Event>),
-    Alert(Box<sensor::rules::Alert>),
+    Event(Box<Event>),
+    Alert(Box<Alert>),
     /// `sensor_start`, `loss`, `decode_error`, `rules_reload`.
-    Status(Box<sensor::output::Status>),
+    Status(Box<Status>),
 }
 
 impl Record {
@@ -70,22 +76,31 @@ impl Record {
                 .map(|a| Record::Alert(Box::new(a)))
                 .map_err(|e| format!("alert does not deserialize ({e}): {v}"));
         }
-        if sensor::output::Status::KINDS.contains(&kind) {
+        if Status::KINDS.contains(&kind) {
             return serde_json::from_value(v.clone())
                 .map(|s| Record::Status(Box::new(s)))
                 .map_err(|e| format!("{kind} record does not deserialize ({e}): {v}"));
         }
-        if sensor::event::Kind::from_name(kind).is_none() {
+        if Kind::from_name(kind).is_none() {
             return Err(format!("unknown record kind {kind:?}: {v}"));
         }
         serde_json::from_value(v.clone())
             .map(|e| Record::Event(Box::new(e)))
             .map_err(|e| format!("{kind} event does not deserialize ({e}): {v}"))
     }
+
+    /// The record's top-level `pid`: events and alerts have one, status records do not.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Record::Event(e) => Some(e.pid),
+            Record::Alert(a) => Some(a.pid),
+            Record::Status(_) => None,
+        }
+    }
 }
 
 /// A record known to be an event, as the sensor's own type.
-pub fn event(v: &Value) -> sensor::event::Event {
+pub fn event(v: &Value) -> Event {
     match Record::from_value(v) {
         Ok(Record::Event(e)) => *e,
         other => panic!("not an event: {other:?}"),
@@ -93,16 +108,93 @@ pub fn event(v: &Value) -> sensor::event::Event {
 }
 
 /// A record known to be an alert, as the sensor's own type.
-pub fn alert(v: &Value) -> sensor::rules::Alert {
+pub fn alert(v: &Value) -> Alert {
     match Record::from_value(v) {
         Ok(Record::Alert(a)) => *a,
         other => panic!("not an alert: {other:?}"),
     }
 }
 
+/// Typed access to an event's kind and payload; each payload accessor is `None` for events of
+/// other kinds.
+pub trait EventExt {
+    fn kind(&self) -> Kind;
+    fn exec(&self) -> Option<&Exec>;
+    fn fork(&self) -> Option<&Fork>;
+    fn exit(&self) -> Option<&Exit>;
+    /// `connect`, `bind`, `listen`, `tcp_close`.
+    fn net(&self) -> Option<&Net>;
+    fn net_payload(&self) -> Option<&NetPayload>;
+    fn gpu_ioctl(&self) -> Option<&GpuIoctl>;
+    /// `gpu_open`, `tun_open`.
+    fn gpu_open(&self) -> Option<&GpuOpen>;
+    /// `gpu_session_start`, `gpu_session_end`, `gpu_query`.
+    fn gpu_session(&self) -> Option<&GpuSession>;
+}
+
+impl EventExt for Event {
+    fn kind(&self) -> Kind {
+        self.body.kind()
+    }
+    fn exec(&self) -> Option<&Exec> {
+        match &self.body {
+            Body::Exec(x) => Some(x),
+            _ => None,
+        }
+    }
+    fn fork(&self) -> Option<&Fork> {
+        match &self.body {
+            Body::Fork(x) => Some(x),
+            _ => None,
+        }
+    }
+    fn exit(&self) -> Option<&Exit> {
+        match &self.body {
+            Body::Exit(x) => Some(x),
+            _ => None,
+        }
+    }
+    fn net(&self) -> Option<&Net> {
+        match &self.body {
+            Body::Connect(x) | Body::Bind(x) | Body::Listen(x) | Body::TcpClose(x) => Some(x),
+            _ => None,
+        }
+    }
+    fn net_payload(&self) -> Option<&NetPayload> {
+        match &self.body {
+            Body::NetPayload(x) => Some(x),
+            _ => None,
+        }
+    }
+    fn gpu_ioctl(&self) -> Option<&GpuIoctl> {
+        match &self.body {
+            Body::GpuIoctl(x) => Some(x),
+            _ => None,
+        }
+    }
+    fn gpu_open(&self) -> Option<&GpuOpen> {
+        match &self.body {
+            Body::GpuOpen(x) | Body::TunOpen(x) => Some(x),
+            _ => None,
+        }
+    }
+    fn gpu_session(&self) -> Option<&GpuSession> {
+        match &self.body {
+            Body::GpuSessionStart(x) | Body::GpuSessionEnd(x) | Body::GpuQuery(x) => Some(x),
+            _ => None,
+        }
+    }
+}
+
+/// An event of `kind` from process `pid`.
+pub fn is(e: &Event, kind: Kind, pid: u32) -> bool {
+    e.body.kind() == kind && e.pid == pid
+}
+
 #[derive(Default)]
 struct Shared {
-    events: Vec<Value>,
+    /// Every line that deserialized into the sensor's types, in order.
+    records: Vec<Record>,
     /// Lines that did not deserialize into the sensor's types (checked at `stop`).
     untyped: Vec<String>,
     closed: bool,
@@ -142,11 +234,13 @@ impl Sensor {
                 let Ok(line) = line else { break };
                 let v: Value = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("sensor printed a non-JSON line ({e}): {line}"));
-                let typed = Record::from_value(&v).err();
+                let typed = Record::from_value(&v);
                 let (m, cv) = &*sh;
                 let mut g = m.lock().unwrap();
-                g.untyped.extend(typed);
-                g.events.push(v);
+                match typed {
+                    Ok(r) => g.records.push(r),
+                    Err(e) => g.untyped.push(e),
+                }
                 drop(g);
                 cv.notify_all();
             }
@@ -155,23 +249,26 @@ impl Sensor {
             cv.notify_all();
         });
         let s = Sensor { child, shared, pid };
-        s.wait_for(Duration::from_secs(30), |e| e["kind"] == "sensor_start")
-            .expect("sensor did not start (see its stderr above)");
+        s.wait_for(Duration::from_secs(30), |r| match r {
+            Record::Status(st) => matches!(**st, Status::SensorStart(_)).then_some(()),
+            _ => None,
+        })
+        .expect("sensor did not start (see its stderr above)");
         s
     }
 
-    /// Waits until an event matches `pred`; returns a copy of it.
-    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    /// Waits until `pick` takes a record (returns `Some`); returns what it took.
+    pub fn wait_for<T>(&self, timeout: Duration, pick: impl Fn(&Record) -> Option<T>) -> Option<T> {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &*self.shared;
         let mut g = m.lock().unwrap();
         let mut seen = 0;
         loop {
-            // Only look at events that arrived since the last pass.
-            if let Some(e) = g.events[seen..].iter().find(|e| pred(e)) {
-                return Some(e.clone());
+            // Only look at records that arrived since the last pass.
+            if let Some(t) = g.records[seen..].iter().find_map(&pick) {
+                return Some(t);
             }
-            seen = g.events.len();
+            seen = g.records.len();
             let now = Instant::now();
             if now >= deadline || g.closed {
                 return None;
@@ -180,32 +277,83 @@ impl Sensor {
         }
     }
 
-    /// All events so far that match `pred`.
-    pub fn events(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    /// Waits until an event matches `pred`; returns a copy of it.
+    pub fn wait_event(&self, timeout: Duration, pred: impl Fn(&Event) -> bool) -> Option<Event> {
+        self.wait_for(timeout, |r| match r {
+            Record::Event(e) if pred(e) => Some((**e).clone()),
+            _ => None,
+        })
+    }
+
+    /// Waits until an alert matches `pred`; returns a copy of it.
+    pub fn wait_alert(&self, timeout: Duration, pred: impl Fn(&Alert) -> bool) -> Option<Alert> {
+        self.wait_for(timeout, |r| match r {
+            Record::Alert(a) if pred(a) => Some((**a).clone()),
+            _ => None,
+        })
+    }
+
+    /// Waits until a `rules_reload` record matches `pred`; returns a copy of it.
+    pub fn wait_reload(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&RulesReload) -> bool,
+    ) -> Option<RulesReload> {
+        self.wait_for(timeout, |r| reload(r).filter(|x| pred(x)).cloned())
+    }
+
+    /// The `sensor_start` record (`start` waited for it).
+    pub fn sensor_start(&self) -> SensorStart {
         let (m, _) = &*self.shared;
         m.lock()
             .unwrap()
-            .events
+            .records
             .iter()
-            .filter(|e| pred(e))
-            .cloned()
-            .collect()
+            .find_map(|r| match r {
+                Record::Status(st) => match &**st {
+                    Status::SensorStart(x) => Some(x.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .expect("sensor_start record")
+    }
+
+    /// All events so far that match `pred`.
+    pub fn events(&self, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
+        self.pick(|r| match r {
+            Record::Event(e) if pred(e) => Some((**e).clone()),
+            _ => None,
+        })
+    }
+
+    /// All alerts so far that match `pred`.
+    pub fn alerts(&self, pred: impl Fn(&Alert) -> bool) -> Vec<Alert> {
+        self.pick(|r| match r {
+            Record::Alert(a) if pred(a) => Some((**a).clone()),
+            _ => None,
+        })
+    }
+
+    /// All `rules_reload` records so far that match `pred`.
+    pub fn reloads(&self, pred: impl Fn(&RulesReload) -> bool) -> Vec<RulesReload> {
+        self.pick(|r| reload(r).filter(|x| pred(x)).cloned())
+    }
+
+    /// What `pick` takes of every record so far.
+    fn pick<T>(&self, pick: impl Fn(&Record) -> Option<T>) -> Vec<T> {
+        let (m, _) = &*self.shared;
+        m.lock().unwrap().records.iter().filter_map(pick).collect()
     }
 
     /// Every record so far, typed.
     pub fn records(&self) -> Vec<Record> {
-        let (m, _) = &*self.shared;
-        m.lock()
-            .unwrap()
-            .events
-            .iter()
-            .filter_map(|v| Record::from_value(v).ok())
-            .collect()
+        self.pick(|r| Some(r.clone()))
     }
 
-    /// SIGINT, wait for a clean exit, return every event printed. Every line printed must have
+    /// SIGINT, wait for a clean exit, return every record printed. Every line printed must have
     /// deserialized into the sensor's own types.
-    pub fn stop(mut self) -> Vec<Value> {
+    pub fn stop(mut self) -> Vec<Record> {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let st = self.child.wait().expect("waiting for sensor");
@@ -222,7 +370,18 @@ impl Sensor {
             g.untyped.len(),
             g.untyped[0]
         );
-        std::mem::take(&mut g.events)
+        std::mem::take(&mut g.records)
+    }
+}
+
+/// The `rules_reload` record, if `r` is one.
+fn reload(r: &Record) -> Option<&RulesReload> {
+    match r {
+        Record::Status(st) => match &**st {
+            Status::RulesReload(x) => Some(x),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -253,11 +412,6 @@ pub fn run_helper(path: &str, args: &[&str]) -> (u32, String) {
 
 /// A short wait for events of a pid, with the default deadline used by the tests.
 pub const WAIT: Duration = Duration::from_secs(10);
-
-/// `e["pid"] == pid && e["kind"] == kind`.
-pub fn is(e: &Value, kind: &str, pid: u32) -> bool {
-    e["kind"] == kind && e["pid"] == pid
-}
 
 /// The cgroup2 mount point (`/sys/fs/cgroup/unified` on v1/v2 hybrid hosts).
 pub fn cgroup2_root() -> Option<PathBuf> {

@@ -163,7 +163,7 @@ fn webhook_slack_pagerduty_with_hmac_retries_and_rate_limit() {
         .map(|i| trigger("mark-hook", &format!("n{i}")))
         .collect();
     for p in &pids {
-        s.wait_for(WAIT, |e| e["kind"] == "alert" && e["pid"] == *p)
+        s.wait_alert(WAIT, |a| a.pid == *p)
             .expect("alert on stdout");
     }
     // Two alerts pass the rate limit (2 per 3 s window), then a summary for the other two.
@@ -317,8 +317,7 @@ fn kill_and_restart_while_the_receiver_is_down_loses_nothing() {
         .map(|i| trigger("mark-restart", &format!("r{i}")))
         .collect();
     for p in &pids {
-        s.wait_for(WAIT, |e| e["kind"] == "alert" && e["pid"] == *p)
-            .expect("alert");
+        s.wait_alert(WAIT, |a| a.pid == *p).expect("alert");
     }
     let spool = d.join("spool/hook");
     let count = |p: &Path| {
@@ -425,8 +424,7 @@ fn real_alertmanager_receives_the_alerts() {
     );
     let s = Sensor::start(&["--config", cfg.to_str().unwrap()]);
     let pid = trigger("mark-am", "am");
-    s.wait_for(WAIT, |e| e["kind"] == "alert" && e["pid"] == pid)
-        .expect("alert");
+    s.wait_alert(WAIT, |a| a.pid == pid).expect("alert");
     let fetch = || -> Vec<Value> {
         let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
             return vec![];

@@ -4,8 +4,8 @@
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use sensor_tests::{require_root, sensor_bin, Sensor, WAIT};
-use serde_json::Value;
+use sensor::rules::Alert;
+use sensor_tests::{alert, require_root, sensor_bin, Record, Sensor, WAIT};
 
 fn tmpdir(tag: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("sensor-cli-{tag}-{}", std::process::id()));
@@ -125,25 +125,19 @@ fn replay_of_a_recording_gives_the_live_alerts_and_hot_reload_keeps_old_rules_on
     };
     let p1 = run("sensor-cli-marker-1");
     let live = s
-        .wait_for(WAIT, |e| {
-            e["kind"] == "alert" && e["rule"] == "test-touch-marker" && e["pid"] == p1
-        })
+        .wait_alert(WAIT, |a| a.rule == "test-touch-marker" && a.pid == p1)
         .expect("live alert");
 
     // Break the file: the reload fails with file and line, the previous rules stay active.
     std::fs::write(rules.join("a.yaml"), "rules:\n  - id: x\n    severity: [\n").unwrap();
     let r = s
-        .wait_for(Duration::from_secs(15), |e| {
-            e["kind"] == "rules_reload" && e["ok"] == false
-        })
+        .wait_reload(Duration::from_secs(15), |r| !r.ok)
         .expect("rules_reload failure event");
-    assert!(r["file"].as_str().unwrap().ends_with("a.yaml"), "{r}");
-    assert!(r["line"].as_u64().unwrap() >= 2, "{r}");
+    assert!(r.file.as_deref().unwrap().ends_with("a.yaml"), "{r:?}");
+    assert!(r.line.unwrap() >= 2, "{r:?}");
     let p2 = run("sensor-cli-marker-2");
-    s.wait_for(WAIT, |e| {
-        e["kind"] == "alert" && e["rule"] == "test-touch-marker" && e["pid"] == p2
-    })
-    .expect("old rule still active after a failed reload");
+    s.wait_alert(WAIT, |a| a.rule == "test-touch-marker" && a.pid == p2)
+        .expect("old rule still active after a failed reload");
 
     // Fix it with a different marker: the new rule set is live.
     std::fs::write(
@@ -151,16 +145,12 @@ fn replay_of_a_recording_gives_the_live_alerts_and_hot_reload_keeps_old_rules_on
         GOOD.replace("sensor-cli-marker", "sensor-cli-other"),
     )
     .unwrap();
-    s.wait_for(Duration::from_secs(15), |e| {
-        e["kind"] == "rules_reload" && e["ok"] == true
-    })
-    .expect("successful reload");
+    s.wait_reload(Duration::from_secs(15), |r| r.ok)
+        .expect("successful reload");
     let p3 = run("sensor-cli-other-3");
-    s.wait_for(WAIT, |e| {
-        e["kind"] == "alert" && e["rule"] == "test-touch-marker" && e["pid"] == p3
-    })
-    .expect("new rule active");
-    let events = s.stop();
+    s.wait_alert(WAIT, |a| a.rule == "test-touch-marker" && a.pid == p3)
+        .expect("new rule active");
+    let records = s.stop();
 
     // Offline: the recording through `sensor replay` with the original rules reproduces the
     // first live alert exactly (same rule, pid, fingerprint, triggering event).
@@ -176,22 +166,26 @@ fn replay_of_a_recording_gives_the_live_alerts_and_hot_reload_keeps_old_rules_on
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let alerts: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+    // `--alerts-only`: every line is an alert.
+    let alerts: Vec<Alert> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| alert(&serde_json::from_str(l).unwrap()))
         .collect();
     let offline = alerts
         .iter()
-        .find(|a| a["rule"] == "test-touch-marker" && a["pid"] == p1)
+        .find(|a| a.rule == "test-touch-marker" && a.pid == p1)
         .expect("replayed alert");
-    assert_eq!(offline["fingerprint"], live["fingerprint"]);
-    assert_eq!(offline["event"], live["event"]);
+    assert_eq!(offline.fingerprint, live.fingerprint);
+    assert_eq!(offline.event, live.event);
     assert!(
-        alerts.iter().any(|a| a["pid"] == p2),
+        alerts.iter().any(|a| a.pid == p2),
         "p2 matched the original rules too"
     );
     let recorded = std::fs::read_to_string(&rec).unwrap().lines().count();
-    let live_events = events.iter().filter(|e| e.get("ts_ns").is_some()).count();
+    let live_events = records
+        .iter()
+        .filter(|r| matches!(r, Record::Event(_)))
+        .count();
     assert_eq!(
         recorded, live_events,
         "the recording holds every event printed live"

@@ -8,9 +8,13 @@ use std::{
     time::Duration,
 };
 
-use sensor::event::Body;
-use sensor_tests::{event, is, require_root, run_helper, Sensor, WAIT};
-use serde_json::Value;
+use std::net::IpAddr;
+
+use sensor::{
+    event::{Event, Family, Kind, Outcome, SockType, Via},
+    output::Status,
+};
+use sensor_tests::{is, require_root, run_helper, EventExt, Record, Sensor, WAIT};
 
 const NETPROBE: &str = env!("CARGO_BIN_EXE_netprobe");
 
@@ -38,14 +42,10 @@ fn exec_argv_40_args_and_truncation() {
     let child = Command::new("/bin/true").args(&args).spawn().unwrap();
     let pid = child.id();
     child.wait_with_output().unwrap();
-    // Typed: the sensor's own `Event`.
-    let ev = event(
-        &s.wait_for(WAIT, |e| is(e, "exec", pid))
-            .expect("exec event"),
-    );
-    let Body::Exec(x) = &ev.body else {
-        panic!("{ev:?}")
-    };
+    let ev = s
+        .wait_event(WAIT, |e| is(e, Kind::Exec, pid))
+        .expect("exec event");
+    let x = ev.exec().unwrap();
     let mut want = vec!["/bin/true".to_string()];
     want.extend(args.iter().cloned());
     assert_eq!(x.argv.len(), 41);
@@ -64,10 +64,11 @@ fn exec_argv_40_args_and_truncation() {
     let pid = child.id();
     child.wait_with_output().unwrap();
     let ev = s
-        .wait_for(WAIT, |e| is(e, "exec", pid))
+        .wait_event(WAIT, |e| is(e, Kind::Exec, pid))
         .expect("exec event (truncated)");
-    assert_eq!(ev["args_truncated"], true);
-    let got: Vec<String> = serde_json::from_value(ev["argv"].clone()).unwrap();
+    let x = ev.exec().unwrap();
+    assert!(x.args_truncated);
+    let got = &x.argv;
     assert_eq!(
         got[..4],
         [
@@ -79,21 +80,22 @@ fn exec_argv_40_args_and_truncation() {
     );
     assert!(big[3].starts_with(&got[4]) && got[4].len() < big[3].len());
     let size: usize = 10 + big.iter().map(|a| a.len() + 1).sum::<usize>();
-    assert_eq!(ev["args_size"], size);
-    // The sensor never reports itself.
-    assert!(s.events(|e| e["pid"] == s.pid).is_empty());
+    assert_eq!(x.args_size as usize, size);
+    // The sensor never reports itself (no event or alert carries its pid).
+    assert!(s.records().iter().all(|r| r.pid() != Some(s.pid)));
     s.stop();
 }
 
-fn connect_case(s: &Sensor, mode: &str, ip: &str, port: u16) -> Value {
+fn connect_case(s: &Sensor, mode: &str, ip: &str, port: u16) -> Event {
     let (pid, out) = run_helper(NETPROBE, &[mode, ip, &port.to_string()]);
     let ev = s
-        .wait_for(WAIT, |e| is(e, "connect", pid))
+        .wait_event(WAIT, |e| is(e, Kind::Connect, pid))
         .unwrap_or_else(|| panic!("no connect event for {mode} {ip}:{port} (helper said {out:?})"));
-    assert_eq!(ev["dst_ip"], ip);
-    assert_eq!(ev["dst_port"], port);
-    assert_eq!(ev["comm"], "netprobe");
-    assert_eq!(ev["exe"], NETPROBE);
+    let n = ev.net().unwrap();
+    assert_eq!(n.dst_ip, Some(ip.parse::<IpAddr>().unwrap()));
+    assert_eq!(n.dst_port, Some(port));
+    assert_eq!(ev.comm, "netprobe");
+    assert_eq!(ev.exe.as_deref(), Some(NETPROBE));
     ev
 }
 
@@ -110,24 +112,27 @@ fn connect_results_v4_v6() {
         ("127.0.0.1", l4.local_addr().unwrap().port()),
         ("::1", l6.local_addr().unwrap().port()),
     ] {
-        let fam = if ip.contains(':') { "inet6" } else { "inet" };
+        let fam = if ip.contains(':') {
+            Family::Inet6
+        } else {
+            Family::Inet
+        };
         let ev = connect_case(&s, "connect", ip, open);
-        assert_eq!(
-            (ev["result"].as_str(), ev["family"].as_str()),
-            (Some("ok"), Some(fam)),
-            "{ev}"
-        );
-        assert_eq!(ev["sock_type"], "stream");
-        assert_eq!(ev["via"], "syscall");
-        assert!(ev["fd"].as_i64().unwrap() >= 3);
+        let n = ev.net().unwrap();
+        assert_eq!((n.result, n.family), (Outcome::Ok, fam), "{ev:?}");
+        assert_eq!(n.sock_type, SockType::Stream);
+        assert_eq!(n.via, Via::Syscall);
+        assert!(n.fd.unwrap() >= 3);
 
         let ev = connect_case(&s, "connect", ip, closed);
-        assert_eq!(ev["result"], "error", "{ev}");
-        assert_eq!(ev["errno"], -libc::ECONNREFUSED);
+        let n = ev.net().unwrap();
+        assert_eq!(n.result, Outcome::Error, "{ev:?}");
+        assert_eq!(n.errno, Some(-libc::ECONNREFUSED));
 
         let ev = connect_case(&s, "connect-nb", ip, open);
-        assert_eq!(ev["result"], "in_progress", "{ev}");
-        assert_eq!(ev["errno"], -libc::EINPROGRESS);
+        let n = ev.net().unwrap();
+        assert_eq!(n.result, Outcome::InProgress, "{ev:?}");
+        assert_eq!(n.errno, Some(-libc::EINPROGRESS));
     }
     s.stop();
 }
@@ -147,19 +152,22 @@ fn tcp_close_pairs_with_its_connect_and_has_a_duration() {
     );
     let _server_side = acc.join().unwrap();
     let c = s
-        .wait_for(WAIT, |e| is(e, "connect", pid))
+        .wait_event(WAIT, |e| is(e, Kind::Connect, pid))
         .expect("connect");
-    let id = c["conn_id"]
-        .as_str()
-        .expect("conn_id on the connect")
-        .to_string();
+    let id = c
+        .net()
+        .unwrap()
+        .conn_id
+        .clone()
+        .expect("conn_id on the connect");
     let x = s
-        .wait_for(WAIT, |e| is(e, "tcp_close", pid))
+        .wait_event(WAIT, |e| is(e, Kind::TcpClose, pid))
         .expect("tcp_close attributed to the connecting process");
-    assert_eq!(x["conn_id"], id.as_str());
-    assert_eq!(x["dst_port"], port);
-    assert_eq!(x["exe"], NETPROBE);
-    let d = x["duration_s"].as_f64().expect("duration");
+    let xn = x.net().unwrap();
+    assert_eq!(xn.conn_id.as_deref(), Some(id.as_str()));
+    assert_eq!(xn.dst_port, Some(port));
+    assert_eq!(x.exe.as_deref(), Some(NETPROBE));
+    let d = xn.duration_s.expect("duration");
     assert!((0.6..5.0).contains(&d), "duration {d}");
     s.stop();
 }
@@ -175,24 +183,22 @@ fn io_uring_connect_is_seen_without_connect_syscall() {
     let (pid, out) = run_helper(NETPROBE, &["uring-connect", "127.0.0.1", &port.to_string()]);
     assert_eq!(out.trim(), "res 0", "io_uring connect failed");
     let ev = s
-        .wait_for(WAIT, |e| is(e, "connect", pid))
+        .wait_event(WAIT, |e| is(e, Kind::Connect, pid))
         .expect("io_uring connect event");
-    assert_eq!(ev["via"], "sock_state");
-    assert_eq!(ev["dst_ip"], "127.0.0.1");
-    assert_eq!(ev["dst_port"], port);
-    assert_eq!(ev["protocol"], "tcp");
+    let n = ev.net().unwrap();
+    assert_eq!(n.via, Via::SockState);
+    assert_eq!(n.dst_ip, Some(IpAddr::from([127, 0, 0, 1])));
+    assert_eq!(n.dst_port, Some(port));
+    assert_eq!(n.protocol.as_deref(), Some("tcp"));
     // Its close pairs with it too (the connection id comes from the kernel socket).
-    let id = ev["conn_id"]
-        .as_str()
-        .expect("conn_id on an io_uring connect")
-        .to_string();
+    let id = n.conn_id.clone().expect("conn_id on an io_uring connect");
     let x = s
-        .wait_for(WAIT, |e| is(e, "tcp_close", pid))
+        .wait_event(WAIT, |e| is(e, Kind::TcpClose, pid))
         .expect("tcp_close of the io_uring socket");
-    assert_eq!(x["conn_id"], id.as_str());
+    assert_eq!(x.net().unwrap().conn_id.as_deref(), Some(id.as_str()));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        s.events(|e| is(e, "connect", pid)).len(),
+        s.events(|e| is(e, Kind::Connect, pid)).len(),
         1,
         "exactly one connect event"
     );
@@ -208,20 +214,20 @@ fn bind_and_listen() {
     for ip in ["127.0.0.1", "::1"] {
         let (pid, out) = run_helper(NETPROBE, &["bind-listen", ip, "0"]);
         let port: u16 = out.trim().strip_prefix("port ").unwrap().parse().unwrap();
+        let ip_addr: IpAddr = ip.parse().unwrap();
         let b = s
-            .wait_for(WAIT, |e| is(e, "bind", pid))
+            .wait_event(WAIT, |e| is(e, Kind::Bind, pid))
             .expect("bind event");
-        assert_eq!(
-            (b["local_ip"].as_str(), b["local_port"].as_u64()),
-            (Some(ip), Some(0))
-        );
-        assert_eq!(b["result"], "ok");
+        let bn = b.net().unwrap();
+        assert_eq!((bn.local_ip, bn.local_port), (Some(ip_addr), Some(0)));
+        assert_eq!(bn.result, Outcome::Ok);
         let l = s
-            .wait_for(WAIT, |e| is(e, "listen", pid))
+            .wait_event(WAIT, |e| is(e, Kind::Listen, pid))
             .expect("listen event");
-        assert_eq!(l["local_ip"], ip);
-        assert_eq!(l["local_port"], port);
-        assert_eq!(l["protocol"], "tcp");
+        let ln = l.net().unwrap();
+        assert_eq!(ln.local_ip, Some(ip_addr));
+        assert_eq!(ln.local_port, Some(port));
+        assert_eq!(ln.protocol.as_deref(), Some("tcp"));
     }
     s.stop();
 }
@@ -235,24 +241,25 @@ fn fork_and_exit() {
     let (pid, out) = run_helper(NETPROBE, &["fork-exit", "3"]);
     let child: u32 = out.trim().strip_prefix("child ").unwrap().parse().unwrap();
     let f = s
-        .wait_for(WAIT, |e| is(e, "fork", pid))
+        .wait_event(WAIT, |e| is(e, Kind::Fork, pid))
         .expect("fork event");
-    assert_eq!(f["child_pid"], child);
+    assert_eq!(f.fork().unwrap().child_pid, child);
     let x = s
-        .wait_for(WAIT, |e| is(e, "exit", child))
+        .wait_event(WAIT, |e| is(e, Kind::Exit, child))
         .expect("child exit event");
-    assert_eq!(x["exit_status"], 3);
-    assert_eq!(x["ppid"], pid);
+    assert_eq!(x.exit().unwrap().exit_status, Some(3));
+    assert_eq!(x.ppid, pid);
     assert_eq!(
-        x["exe"], NETPROBE,
+        x.exe.as_deref(),
+        Some(NETPROBE),
         "a forked child inherits the parent's exe"
     );
     let x = s
-        .wait_for(WAIT, |e| is(e, "exit", pid))
+        .wait_event(WAIT, |e| is(e, Kind::Exit, pid))
         .expect("parent exit event");
-    assert_eq!(x["exit_status"], 0);
+    assert_eq!(x.exit().unwrap().exit_status, Some(0));
     // One exit per process, not per thread.
-    assert_eq!(s.events(|e| is(e, "exit", child)).len(), 1);
+    assert_eq!(s.events(|e| is(e, Kind::Exit, child)).len(), 1);
     s.stop();
 }
 
@@ -280,25 +287,34 @@ fn loss_accounting_is_exact_with_a_tiny_ring() {
         .unwrap();
     assert!(burst.wait().unwrap().success());
     assert_eq!(line.trim(), format!("done {N} refused {N}"));
-    s.wait_for(WAIT, |e| is(e, "exit", pid))
+    s.wait_event(WAIT, |e| is(e, Kind::Exit, pid))
         .expect("burst exit event");
-    let events = s.stop();
-    let seen = events.iter().filter(|e| is(e, "connect", pid)).count() as u64;
-    let loss = events
+    let records = s.stop();
+    let seen = records
+        .iter()
+        .filter(|r| matches!(r, Record::Event(e) if is(e, Kind::Connect, pid)))
+        .count() as u64;
+    let loss = records
         .iter()
         .rev()
-        .find(|e| e["kind"] == "loss")
+        .find_map(|r| match r {
+            Record::Status(st) => match &**st {
+                Status::Loss(l) => Some(l),
+                _ => None,
+            },
+            _ => None,
+        })
         .expect("final loss event");
-    assert_eq!(loss["final"], true);
-    let kernel = loss["kernel_dropped"]["connect"].as_u64().unwrap();
-    let user = loss["user_dropped_by_kind"]["connect"].as_u64().unwrap();
-    let received = loss["received"]["connect"].as_u64().unwrap();
+    assert!(loss.last);
+    let kernel = loss.kernel_dropped["connect"];
+    let user = loss.user_dropped_by_kind["connect"];
+    let received = loss.received["connect"];
     println!("generated {N}: received {received} (in stream {seen}), kernel dropped {kernel}, user dropped {user}");
-    assert!(kernel > 0, "the tiny ring should have overflowed: {loss}");
-    assert_eq!(received, seen + user, "{loss}");
-    assert_eq!(N, seen + kernel + user, "{loss}");
+    assert!(kernel > 0, "the tiny ring should have overflowed: {loss:?}");
+    assert_eq!(received, seen + user, "{loss:?}");
+    assert_eq!(N, seen + kernel + user, "{loss:?}");
     // Nothing but the listed process was reported.
-    assert!(events
-        .iter()
-        .all(|e| e.get("pid").is_none() || e["pid"] == pid || e["kind"] == "sensor_start"));
+    assert!(records.iter().all(|r| r.pid().is_none()
+        || r.pid() == Some(pid)
+        || matches!(r, Record::Status(st) if matches!(**st, Status::SensorStart(_)))));
 }

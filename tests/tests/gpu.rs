@@ -6,8 +6,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use sensor_tests::{is, require_root, run_helper, Sensor, WAIT};
-use serde_json::Value;
+use sensor::event::{Device, Event, Kind, Outcome};
+use sensor_tests::{is, require_root, run_helper, EventExt, Sensor, WAIT};
 
 const GPUREPLAY: &str = env!("CARGO_BIN_EXE_gpureplay");
 
@@ -83,7 +83,7 @@ kind = "nvidia-uvm"
 emulated = true
 "#;
 
-fn replay(s: &Sensor, fixtures: &Path, dir: &Path, name: &str, bin: &str) -> (u32, Vec<Value>) {
+fn replay(s: &Sensor, fixtures: &Path, dir: &Path, name: &str, bin: &str) -> (u32, Vec<Event>) {
     let fx = fixtures.join(format!("{name}.jsonl.gz"));
     let (pid, out) = run_helper(
         bin,
@@ -96,12 +96,12 @@ fn replay(s: &Sensor, fixtures: &Path, dir: &Path, name: &str, bin: &str) -> (u3
         .parse()
         .unwrap();
     // The derived event at exit comes last for the pid.
-    s.wait_for(WAIT, |e| {
-        e["pid"] == pid && (e["kind"] == "gpu_session_end" || e["kind"] == "gpu_query")
+    s.wait_event(WAIT, |e| {
+        e.pid == pid && (e.kind() == Kind::GpuSessionEnd || e.kind() == Kind::GpuQuery)
     })
     .unwrap_or_else(|| panic!("{name}: no gpu_session_end/gpu_query"));
-    let evs = s.events(|e| e["pid"] == pid);
-    let ioctls = evs.iter().filter(|e| e["kind"] == "gpu_ioctl").count();
+    let evs = s.events(|e| e.pid == pid);
+    let ioctls = evs.iter().filter(|e| e.kind() == Kind::GpuIoctl).count();
     assert_eq!(
         ioctls, n,
         "{name}: every replayed ioctl is one gpu_ioctl event"
@@ -109,8 +109,8 @@ fn replay(s: &Sensor, fixtures: &Path, dir: &Path, name: &str, bin: &str) -> (u3
     (pid, evs)
 }
 
-fn kinds(evs: &[Value], kind: &str) -> Vec<Value> {
-    evs.iter().filter(|e| e["kind"] == kind).cloned().collect()
+fn kinds(evs: &[Event], kind: Kind) -> Vec<Event> {
+    evs.iter().filter(|e| e.kind() == kind).cloned().collect()
 }
 
 #[test]
@@ -158,12 +158,9 @@ fn h100_recordings_replayed_give_sessions_and_queries() {
     std::io::BufRead::read_line(&mut rd, &mut line).unwrap();
     assert_eq!(line.trim(), "replayed 565");
     // While the session is live, the metrics count it by GPU minor.
-    s.wait_for(WAIT, |e| is(e, "gpu_session_start", early_pid))
+    s.wait_event(WAIT, |e| is(e, Kind::GpuSessionStart, early_pid))
         .expect("session start");
-    let addr = s.events(|e| e["kind"] == "sensor_start")[0]["metrics_addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let addr = s.sensor_start().metrics_addr.unwrap();
     let mut seen = String::new();
     let t = std::time::Instant::now();
     while t.elapsed() < std::time::Duration::from_secs(10) {
@@ -191,25 +188,26 @@ fn h100_recordings_replayed_give_sessions_and_queries() {
     std::io::Write::write_all(early.stdin.as_mut().unwrap(), b"done\n").unwrap();
     assert!(early.wait().unwrap().success());
     let e = s
-        .wait_for(WAIT, |e| is(e, "gpu_session_end", early_pid))
+        .wait_event(WAIT, |e| is(e, Kind::GpuSessionEnd, early_pid))
         .expect("session of a process older than the sensor");
-    let n = s.events(|e| is(e, "gpu_ioctl", early_pid)).len();
+    let n = s.events(|e| is(e, Kind::GpuIoctl, early_pid)).len();
     assert_eq!(n, 565, "every ioctl of the pre-existing process is seen");
-    assert!(e["classes"]
-        .as_array()
+    assert!(e
+        .gpu_session()
         .unwrap()
+        .classes
         .iter()
         .any(|c| c == "HOPPER_COMPUTE_A"));
 
     // nvidia-smi: queries only (it even initialises UVM) → no compute session.
     let (_, evs) = replay(&s, &fx, &dir.0, "nvidia-smi", &bin_s);
     assert!(
-        kinds(&evs, "gpu_session_start").is_empty(),
+        kinds(&evs, Kind::GpuSessionStart).is_empty(),
         "nvidia-smi must not be a compute session"
     );
-    let q = kinds(&evs, "gpu_query");
+    let q = kinds(&evs, Kind::GpuQuery);
     assert_eq!(q.len(), 1);
-    let classes: Vec<String> = serde_json::from_value(q[0]["classes"].clone()).unwrap();
+    let classes = &q[0].gpu_session().unwrap().classes;
     assert!(
         classes.contains(&"NV20_SUBDEVICE_0".to_string()),
         "{classes:?}"
@@ -217,57 +215,61 @@ fn h100_recordings_replayed_give_sessions_and_queries() {
     assert!(!classes
         .iter()
         .any(|c| c.contains("COMPUTE") || c.contains("GPFIFO")));
-    let opens = kinds(&evs, "gpu_open");
+    let opens = kinds(&evs, Kind::GpuOpen);
     assert_eq!(
         opens.len(),
         3,
         "nvidiactl, nvidia0, nvidia-uvm opened once each"
     );
-    assert!(opens
-        .iter()
-        .all(|o| o["result"] == "ok" && o["emulated"] == true));
+    assert!(opens.iter().all(|o| o
+        .gpu_open()
+        .is_some_and(|o| o.result == Outcome::Ok && o.emulated)));
 
     for name in ["mining-like", "training"] {
         let (pid, evs) = replay(&s, &fx, &dir.0, name, &bin_s);
-        let starts = kinds(&evs, "gpu_session_start");
+        let starts = kinds(&evs, Kind::GpuSessionStart);
         assert_eq!(starts.len(), 1, "{name}: exactly one compute session");
-        let ends = kinds(&evs, "gpu_session_end");
+        let ends = kinds(&evs, Kind::GpuSessionEnd);
         assert_eq!(ends.len(), 1);
         let end = &ends[0];
-        let classes: Vec<String> = serde_json::from_value(end["classes"].clone()).unwrap();
+        let sess = end.gpu_session().unwrap();
+        let classes = &sess.classes;
         assert!(
             classes.contains(&"HOPPER_COMPUTE_A".to_string()),
             "{name}: {classes:?}"
         );
         assert!(classes.contains(&"HOPPER_CHANNEL_GPFIFO_A".to_string()));
-        assert_eq!(end["gpu_minors"], serde_json::json!([0]), "{name}");
-        assert_eq!(end["uvm_initialized"], true);
-        assert_eq!(end["exe"], bin_s.as_str());
-        assert_eq!(end["argv"][1], "replay");
+        assert_eq!(sess.gpu_minors, [0], "{name}");
+        assert!(sess.uvm_initialized);
+        assert_eq!(end.exe.as_deref(), Some(bin_s.as_str()));
+        assert_eq!(sess.argv.get(1).map(String::as_str), Some("replay"));
         assert_eq!(
-            end["lineage"][0]["pid"],
-            std::process::id(),
+            sess.lineage.first().map(|a| a.pid),
+            Some(std::process::id()),
             "parent is this test"
         );
-        let t = starts[0]["trigger"].as_str().unwrap();
+        let t = starts[0].gpu_session().unwrap().trigger.as_deref().unwrap();
         assert!(t.contains("GPFIFO") || t.contains("COMPUTE"), "{t}");
         // The decoded stream names things.
         let alloc = evs
             .iter()
-            .find(|e| e["kind"] == "gpu_ioctl" && e["class_id"] == 0xcbc0)
+            .filter_map(|e| e.gpu_ioctl())
+            .find(|g| g.class_id == Some(0xcbc0))
             .expect("an RM_ALLOC of HOPPER_COMPUTE_A");
-        assert_eq!(alloc["op"], "NV_ESC_RM_ALLOC");
-        assert_eq!(alloc["class"], "HOPPER_COMPUTE_A");
-        assert_eq!(alloc["gpu_minor"], 255, "RM_ALLOC goes to nvidiactl");
+        assert_eq!(alloc.op, "NV_ESC_RM_ALLOC");
+        assert_eq!(alloc.class.as_deref(), Some("HOPPER_COMPUTE_A"));
+        assert_eq!(alloc.gpu_minor, 255, "RM_ALLOC goes to nvidiactl");
         assert!(evs
             .iter()
-            .any(|e| e["op"] == "UVM_INITIALIZE" && e["device"] == "nvidia-uvm"));
+            .filter_map(|e| e.gpu_ioctl())
+            .any(|g| g.op == "UVM_INITIALIZE" && g.device == Device::NvidiaUvm));
         assert!(evs
             .iter()
-            .any(|e| e["op"] == "NV_ESC_RM_CONTROL" && e["control"].is_string()));
+            .filter_map(|e| e.gpu_ioctl())
+            .any(|g| g.op == "NV_ESC_RM_CONTROL" && g.control.is_some()));
         if name == "training" {
             std::thread::sleep(std::time::Duration::from_millis(300));
-            let alerts = s.events(|e| e["kind"] == "alert" && e["pid"] == pid);
+            let alerts = s.alerts(|a| a.pid == pid);
             assert!(
                 alerts.is_empty(),
                 "the training recording must stay silent: {alerts:?}"
@@ -292,37 +294,35 @@ fn o_path_fd_is_a_failed_call_not_a_session_and_non_gpu_storm_is_silent() {
     let (pid, out) = run_helper(GPUREPLAY, &["opath", node.to_str().unwrap()]);
     assert_eq!(out.trim(), format!("rc {}", -libc::EBADF));
     let g = s
-        .wait_for(WAIT, |e| is(e, "gpu_ioctl", pid))
+        .wait_event(WAIT, |e| is(e, Kind::GpuIoctl, pid))
         .expect("gpu_ioctl on the O_PATH fd");
-    assert_eq!(g["result"], "error");
-    assert_eq!(g["ret"], -libc::EBADF);
+    let g = g.gpu_ioctl().unwrap();
+    assert_eq!(g.result, Outcome::Error);
+    assert_eq!(g.ret, -libc::EBADF);
+    assert_eq!((g.major, g.minor), (195, 9));
     assert_eq!(
-        (g["major"].as_u64(), g["minor"].as_u64()),
-        (Some(195), Some(9))
-    );
-    assert_eq!(
-        g["class"], "HOPPER_COMPUTE_A",
+        g.class.as_deref(),
+        Some("HOPPER_COMPUTE_A"),
         "decoded even though it failed"
     );
     let q = s
-        .wait_for(WAIT, |e| is(e, "gpu_query", pid))
+        .wait_event(WAIT, |e| is(e, Kind::GpuQuery, pid))
         .expect("gpu_query at exit");
-    assert_eq!(q["failed_ioctls"], 1);
-    assert!(s.events(|e| is(e, "gpu_session_start", pid)).is_empty());
+    assert_eq!(q.gpu_session().unwrap().failed_ioctls, 1);
+    assert!(s.events(|e| is(e, Kind::GpuSessionStart, pid)).is_empty());
     let o = s
-        .wait_for(WAIT, |e| is(e, "gpu_open", pid))
+        .wait_event(WAIT, |e| is(e, Kind::GpuOpen, pid))
         .expect("gpu_open of the node");
     assert_eq!(
-        o["flags"].as_u64().unwrap() & libc::O_PATH as u64,
-        libc::O_PATH as u64
+        o.gpu_open().unwrap().flags & libc::O_PATH as u32,
+        libc::O_PATH as u32
     );
 
     // 20k ioctls (half with NVIDIA request numbers) on /dev/urandom, not a GPU: nothing.
     let (pid, _) = run_helper(GPUREPLAY, &["storm", "20000", "/dev/urandom"]);
-    s.wait_for(WAIT, |e| is(e, "exit", pid))
+    s.wait_event(WAIT, |e| is(e, Kind::Exit, pid))
         .expect("storm exit");
-    let gpu: Vec<Value> =
-        s.events(|e| e["pid"] == pid && e["kind"].as_str().unwrap().starts_with("gpu"));
+    let gpu: Vec<Event> = s.events(|e| e.pid == pid && e.kind().name().starts_with("gpu"));
     assert!(
         gpu.is_empty(),
         "non-GPU ioctls produced GPU events: {gpu:?}"

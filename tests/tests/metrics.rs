@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sensor_tests::{require_root, skip, Sensor, WAIT};
+use sensor_tests::{require_root, skip, Sensor};
 
 fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut c = TcpStream::connect(addr).unwrap();
@@ -49,11 +49,10 @@ fn metrics_endpoint_is_scraped_by_a_real_prometheus() {
         }
     }
     let s = Sensor::start(&[]);
-    let start = s.wait_for(WAIT, |e| e["kind"] == "sensor_start").unwrap();
-    let addr = start["metrics_addr"]
-        .as_str()
-        .expect("metrics_addr in sensor_start")
-        .to_string();
+    let addr = s
+        .sensor_start()
+        .metrics_addr
+        .expect("metrics_addr in sensor_start");
     // Make some events of a known kind.
     for _ in 0..3 {
         Command::new("/bin/true").status().unwrap();

@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sensor::output::Status;
 use sensor_tests::{require_root, sensor_bin, wait_until, Sensor, WAIT};
 use serde_json::Value;
 
@@ -36,10 +37,7 @@ fn http(addr: &str, path: &str, extra: &str) -> (u16, String) {
 }
 
 fn metrics_addr(s: &Sensor) -> String {
-    s.wait_for(WAIT, |e| e["kind"] == "sensor_start").unwrap()["metrics_addr"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    s.sensor_start().metrics_addr.unwrap()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -153,11 +151,8 @@ fn hostile_hot_reloads_keep_the_agent_alive_and_small() {
     .unwrap();
     let s = Sensor::start(&["--rules", rules.to_str().unwrap()]);
     let rss0 = rss_kib(s.pid);
-    let rules0 = s.wait_for(WAIT, |e| e["kind"] == "sensor_start").unwrap()["rules"].clone();
-    let failures = |s: &Sensor| {
-        s.events(|e| e["kind"] == "rules_reload" && e["ok"] == false)
-            .len()
-    };
+    let rules0 = s.sensor_start().rules;
+    let failures = |s: &Sensor| s.reloads(|r| !r.ok).len();
     // Each hostile file in turn: the reload fails with its reason, the agent stays up, and the
     // previous rules stay active.
     type Make = Box<dyn Fn(&Path)>;
@@ -183,26 +178,21 @@ fn hostile_hot_reloads_keep_the_agent_alive_and_small() {
             "device",
         ),
     ];
-    let oks = |s: &Sensor| {
-        s.events(|e| e["kind"] == "rules_reload" && e["ok"] == true)
-            .len()
-    };
+    let oks = |s: &Sensor| s.reloads(|r| r.ok).len();
     for (name, make, needle) in &cases {
         make(&rules.join(name));
         // Also poke with SIGHUP (the watcher polls every 2 s).
         // SAFETY: signalling the child sensor process.
         unsafe { libc::kill(s.pid as i32, libc::SIGHUP) };
-        let refused = s.wait_for(Duration::from_secs(20), |e| {
-            e["kind"] == "rules_reload"
-                && e["ok"] == false
-                && e["file"].as_str().unwrap_or("").ends_with(name)
+        let refused = s.wait_reload(Duration::from_secs(20), |r| {
+            !r.ok && r.file.as_deref().unwrap_or("").ends_with(name)
         });
         let r = refused.unwrap_or_else(|| panic!("no failed reload for {name}"));
         assert!(
-            r["error"].as_str().unwrap_or("").contains(needle),
-            "{name}: {r}"
+            r.error.as_deref().unwrap_or("").contains(needle),
+            "{name}: {r:?}"
         );
-        assert_eq!(r["rules"], rules0, "the previous set stays: {r}");
+        assert_eq!(r.rules, rules0, "the previous set stays: {r:?}");
         // Remove it: the next reload succeeds, and the rules still alert.
         let before = oks(&s);
         std::fs::remove_file(rules.join(name)).unwrap();
@@ -213,10 +203,8 @@ fn hostile_hot_reloads_keep_the_agent_alive_and_small() {
             "no reload after removing {name}"
         );
         let p = run_true("robust-mark");
-        s.wait_for(WAIT, |e| {
-            e["kind"] == "alert" && e["rule"] == "robust-marker" && e["pid"] == p
-        })
-        .unwrap_or_else(|| panic!("rules no longer active after {name}"));
+        s.wait_alert(WAIT, |a| a.rule == "robust-marker" && a.pid == p)
+            .unwrap_or_else(|| panic!("rules no longer active after {name}"));
     }
     assert!(failures(&s) >= cases.len());
     let rss1 = rss_kib(s.pid);
@@ -436,8 +424,10 @@ fn start_raw(args: &[&str]) -> (Reap, BufReader<std::process::ChildStdout>, Stri
             break;
         }
     }
-    let v: Value = serde_json::from_str(&line).unwrap();
-    let addr = v["metrics_addr"].as_str().unwrap().to_string();
+    let Status::SensorStart(start) = serde_json::from_str(&line).unwrap() else {
+        panic!("not a sensor_start record: {line}")
+    };
+    let addr = start.metrics_addr.unwrap();
     (Reap(child), out, addr)
 }
 

@@ -11,8 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sensor_tests::{require_root, skip, Sensor, WAIT};
-use serde_json::Value;
+use std::net::IpAddr;
+
+use sensor::{
+    event::{Device, Kind},
+    rules::{Alert, Severity},
+};
+use sensor_tests::{require_root, skip, EventExt, Record, Sensor, WAIT};
 
 const SSHD_PORT: u16 = 2222;
 
@@ -104,18 +109,26 @@ fn ssh_opts(dir: &Path) -> Vec<String> {
     .collect()
 }
 
-fn alert_for(s: &Sensor, rule: &str, pid: u32) -> Value {
-    s.wait_for(WAIT, |e| {
-        e["kind"] == "alert" && e["rule"] == rule && e["pid"] == pid
-    })
-    .unwrap_or_else(|| panic!("no alert {rule} for pid {pid}"))
+fn alert_for(s: &Sensor, rule: &str, pid: u32) -> Alert {
+    s.wait_alert(WAIT, |a| a.rule == rule && a.pid == pid)
+        .unwrap_or_else(|| panic!("no alert {rule} for pid {pid}"))
 }
 
 fn rules_of(s: &Sensor, pid: u32) -> Vec<String> {
-    s.events(|e| e["kind"] == "alert" && e["pid"] == pid)
-        .iter()
-        .map(|a| a["rule"].as_str().unwrap().to_string())
+    s.alerts(|a| a.pid == pid)
+        .into_iter()
+        .map(|a| a.rule)
         .collect()
+}
+
+/// The destination (ip, port) of the alert's triggering event: a network event (connect, …)
+/// or a `net_payload`; neither for other kinds.
+fn dst(a: &Alert) -> (Option<IpAddr>, Option<u16>) {
+    match (a.event.net(), a.event.net_payload()) {
+        (Some(n), _) => (n.dst_ip, n.dst_port),
+        (_, Some(p)) => (Some(p.dst_ip), Some(p.dst_port)),
+        _ => (None, None),
+    }
 }
 
 /// Serves `GET /api/v1/pods…` with one pod (plain HTTP); watch requests get an empty stream.
@@ -282,17 +295,19 @@ fn tunnels_miners_pods_and_benign_traffic() {
     );
     let pid = ssh.0.id();
     let a = alert_for(&s, "ssh-forwarding-flags", pid);
-    assert_eq!(a["severity"], "high");
+    assert_eq!(a.severity, Severity::High);
     assert_eq!(
-        a["lineage"][0]["pid"], me,
-        "lineage starts at the test process: {a}"
+        a.lineage.first().map(|l| l.pid),
+        Some(me),
+        "lineage starts at the test process: {a:?}"
     );
-    assert!(a["argv"].as_array().unwrap().iter().any(|x| x == "-R"));
-    assert!(a["tags"].as_array().unwrap().iter().any(|x| x == "T1572"));
+    assert!(a.argv.iter().any(|x| x == "-R"));
+    assert!(a.tags.iter().any(|x| x == "T1572"));
     use_forward(fport);
     let a = alert_for(&s, "ssh-remote-forward-in-use", pid);
-    assert_eq!(a["event"]["dst_port"], target);
-    assert_eq!(a["event"]["dst_ip"], "127.0.0.1");
+    let (ip, port) = dst(&a);
+    assert_eq!(port, Some(target));
+    assert_eq!(ip, Some(IpAddr::from([127, 0, 0, 1])));
     drop(ssh);
 
     // 2. -o RemoteForward=… (option form), backgrounded with -f from a python "agent" via
@@ -313,49 +328,39 @@ fn tunnels_miners_pods_and_benign_traffic() {
         .unwrap();
     let agent_pid = agent.id();
     let a = s
-        .wait_for(WAIT, |e| {
-            e["kind"] == "alert"
-                && e["rule"] == "ssh-forwarding-options"
-                && e["lineage"][1]["pid"] == agent_pid
+        .wait_alert(WAIT, |a| {
+            a.rule == "ssh-forwarding-options" && a.lineage.get(1).map(|l| l.pid) == Some(agent_pid)
         })
         .expect("ssh -o RemoteForward alert with python → bash lineage");
-    let names: Vec<&str> = a["lineage"]
-        .as_array()
-        .unwrap()
+    let names: Vec<&str> = a
+        .lineage
         .iter()
-        .map(|x| x["exe"].as_str().unwrap_or(""))
+        .map(|x| x.exe.as_deref().unwrap_or(""))
         .collect();
     assert!(names[0].ends_with("bash"), "{names:?}");
     assert!(names[1].contains("python"), "{names:?}");
     assert_eq!(
-        a["severity"], "critical",
+        a.severity,
+        Severity::Critical,
         "raised from high by the python agent in the lineage"
     );
-    assert!(a["severity_raised_by"].as_str().unwrap().contains("python"));
-    let ssh_f_pid = a["pid"].as_u64().unwrap() as u32;
+    assert!(a.severity_raised_by.as_deref().unwrap().contains("python"));
+    let ssh_f_pid = a.pid;
     agent.wait_with_output().unwrap();
     use_forward(fport2);
     // The forwarding is served by the backgrounded child (a fork of the exec'd ssh).
     let inuse = s
-        .wait_for(WAIT, |e| {
-            e["kind"] == "alert"
-                && e["rule"] == "ssh-remote-forward-in-use"
-                && e["event"]["dst_port"] == target
-                && e["pid"] != pid
+        .wait_alert(WAIT, |a| {
+            a.rule == "ssh-remote-forward-in-use" && dst(a).1 == Some(target) && a.pid != pid
         })
         .expect("remote forward in use by the ssh -f child");
-    let lin: Vec<u64> = inuse["lineage"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["pid"].as_u64().unwrap())
-        .collect();
+    let lin: Vec<u32> = inuse.lineage.iter().map(|x| x.pid).collect();
     assert!(
-        lin.contains(&(ssh_f_pid as u64)) && lin.contains(&(agent_pid as u64)),
+        lin.contains(&ssh_f_pid) && lin.contains(&agent_pid),
         "exec-time lineage kept after -f: {lin:?}"
     );
     // SAFETY: terminating the backgrounded ssh this test started.
-    unsafe { libc::kill(inuse["pid"].as_u64().unwrap() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(inuse.pid as i32, libc::SIGTERM) };
 
     // 3. autossh keeping a -R tunnel up.
     let fport3 = free_port();
@@ -376,16 +381,11 @@ fn tunnels_miners_pods_and_benign_traffic() {
     let apid = auto.0.id();
     alert_for(&s, "autossh-started", apid);
     let child = s
-        .wait_for(WAIT, |e| {
-            e["kind"] == "alert"
-                && e["rule"] == "ssh-forwarding-flags"
-                && e["lineage"][0]["pid"] == apid
+        .wait_alert(WAIT, |a| {
+            a.rule == "ssh-forwarding-flags" && a.lineage.first().map(|l| l.pid) == Some(apid)
         })
         .expect("ssh started by autossh");
-    assert!(child["lineage"][0]["exe"]
-        .as_str()
-        .unwrap()
-        .contains("autossh"));
+    assert!(child.lineage[0].exe.as_deref().unwrap().contains("autossh"));
     drop(auto);
 
     // 4. dropbear's client with -R.
@@ -412,7 +412,7 @@ fn tunnels_miners_pods_and_benign_traffic() {
             .unwrap(),
     );
     let a = alert_for(&s, "ssh-forwarding-flags", db.0.id());
-    assert_eq!(a["comm"], "dbclient");
+    assert_eq!(a.comm, "dbclient");
     drop(db);
 
     // 5. socat EXEC and ncat -e (connecting to a local listener), inside the emulated pod.
@@ -431,16 +431,22 @@ fn tunnels_miners_pods_and_benign_traffic() {
     let spid = socat.id();
     let a = alert_for(&s, "socat-exec-or-listen", spid);
     if scope.is_some() {
-        assert_eq!(a["container"]["id"], cid, "pod attribution: {a}");
-        assert_eq!(a["container"]["pod_uid"], pod_uid);
-        assert_eq!(a["container"]["runtime"], "containerd");
+        // An alert without a container compares as one with no fields.
+        let c = a.container.clone().unwrap_or_default();
+        assert_eq!(c.id.as_deref(), Some(cid), "pod attribution: {a:?}");
+        assert_eq!(c.pod_uid.as_deref(), Some(pod_uid));
+        assert_eq!(c.runtime.as_deref(), Some("containerd"));
         // From the Kubernetes API.
-        assert_eq!(a["container"]["pod"], "agent-sandbox-7", "{a}");
-        assert_eq!(a["container"]["namespace"], "rl-rollouts");
-        assert_eq!(a["container"]["node"], "gpu-node-1");
-        assert_eq!(a["container"]["labels"]["app"], "rollout-worker");
+        assert_eq!(c.pod.as_deref(), Some("agent-sandbox-7"), "{a:?}");
+        assert_eq!(c.namespace.as_deref(), Some("rl-rollouts"));
+        assert_eq!(c.node.as_deref(), Some("gpu-node-1"));
         assert_eq!(
-            a["episode"], "ep-annot-42",
+            c.labels.get("app").map(String::as_str),
+            Some("rollout-worker")
+        );
+        assert_eq!(
+            a.episode.as_deref(),
+            Some("ep-annot-42"),
             "episode from the pod annotation"
         );
     }
@@ -453,7 +459,11 @@ fn tunnels_miners_pods_and_benign_traffic() {
         .unwrap();
     let npid = nc.id();
     let a = alert_for(&s, "netcat-exec", npid);
-    assert_eq!(a["episode"], "ep-env-7", "episode from the environment");
+    assert_eq!(
+        a.episode.as_deref(),
+        Some("ep-env-7"),
+        "episode from the environment"
+    );
     let _ = Kill(nc);
 
     // 6. A miner-named process with stratum argv connecting to a local "pool" on 3333 that
@@ -492,29 +502,29 @@ fn tunnels_miners_pods_and_benign_traffic() {
     assert!(out.status.success());
     assert!(pool_t.join().unwrap().contains("mining.subscribe"));
     let m = s
-        .wait_for(WAIT, |e| {
-            e["kind"] == "alert" && e["rule"] == "miner-exec" && e["comm"] == "xmrig"
-        })
+        .wait_alert(WAIT, |a| a.rule == "miner-exec" && a.comm == "xmrig")
         .expect("miner exec alert");
-    let mpid = m["pid"].as_u64().unwrap() as u32;
-    assert_eq!(m["severity"], "critical");
+    let mpid = m.pid;
+    assert_eq!(m.severity, Severity::Critical);
     let seq = alert_for(&s, "miner-exec-then-connect", mpid);
     assert_eq!(
-        seq["related"][0]["kind"], "exec",
+        seq.related.first().map(|e| e.kind()),
+        Some(Kind::Exec),
         "the sequence carries its first step"
     );
-    assert_eq!(seq["event"]["dst_port"], 3333);
+    assert_eq!(dst(&seq).1, Some(3333));
     alert_for(&s, "miner-pool-port-connect", mpid);
     // The Stratum greeting itself, captured in the kernel from the first sendto().
     let st = alert_for(&s, "stratum-handshake", mpid);
     assert!(
-        st["event"]["text"]
-            .as_str()
+        st.event
+            .net_payload()
             .unwrap()
+            .text
             .contains("mining.subscribe"),
-        "{st}"
+        "{st:?}"
     );
-    assert_eq!(st["event"]["dst_port"], 3333);
+    assert_eq!(dst(&st).1, Some(3333));
 
     // 6b. A TUN device open (ssh -w style tunnelling needs one).
     if Path::new("/dev/net/tun").exists() {
@@ -528,8 +538,9 @@ fn tunnels_miners_pods_and_benign_traffic() {
         let tpid = tun.id();
         assert!(tun.wait_with_output().unwrap().status.success());
         let a = alert_for(&s, "tun-device-open", tpid);
-        assert_eq!(a["event"]["path"], "/dev/net/tun");
-        assert_eq!(a["event"]["device"], "tun");
+        let o = a.event.gpu_open().unwrap();
+        assert_eq!(o.path, "/dev/net/tun");
+        assert_eq!(o.device, Device::Tun);
     }
 
     // 7. Benign: ssh without forwarding, git over ssh, an HTTPS-style connect.
@@ -564,15 +575,12 @@ fn tunnels_miners_pods_and_benign_traffic() {
         rules_of(&s, cpid)
     );
     let greet = s
-        .wait_for(WAIT, |e| e["kind"] == "net_payload" && e["pid"] == cpid)
+        .wait_event(WAIT, |e| e.kind() == Kind::NetPayload && e.pid == cpid)
         .expect("first payload captured");
-    assert_eq!(greet["text"], "GET");
-    let benign: Vec<Value> = s.events(|e| {
-        e["kind"] == "alert"
-            && (e["comm"] == "ssh" || e["comm"] == "git")
-            && !e["argv"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x == "-R" || x == "-N" || x == "-f"))
+    assert_eq!(greet.net_payload().unwrap().text, "GET");
+    let benign: Vec<Alert> = s.alerts(|a| {
+        (a.comm == "ssh" || a.comm == "git")
+            && !a.argv.iter().any(|x| x == "-R" || x == "-N" || x == "-f")
     });
     assert!(benign.is_empty(), "benign ssh/git alerted: {benign:?}");
 
@@ -581,6 +589,6 @@ fn tunnels_miners_pods_and_benign_traffic() {
         let _ = std::fs::remove_dir(sc);
         let _ = std::fs::remove_dir(sc.parent().unwrap());
     }
-    let n = all.iter().filter(|e| e["kind"] == "alert").count();
+    let n = all.iter().filter(|r| matches!(r, Record::Alert(_))).count();
     println!("{n} alerts in total");
 }
