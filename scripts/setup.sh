@@ -3,7 +3,7 @@
 # builds it. Idempotent: a second run only checks and rebuilds what changed.
 #   Debian packages: rustc-web cargo-web rust-web-src (rustc 1.96, used with RUSTC_BOOTSTRAP=1
 #   for the eBPF crate) and llvm-22-dev; bpf-linker 0.13.0 built against LLVM 22; the real tools
-#   the integration tests drive (openssh, autossh, socat, ncat, dropbear).
+#   the integration tests drive (openssh, autossh, socat, ncat, dropbear, paramiko).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +14,7 @@ fi
 
 PKGS=(rustc-web cargo-web rust-web-src llvm-22-dev build-essential pkg-config ca-certificates
       openssh-server openssh-client autossh socat ncat dropbear-bin python3 iproute2 procps
-      prometheus prometheus-alertmanager curl openssl)
+      prometheus prometheus-alertmanager curl openssl python3-paramiko)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

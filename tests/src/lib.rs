@@ -122,7 +122,7 @@ pub trait EventExt {
     fn exec(&self) -> Option<&Exec>;
     fn fork(&self) -> Option<&Fork>;
     fn exit(&self) -> Option<&Exit>;
-    /// `connect`, `bind`, `listen`, `tcp_close`.
+    /// `connect`, `bind`, `listen`, `tcp_close`, `sock_dup`.
     fn net(&self) -> Option<&Net>;
     fn net_payload(&self) -> Option<&NetPayload>;
     fn gpu_ioctl(&self) -> Option<&GpuIoctl>;
@@ -156,7 +156,11 @@ impl EventExt for Event {
     }
     fn net(&self) -> Option<&Net> {
         match &self.body {
-            Body::Connect(x) | Body::Bind(x) | Body::Listen(x) | Body::TcpClose(x) => Some(x),
+            Body::Connect(x)
+            | Body::Bind(x)
+            | Body::Listen(x)
+            | Body::TcpClose(x)
+            | Body::SockDup(x) => Some(x),
             _ => None,
         }
     }

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask build | test | bench`.
+//! Developer tasks: `cargo xtask build | test | recall | bench`.
 //!
 //! The eBPF object is built by `sensor/build.rs` (Debian toolchain, see README "Build"), so
 //! `build` is an ordinary release build of the agent.
@@ -31,6 +31,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run the evasion suite (tests/tests/evasion.rs) and print its recall table.
+    Recall,
     /// Run the benchmarks and print the ratio table (README "Performance").
     Bench {
         /// Seconds for the sustained-rate measurement.
@@ -174,6 +176,13 @@ fn main() -> Result<ExitCode> {
         }
         Cmd::Test { args } => test(args),
         Cmd::Bench { secs } => bench(secs).map(|()| ExitCode::SUCCESS),
+        Cmd::Recall => {
+            let bin = build(false)?;
+            let mut c = cargo();
+            c.args(["test", "--release", "-p", "sensor-tests", "--test", "evasion", "--", "--nocapture"])
+                .env("SENSOR_BIN", &bin);
+            run(c).map(|()| ExitCode::SUCCESS)
+        }
     }
 }
 

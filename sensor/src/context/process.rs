@@ -237,6 +237,13 @@ impl ProcTable {
     }
 
     /// Facts the rules use about `pid`.
+    /// Open outbound TCP connections of `pid` to external addresses.
+    pub fn open_external(&self, pid: u32) -> usize {
+        self.procs
+            .get(&pid)
+            .map_or(0, |p| p.open_conns.iter().filter(|c| c.2).count())
+    }
+
     pub fn facts(&self, pid: u32) -> ProcFacts {
         self.procs
             .get(&pid)

@@ -158,6 +158,8 @@ fields! {
     StdioPeerPort: "stdio.peer_port", &[], Type::Int, Carried::Only(&[Kind::Exec]), "its port";
     ExeUnlinked: "exe.unlinked", &[], Type::Bool, Carried::Only(&[Kind::Exec]), "the executable had no link at exec (a memfd or a deleted file; from the kernel's inode)";
     ExeFileless: "exe.fileless", &[], Type::Bool, Carried::Any, "the program runs from no file on disk: unlinked, run through `/dev/fd/N` or `/proc/*/fd/N`, or a `/memfd:` / `(deleted)` executable";
+    ProcStdinProgram: "proc.stdin_program", &[], Type::Bool, Carried::Any, "a shell or interpreter reading its program from stdin (no script, no `-c`/`-e`/`-m` code): what a remote operator types into";
+    ParentOpenExternal: "parent.open_external_connections", &[], Type::Int, Carried::Any, "outbound TCP connections to external addresses the parent holds open";
     ProcScript: "proc.script", &[], Type::Str, Carried::Any, "the script an interpreter (sh, bash, python, perl, ruby, php, node, lua, …) runs: its first non-option argument (absent for `-c`/`-m`/`-e` code)";
 }
 
@@ -632,6 +634,15 @@ impl Ctx<'_> {
                     _ => by_path,
                 })
             }
+            Field::ProcStdinProgram => {
+                let argv = self.argv();
+                let name = self.exe().map(basename).unwrap_or(&ev.comm);
+                Bool(interpreter_program(name, &argv) == Some(Program::Stdin))
+            }
+            Field::ParentOpenExternal => Int(self
+                .lin()
+                .first()
+                .map_or(0, |a| self.procs.open_external(a.pid)) as i64),
             Field::ProcScript => {
                 let argv = self.argv();
                 let name = self.exe().map(basename).unwrap_or(&ev.comm);
@@ -668,19 +679,32 @@ pub fn is_interpreter(name: &str) -> bool {
     interpreter_code_flags(name).is_some()
 }
 
-/// The script an interpreter runs: the first argument after its options, unless the code comes
-/// from the command line or a module ([`interpreter_code_flags`]). Options that take a value
-/// (`python -W x`/`-X x`, `perl -I dir`, `bash -o opt`/`-O opt`) skip it.
-pub fn interpreter_script(name: &str, argv: &[String]) -> Option<String> {
+/// Where an interpreter takes its program from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
+    /// A script file (the first argument after the options).
+    Script(String),
+    /// Code on the command line or a module ([`interpreter_code_flags`]).
+    Code,
+    /// Standard input (no script, no code): interactive, or fed by whoever holds stdin.
+    Stdin,
+}
+
+/// Where an interpreter's program comes from; `None` when `name` is not an interpreter. Options
+/// that take a value (`python -W x`/`-X x`, `perl -I dir`, `bash -o opt`/`-O opt`) skip it.
+pub fn interpreter_program(name: &str, argv: &[String]) -> Option<Program> {
     let code = interpreter_code_flags(name)?;
     let mut i = 1;
     while i < argv.len() {
         let a = argv[i].as_str();
         if a == "--" {
-            return argv.get(i + 1).cloned();
+            return Some(argv.get(i + 1).map_or(Program::Stdin, |s| Program::Script(s.clone())));
         }
-        if a == "-" || !a.starts_with('-') || a.starts_with("+") {
-            return (a != "-").then(|| a.to_string());
+        if a == "-" {
+            return Some(Program::Stdin);
+        }
+        if !a.starts_with('-') || a.starts_with('+') {
+            return Some(Program::Script(a.to_string()));
         }
         if a.starts_with("--") {
             i += 1;
@@ -688,14 +712,22 @@ pub fn interpreter_script(name: &str, argv: &[String]) -> Option<String> {
         }
         let letters = &a[1..];
         if letters.chars().any(|c| code.contains(c)) {
-            return None;
+            return Some(Program::Code);
         }
-        if matches!(letters.chars().last(), Some('W' | 'X' | 'I' | 'o' | 'O')) && letters.len() == 1 {
+        if matches!(letters, "W" | "X" | "I" | "o" | "O") {
             i += 1; // the option's value
         }
         i += 1;
     }
-    None
+    Some(Program::Stdin)
+}
+
+/// The script an interpreter runs ([`interpreter_program`]).
+pub fn interpreter_script(name: &str, argv: &[String]) -> Option<String> {
+    match interpreter_program(name, argv)? {
+        Program::Script(s) => Some(s),
+        _ => None,
+    }
 }
 
 fn lit_str(l: &Lit) -> Cow<'_, str> {
@@ -871,6 +903,12 @@ mod tests {
         assert_eq!(sc("perl", &["perl", "-e", "1"]), None);
         assert_eq!(sc("node", &["node", "/srv/app.js"]).as_deref(), Some("/srv/app.js"));
         assert_eq!(sc("curl", &["curl", "/tmp/x"]), None);
+        let pr = |name: &str, a: &[&str]| interpreter_program(name, &sv(a));
+        assert_eq!(pr("sh", &["sh"]), Some(Program::Stdin));
+        assert_eq!(pr("bash", &["bash", "-i"]), Some(Program::Stdin));
+        assert_eq!(pr("bash", &["bash", "-c", "ls"]), Some(Program::Code));
+        assert_eq!(pr("python3", &["python3", "-"]), Some(Program::Stdin));
+        assert_eq!(pr("socat", &["socat"]), None);
     }
 
     #[test]

