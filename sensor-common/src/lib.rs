@@ -555,6 +555,20 @@ pub mod gpu {
     /// `DRM_IOCTL_BASE` 'd', `DRM_COMMAND_BASE` 0x40, `DRM_AMDGPU_CS` 0x04.
     pub const DRM_MAGIC: u32 = 0x64;
     pub const DRM_AMDGPU_CS: u32 = 0x44;
+    /// `UVM_INITIALIZE` (kernel-open/nvidia-uvm/uvm_linux_ioctl.h, 550.x): a raw request number,
+    /// the first call of every UVM user.
+    pub const UVM_INITIALIZE: u32 = 0x3000_0001;
+
+    /// Whether an ioctl request has the shape of a GPU driver's: NVIDIA's `'F'` type, KFD's
+    /// `'K'`, DRM's `'d'`, or UVM_INITIALIZE. A process not yet known as a GPU user that issues
+    /// one gets the fd → device test: this covers GPU fds obtained without an `openat(2)` the
+    /// sensor saw (open(2), openat2(2), SCM_RIGHTS, pidfd_getfd(2), fds inherited across exec
+    /// from before the sensor started). Other drivers share these types (fbdev uses `'F'`): the
+    /// device test decides.
+    pub const fn gpu_ioctl_shape(cmd: u32) -> bool {
+        let t = ioc_type(cmd);
+        t == NV_IOCTL_MAGIC || t == KFD_MAGIC || t == DRM_MAGIC || cmd == UVM_INITIALIZE
+    }
 
     /// Operation codes carried in `GpuIoctlEvent::op`: the family in the high byte, the
     /// family's own command number below.
@@ -1046,6 +1060,18 @@ mod tests {
         assert!(!is_nv_xfer(dev::NVIDIA_UVM, 0xc01046d3));
         assert!(!is_nv_xfer(dev::NVIDIA, 0xc01046d2));
         assert_eq!((ioc_dir(0xc030462b), ioc_size(0xc030462b)), (3, 0x30));
+    }
+
+    #[test]
+    fn gpu_ioctl_shapes() {
+        // RM_ALLOC, KFD CREATE_QUEUE, amdgpu CS, UVM_INITIALIZE: GPU-shaped.
+        for cmd in [0xc030462b, 0xc0584b02, 0xc0186444, 0x30000001] {
+            assert!(gpu_ioctl_shape(cmd), "{cmd:#x}");
+        }
+        // TCGETS, FIONREAD, a UVM call other than INITIALIZE (a known GPU process only).
+        for cmd in [0x5401, 0x541b, 37] {
+            assert!(!gpu_ioctl_shape(cmd), "{cmd:#x}");
+        }
     }
 
     #[test]

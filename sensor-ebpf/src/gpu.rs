@@ -33,9 +33,10 @@ const MINORBITS: u32 = 20;
 static GPU_DEVS: HashMap<u64, GpuDev> = HashMap::with_max_entries(FILTER_MAP_ENTRIES, 0);
 
 /// Processes that hold (or held) a GPU device fd: set when a GPU device file is opened,
-/// inherited by fork, seeded by the agent from /proc/*/fd at start-up. `sys_enter_ioctl` looks
-/// here first, so ioctls of every other process cost one lookup. An fd received over a unix
-/// socket (SCM_RIGHTS) or pidfd_getfd() is not seen until that process opens a GPU file itself.
+/// inherited by fork, seeded by the agent from /proc/*/fd at start-up, and set by the first
+/// GPU-shaped ioctl on a GPU device (`gpu_ioctl_shape`: an fd from open(2), openat2(2),
+/// SCM_RIGHTS or pidfd_getfd(2)). `sys_enter_ioctl` looks here first, so ioctls of every other
+/// process cost one lookup and one field read.
 #[map(name = "GPU_TGIDS")]
 pub static GPU_TGIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(65536, 0);
 
@@ -84,11 +85,20 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
 fn try_sys_enter_ioctl(ctx: &TracePointContext) -> Result<(), ProbeError> {
     const HOOK: Hook = Hook::SysEnterIoctl;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let o = &config().offsets;
     // SAFETY: hash lookup with an integer key; only presence is used.
-    if unsafe { GPU_TGIDS.get(&tgid) }.is_none() || !current_traced() {
+    let known = unsafe { GPU_TGIDS.get(&tgid) }.is_some();
+    if !known {
+        // Not known as a GPU user: only a GPU-shaped request earns the device test (one field
+        // read for every other ioctl on the node).
+        let cmd = ctx_field::<u64>(ctx, o.tp_ioctl_cmd)? as u32;
+        if !gpu::gpu_ioctl_shape(cmd) {
+            return Ok(());
+        }
+    }
+    if !current_traced() {
         return Ok(());
     }
-    let o = &config().offsets;
     let r = record::<{ record_size::SYS_ENTER_IOCTL }>(ctx)?;
     let fd = field(&r, o.tp_ioctl_fd, 8)?;
     let cmd = field(&r, o.tp_ioctl_cmd, 8)? as u32;
@@ -98,6 +108,12 @@ fn try_sys_enter_ioctl(ctx: &TracePointContext) -> Result<(), ProbeError> {
     };
     if dev.kind == gpu::dev::TUN {
         return Ok(()); // watched for opens only
+    }
+    if !known {
+        // A GPU fd this process got without an open the sensor saw: mark it from now on.
+        GPU_TGIDS
+            .insert(&tgid, &1, 0)
+            .map_err(|_| ProbeError::MapUpdate)?;
     }
     let ev = SCRATCH_IOCTL.get_ptr_mut(0).ok_or(ProbeError::MapLookup)?;
     // SAFETY: `ev` is this CPU's scratch slot (a map value of size_of::<GpuIoctlEvent>());

@@ -3,7 +3,8 @@
 //! memfd execution, DNS names, SNI). A renamed copy of OpenSSH, paramiko inside python3, bash
 //! `/dev/tcp`, a python socket+dup2 shell, socat renamed, a memfd exec, Stratum/XMRig logins sent
 //! with writev/sendmsg, DNS lookups through the system resolver and raw UDP, a TLS ClientHello to
-//! a pool name, a relay, a disguised binary. "External" hosts are an address of TEST-NET-2
+//! a pool name, a relay, a disguised binary, and GPU fds obtained without an open the sensor saw
+//! (open(2), openat2(2), SCM_RIGHTS). "External" hosts are an address of TEST-NET-2
 //! (198.51.100.77) put on `lo` for the test.
 //!
 //! Prints the recall table (attack, expected rule, got, latency); `cargo xtask recall` runs just
@@ -141,6 +142,18 @@ struct Row {
     latency: Duration,
 }
 
+/// A row whose evidence is an event rather than an alert (`what` says which).
+struct EventRow {
+    attack: &'static str,
+    what: &'static str,
+    got: Option<String>,
+    latency: Duration,
+}
+
+/// Stand-in GPU: the memory device 1:7 (/dev/full's numbers, drivers/char/mem.c) registered as
+/// an NVIDIA node, under a path the open hook does not watch.
+const STANDIN: &str = "[gpu]\nnvml = false\n[[gpu.devices]]\nmajor = 1\nminor = 7\nkind = \"nvidia\"\ngpu_minor = 0\nemulated = true\n";
+
 /// Waits for `rule` on a process matching `pid` (any pid when `None`) whose alert satisfies
 /// `more`, timing from `t0`.
 fn expect(
@@ -173,7 +186,17 @@ fn evasions_are_caught_by_behaviour() {
         .stderr(Stdio::null())
         .status();
     let _sshd = sshd(&dir);
-    let s = Sensor::start(&[]);
+    let cfg = dir.join("sensor.toml");
+    std::fs::write(&cfg, STANDIN).unwrap();
+    let node = dir.join("gpu0");
+    {
+        let c = std::ffi::CString::new(node.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid path; a character device node in our own temp dir (root).
+        let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 7)) };
+        assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+    }
+    let s = Sensor::start(&["--config", cfg.to_str().unwrap()]);
+    let mut erows: Vec<EventRow> = vec![];
     let mut rows: Vec<Row> = vec![];
     let d = dir.display().to_string();
     let key = dir.join("id").display().to_string();
@@ -408,6 +431,41 @@ while True:
         a.argv.first().is_some_and(|x| x == "[kworker/0:1]")
     });
 
+    // 12. A GPU fd the open hook never saw: open(2), openat2(2), and one received over a unix
+    //     socket (SCM_RIGHTS) from a process that opened it with openat(2) on a path the hook
+    //     does not watch. Each issues an RM_ALLOC-shaped ioctl ('F', 0xc030462b). x86_64
+    //     syscall numbers: open 2, openat2 437.
+    let n = node.display().to_string();
+    let gpu_cases: [(&'static str, String); 3] = [
+        ("GPU fd from open(2)", format!("fd = libc.syscall(2, b'{n}', os.O_RDWR)")),
+        ("GPU fd from openat2(2)", format!("how = struct.pack('QQQ', os.O_RDWR, 0, 0)\nfd = libc.syscall(437, -100, b'{n}', how, len(how))")),
+        ("GPU fd received over SCM_RIGHTS", format!(
+            "a, b = socket.socketpair()\n\
+             if os.fork() == 0:\n    socket.send_fds(a, [b'x'], [os.open('{n}', os.O_RDWR)])\n    os._exit(0)\n\
+             _, fds, _, _ = socket.recv_fds(b, 1, 1)\nfd = fds[0]"
+        )),
+    ];
+    for (attack, get_fd) in gpu_cases {
+        let script = format!(
+            "import ctypes, os, socket, struct, sys, time\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             {get_fd}\n\
+             assert fd >= 0, ctypes.get_errno()\n\
+             buf = ctypes.create_string_buffer(48)\n\
+             libc.ioctl(fd, ctypes.c_ulong(0xc030462b), buf)\n\
+             print(os.getpid(), flush=True)\n\
+             time.sleep(0.3)\n"
+        );
+        let t0 = Instant::now();
+        let out = Command::new(py).args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{attack}: {}", String::from_utf8_lossy(&out.stderr));
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let got = s
+            .wait_event(WAIT, |e| e.pid == pid && e.gpu_ioctl().is_some())
+            .map(|e| format!("yes ({} on minor {})", e.gpu_ioctl().unwrap().op, e.gpu_ioctl().unwrap().minor));
+        erows.push(EventRow { attack, what: "gpu_ioctl event", got, latency: t0.elapsed() });
+    }
+
     // The recall table.
     println!("\n| attack | expected rule | got | latency |\n|---|---|---|---|");
     for r in &rows {
@@ -426,7 +484,21 @@ while True:
             }
         );
     }
-    let missed: Vec<_> = rows.iter().filter(|r| r.got.is_none()).map(|r| r.attack).collect();
+    for r in &erows {
+        println!(
+            "| {} | {} | {} | {} |",
+            r.attack,
+            r.what,
+            r.got.as_deref().unwrap_or("**no**"),
+            if r.got.is_some() {
+                format!("≤ {} ms", r.latency.as_millis())
+            } else {
+                "-".into()
+            }
+        );
+    }
+    let mut missed: Vec<_> = rows.iter().filter(|r| r.got.is_none()).map(|r| r.attack).collect();
+    missed.extend(erows.iter().filter(|r| r.got.is_none()).map(|r| r.attack));
     // Every alert carries the lineage of its process (the whole story in one record).
     for r in rows.iter().filter_map(|r| r.got.as_ref()) {
         assert!(!r.lineage.is_empty(), "{} has no lineage", r.rule);
