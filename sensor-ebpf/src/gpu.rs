@@ -91,6 +91,9 @@ fn try_sys_enter_ioctl(ctx: &TracePointContext) -> Result<(), ProbeError> {
     if !known {
         // Not known as a GPU user: only a GPU-shaped request earns the device test (one field
         // read for every other ioctl on the node).
+        // A direct context load would save the helper call, but the verifier takes only
+        // instruction-constant context offsets and LLVM folds any per-offset switch back into
+        // pointer arithmetic ("dereference of modified ctx ptr"): one helper read it is.
         let cmd = ctx_field::<u64>(ctx, o.tp_ioctl_cmd)? as u32;
         if !gpu::gpu_ioctl_shape(cmd) {
             return Ok(());

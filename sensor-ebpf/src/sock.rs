@@ -54,9 +54,19 @@ pub fn sock_egress(ctx: SkBuffContext) -> i32 {
     1 // always let the packet through
 }
 
-/// `N` bytes at `off` of the packet.
+/// `N` bytes at `off` of the packet: a direct read when they lie in the linear part (headers of
+/// locally generated packets always do; no helper call), else `bpf_skb_load_bytes`.
 #[inline(always)]
 fn bytes<const N: usize>(ctx: &SkBuffContext, off: u32) -> Result<[u8; N], ProbeError> {
+    // SAFETY: plain reads of the context's `data`/`data_end` (rewritten by the verifier into
+    // the skb's packet pointers).
+    let (start, end) = unsafe { ((*ctx.skb.skb).data as usize, (*ctx.skb.skb).data_end as usize) };
+    let p = start + (off & 0xffff) as usize;
+    if p + N <= end {
+        // SAFETY: [p, p + N) lies inside the packet's linear data (checked just above; the
+        // verifier checks the same bound).
+        return Ok(unsafe { core::ptr::read_unaligned(p as *const [u8; N]) });
+    }
     let mut b = [0u8; N];
     // SAFETY: the helper copies at most N bytes into `b` (N bytes of stack) and fails cleanly
     // when the packet is shorter.

@@ -15,9 +15,8 @@ use thiserror::Error;
 
 use crate::{
     event::{
-        Body, Device, DnsQuery, Event, Exec, Exit, Family, Fork, GpuIoctl, GpuOpen, Net, NetPayload,
-        Outcome, Stdio, Transport,
-        SockType, Via,
+        Body, Device, DnsQuery, Event, Exec, Exit, Family, Fork, GpuIoctl, GpuOpen, Net,
+        NetPayload, Outcome, SockType, Stdio, Transport, Via,
     },
     gpu::classes,
 };
@@ -276,7 +275,11 @@ fn decode_stdio(e: &ExecEvent) -> Option<Stdio> {
     if e.stdio & 0x7 == 0 {
         return None;
     }
-    let fds = |shift: u32| (0..3u8).filter(|&fd| e.stdio & (1 << (shift + fd as u32)) != 0).collect();
+    let fds = |shift: u32| {
+        (0..3u8)
+            .filter(|&fd| e.stdio & (1 << (shift + fd as u32)) != 0)
+            .collect()
+    };
     let peer = e.peer_family != 0;
     Some(Stdio {
         sockets: fds(0),
@@ -345,6 +348,7 @@ pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
                 args_unreadable: hdr.flags & flags::ARGS_UNREADABLE != 0,
                 exe_unlinked: hdr.flags & flags::EXE_UNLINKED != 0,
                 stdio: decode_stdio(&e),
+                ssh_config: None,
             })
         }
         kind::FORK => {
@@ -500,7 +504,10 @@ mod tests {
         let st = x.stdio.unwrap();
         assert_eq!((st.sockets, st.net), (vec![0, 1, 2], vec![0, 1]));
         assert_eq!(st.peer_ip, Some("198.51.100.7".parse().unwrap()));
-        assert_eq!((st.peer_port, st.sock_type), (Some(4444), Some(SockType::Stream)));
+        assert_eq!(
+            (st.peer_port, st.sock_type),
+            (Some(4444), Some(SockType::Stream))
+        );
     }
 
     fn payload(port: u16, fl: u32, data: &[u8]) -> NetPayloadEvent {
@@ -527,19 +534,35 @@ mod tests {
     fn payloads_become_protocols_and_dns_queries() {
         let clock = Clock::fixed(0);
         let ev = decode(&bytes_of(&payload(2222, 0, b"SSH-2.0-Go\r\n")), &clock).unwrap();
-        let Body::NetPayload(p) = ev.body else { panic!() };
-        assert_eq!((p.app.proto, p.local_port, p.transport), (crate::event::AppProto::Ssh, 40000, Transport::Tcp));
+        let Body::NetPayload(p) = ev.body else {
+            panic!()
+        };
+        assert_eq!(
+            (p.app.proto, p.local_port, p.transport),
+            (crate::event::AppProto::Ssh, 40000, Transport::Tcp)
+        );
 
         let q = b"\x00\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04pool\x0asupportxmr\x03com\x00\x00\x10\x00\x01";
         let ev = decode(&bytes_of(&payload(53, flags::PAYLOAD_UDP, q)), &clock).unwrap();
-        let Body::DnsQuery(d) = ev.body else { panic!("{ev:?}") };
-        assert_eq!((d.qname.as_str(), d.qtype_name.as_str(), d.transport), ("pool.supportxmr.com", "TXT", Transport::Udp));
+        let Body::DnsQuery(d) = ev.body else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            (d.qname.as_str(), d.qtype_name.as_str(), d.transport),
+            ("pool.supportxmr.com", "TXT", Transport::Udp)
+        );
         assert_eq!(d.server, "10.96.0.10".parse::<std::net::IpAddr>().unwrap());
         // Over TCP the message follows a 2-byte length.
         let mut t = vec![0, q.len() as u8];
         t.extend_from_slice(q);
         let ev = decode(&bytes_of(&payload(53, 0, &t)), &clock).unwrap();
-        assert!(matches!(ev.body, Body::DnsQuery(DnsQuery { transport: Transport::Tcp, .. })));
+        assert!(matches!(
+            ev.body,
+            Body::DnsQuery(DnsQuery {
+                transport: Transport::Tcp,
+                ..
+            })
+        ));
         // Not a query: stays a payload.
         let ev = decode(&bytes_of(&payload(53, flags::PAYLOAD_UDP, b"junk")), &clock).unwrap();
         assert!(matches!(ev.body, Body::NetPayload(_)));

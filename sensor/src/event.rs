@@ -190,6 +190,8 @@ names! {
     }
 }
 
+// `names!` fixes the derive list, so the default is written out.
+#[allow(clippy::derivable_impls)]
 impl Default for AppProto {
     fn default() -> Self {
         AppProto::Unknown
@@ -314,6 +316,49 @@ pub struct Exec {
     /// Sockets among fds 0-2 at exec (absent when none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdio: Option<Stdio>,
+    /// For OpenSSH `ssh`: the configuration files it will read and the forwarding/proxy
+    /// directives in them that apply to its destination (read from the host at exec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_config: Option<SshConfig>,
+}
+
+/// The OpenSSH client configuration an `ssh` exec will read (`context/ssh_config.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SshConfig {
+    /// Every file ssh would read, in order, with what happened.
+    pub files: Vec<ConfigFile>,
+    /// Watched directives that apply to this destination.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directives: Vec<Directive>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigFile {
+    /// Path as the process sees it.
+    pub path: String,
+    /// `read`, `absent`, `too_large`, or `unreadable: <error>`.
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Directive {
+    /// Lower-cased keyword (`remoteforward`).
+    pub key: String,
+    pub value: String,
+    /// `path:line` where it is written.
+    pub source: String,
+    /// The `Host …`/`Match …` line of its block; empty outside any block.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub block: String,
+    /// False under `Match` (criteria not evaluated).
+    pub certain: bool,
+}
+
+impl SshConfig {
+    /// Lower-cased keys of the directives (rule field `ssh.config_options`).
+    pub fn keys(&self) -> Vec<String> {
+        self.directives.iter().map(|d| d.key.clone()).collect()
+    }
 }
 
 /// Sockets the new program starts with on stdin/stdout/stderr.
@@ -579,6 +624,7 @@ mod tests {
                 args_unreadable: false,
                 exe_unlinked: false,
                 stdio: None,
+                ssh_config: None,
             }),
             Body::Fork(Fork { child_pid: 2 }),
             Body::Exit(Exit {

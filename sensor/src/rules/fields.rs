@@ -133,6 +133,7 @@ fields! {
     PodUid: "pod.uid", &[], Type::Str, Carried::Any, "pod UID from the cgroup path";
     SshFlags: "ssh.flags", &[], Type::StrList, Carried::Any, "single-letter options of an ssh/dbclient/autossh command line, parsed like OpenSSH's getopt";
     SshOptions: "ssh.options", &[], Type::StrList, Carried::Any, "lower-cased keys of its `-o Key=Value` options";
+    SshConfigOptions: "ssh.config_options", &[], Type::StrList, Carried::Only(&[Kind::Exec]), "forwarding/proxy directives (lower-cased) in the ssh_config files an OpenSSH `ssh` exec will read that apply to its destination (the event says which file and line)";
     Payload: "payload", &[], Type::Str, Carried::Only(&[Kind::NetPayload]), "the captured first bytes as text (lossy UTF-8)";
     DurationS: "duration_s", &[], Type::Int, Carried::Only(&[Kind::TcpClose]), "how long the connection was open, s";
     ProcOldestExternalConnectionS: "proc.oldest_external_connection_s", &[], Type::Int, Carried::Any, "age of the process's oldest open external connection, s (0 when none)";
@@ -572,6 +573,15 @@ impl Ctx<'_> {
                         .collect(),
                 )
             }
+            Field::SshConfigOptions => match &ev.body {
+                Body::Exec(x) => List(
+                    x.ssh_config
+                        .as_ref()
+                        .map(|c| c.keys().into_iter().map(Cow::Owned).collect())
+                        .unwrap_or_default(),
+                ),
+                _ => Null,
+            },
             Field::Fd => match &ev.body {
                 Body::SockDup(n) => n.fd.map_or(Null, |fd| Int(fd as i64)),
                 _ => Null,
@@ -642,7 +652,8 @@ impl Ctx<'_> {
             Field::ParentOpenExternal => Int(self
                 .lin()
                 .first()
-                .map_or(0, |a| self.procs.open_external(a.pid)) as i64),
+                .map_or(0, |a| self.procs.open_external(a.pid))
+                as i64),
             Field::ProcScript => {
                 let argv = self.argv();
                 let name = self.exe().map(basename).unwrap_or(&ev.comm);
@@ -698,7 +709,10 @@ pub fn interpreter_program(name: &str, argv: &[String]) -> Option<Program> {
     while i < argv.len() {
         let a = argv[i].as_str();
         if a == "--" {
-            return Some(argv.get(i + 1).map_or(Program::Stdin, |s| Program::Script(s.clone())));
+            return Some(
+                argv.get(i + 1)
+                    .map_or(Program::Stdin, |s| Program::Script(s.clone())),
+            );
         }
         if a == "-" {
             return Some(Program::Stdin);
@@ -894,14 +908,29 @@ mod tests {
     #[test]
     fn interpreter_scripts() {
         let sc = |name: &str, a: &[&str]| interpreter_script(name, &sv(a));
-        assert_eq!(sc("python3", &["python3", "-u", "/home/u/hash.py", "x"]).as_deref(), Some("/home/u/hash.py"));
-        assert_eq!(sc("python3.11", &["python3", "-W", "ignore", "/tmp/a.py"]).as_deref(), Some("/tmp/a.py"));
-        assert_eq!(sc("python3", &["python3", "-c", "print(1)", "/tmp/a.py"]), None);
+        assert_eq!(
+            sc("python3", &["python3", "-u", "/home/u/hash.py", "x"]).as_deref(),
+            Some("/home/u/hash.py")
+        );
+        assert_eq!(
+            sc("python3.11", &["python3", "-W", "ignore", "/tmp/a.py"]).as_deref(),
+            Some("/tmp/a.py")
+        );
+        assert_eq!(
+            sc("python3", &["python3", "-c", "print(1)", "/tmp/a.py"]),
+            None
+        );
         assert_eq!(sc("python3", &["python3", "-m", "http.server"]), None);
-        assert_eq!(sc("bash", &["bash", "-ex", "/tmp/run.sh"]).as_deref(), Some("/tmp/run.sh"));
+        assert_eq!(
+            sc("bash", &["bash", "-ex", "/tmp/run.sh"]).as_deref(),
+            Some("/tmp/run.sh")
+        );
         assert_eq!(sc("bash", &["bash", "-c", "/tmp/run.sh"]), None);
         assert_eq!(sc("perl", &["perl", "-e", "1"]), None);
-        assert_eq!(sc("node", &["node", "/srv/app.js"]).as_deref(), Some("/srv/app.js"));
+        assert_eq!(
+            sc("node", &["node", "/srv/app.js"]).as_deref(),
+            Some("/srv/app.js")
+        );
         assert_eq!(sc("curl", &["curl", "/tmp/x"]), None);
         let pr = |name: &str, a: &[&str]| interpreter_program(name, &sv(a));
         assert_eq!(pr("sh", &["sh"]), Some(Program::Stdin));
@@ -932,7 +961,15 @@ mod tests {
         let (f, _) = ssh_parse(&sv(&["ssh", "-l", "-R", "host", "ls", "-L"]));
         assert_eq!(f, vec!["l"]);
         // Options after the destination count, as OpenSSH re-parses them.
-        let (f, _) = ssh_parse(&sv(&["ssh", "u@h", "-p", "22", "-N", "-R", "9000:localhost:22"]));
+        let (f, _) = ssh_parse(&sv(&[
+            "ssh",
+            "u@h",
+            "-p",
+            "22",
+            "-N",
+            "-R",
+            "9000:localhost:22",
+        ]));
         assert_eq!(f, vec!["p", "N", "R"]);
         let (f, _) = ssh_parse(&sv(&["ssh", "u@h", "--", "-R", "x"]));
         assert!(f.is_empty());

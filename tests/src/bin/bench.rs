@@ -2,7 +2,8 @@
 //! table of ratios against the targets (README "Performance"). Needs root. Not a test: numbers
 //! vary with the machine; the targets are what we hold ourselves to.
 //!
-//!   bench [SECS]   SECS: duration of the sustained-rate runs (default 30)
+//!   bench [SECS]          SECS: duration of the sustained-rate runs (default 30)
+//!   bench micro [ROUNDS]  per-call costs only, on/off interleaved, with their spread
 use std::{
     io::Read,
     net::UdpSocket,
@@ -107,6 +108,65 @@ fn ioctl_ns(n: u64) -> f64 {
         unsafe { libc::ioctl(f.as_raw_fd(), 0x5401, buf.as_mut_ptr()) };
     }
     t.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// ns per getppid(2): a syscall no program hooks (pays only the tracing slow path that any
+/// enabled syscall tracepoint turns on for every task).
+fn getppid_ns(n: u64) -> f64 {
+    let t = Instant::now();
+    for _ in 0..n {
+        // SAFETY: no preconditions.
+        unsafe { libc::getppid() };
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// ns per 1-byte write(2) to /dev/null (no program on write(2): first bytes are taken at the
+/// socket level).
+fn write_ns(n: u64) -> f64 {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let b = [0u8; 1];
+    let t = Instant::now();
+    for _ in 0..n {
+        // SAFETY: valid fd and buffer.
+        unsafe { libc::write(f.as_raw_fd(), b.as_ptr().cast(), 1) };
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// MB/s of one bulk TCP transfer of `bytes` over loopback (64 KiB writes, a reader thread):
+/// every segment passes the `cgroup_skb/egress` program once.
+fn bulk_mbps(bytes: usize) -> f64 {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let rd = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0usize;
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        got
+    });
+    let chunk = vec![7u8; 1 << 16];
+    let t = Instant::now();
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    let mut sent = 0;
+    while sent < bytes {
+        c.write_all(&chunk).unwrap();
+        sent += chunk.len();
+    }
+    drop(c);
+    let got = rd.join().unwrap();
+    assert_eq!(got, sent);
+    sent as f64 / 1e6 / t.elapsed().as_secs_f64()
 }
 
 /// ns per UDP connect(2) to 127.0.0.1 (one connect event each with the sensor).
@@ -263,7 +323,70 @@ fn row(name: &str, value: String, target: &str, ok: bool) {
     );
 }
 
+/// `bench micro`: the per-call rows only, on and off interleaved over `rounds` rounds (the VM's
+/// noise is ±20 % between runs: one lucky figure proves nothing), printed as the spread of the
+/// per-round ratios.
+fn micro(rounds: usize) {
+    let cfg = std::env::temp_dir().join(format!("bench-{}.toml", std::process::id()));
+    std::fs::write(&cfg, "[net]\nfirst_payload = false\n").unwrap();
+    let bulk = 512usize << 20;
+    let names = [
+        "getppid (hooked by nothing)",
+        "write(2) 1 B to /dev/null",
+        "non-GPU ioctl (TCGETS)",
+        "bulk TCP loopback, sensor on (MB/s)",
+        "bulk TCP loopback, egress capture only (MB/s)",
+    ];
+    let mut ratios: Vec<Vec<f64>> = vec![vec![]; names.len()];
+    for _ in 0..rounds {
+        let off = [
+            median((0..3).map(|_| getppid_ns(1_000_000)).collect()),
+            median((0..3).map(|_| write_ns(1_000_000)).collect()),
+            median((0..3).map(|_| ioctl_ns(1_000_000)).collect()),
+            median((0..3).map(|_| bulk_mbps(bulk)).collect()),
+        ];
+        let s = Sensor::start(&["--ring-size", "64MiB"]);
+        let on = [
+            median((0..3).map(|_| getppid_ns(1_000_000)).collect()),
+            median((0..3).map(|_| write_ns(1_000_000)).collect()),
+            median((0..3).map(|_| ioctl_ns(1_000_000)).collect()),
+            median((0..3).map(|_| bulk_mbps(bulk)).collect()),
+        ];
+        s.stop();
+        let s = Sensor::start(&["--ring-size", "64MiB", "--config", cfg.to_str().unwrap()]);
+        let nocap = median((0..3).map(|_| bulk_mbps(bulk)).collect());
+        s.stop();
+        for i in 0..3 {
+            ratios[i].push(on[i] / off[i]);
+        }
+        // Throughput: slowdown factor off/on, so > 1 is a cost as for the latency rows.
+        ratios[3].push(off[3] / on[3]);
+        ratios[4].push(nocap / on[3]);
+    }
+    let _ = std::fs::remove_file(&cfg);
+    println!(
+        "| cost (on/off, {rounds} interleaved rounds) | min | median | max |\n|---|---|---|---|"
+    );
+    for (n, r) in names.iter().zip(&mut ratios) {
+        r.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "| {n} | {:.2}x | {:.2}x | {:.2}x |",
+            r[0],
+            r[r.len() / 2],
+            r[r.len() - 1]
+        );
+    }
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("micro") {
+        let rounds = std::env::args()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5);
+        micro(rounds);
+        return;
+    }
     let secs: f64 = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
@@ -275,13 +398,28 @@ fn main() {
     }
     let n_ioctl = 1_000_000;
     let n_conn = 200_000;
+    let n_sys = 1_000_000;
+    let bulk = 1usize << 30;
     let base_ioctl = median((0..5).map(|_| ioctl_ns(n_ioctl)).collect());
     let base_conn = median((0..5).map(|_| connect_ns(n_conn)).collect());
+    let base_ppid = median((0..5).map(|_| getppid_ns(n_sys)).collect());
+    let base_write = median((0..5).map(|_| write_ns(n_sys)).collect());
+    let base_bulk = median((0..5).map(|_| bulk_mbps(bulk)).collect());
 
     let s = Sensor::start(&["--ring-size", "64MiB"]);
     let with_ioctl = median((0..5).map(|_| ioctl_ns(n_ioctl)).collect());
     let with_conn = median((0..5).map(|_| connect_ns(n_conn)).collect());
+    let with_ppid = median((0..5).map(|_| getppid_ns(n_sys)).collect());
+    let with_write = median((0..5).map(|_| write_ns(n_sys)).collect());
+    let with_bulk = median((0..5).map(|_| bulk_mbps(bulk)).collect());
     s.stop();
+    // The same without the socket-level capture: what the egress program itself costs.
+    let cfg = std::env::temp_dir().join(format!("bench-{}.toml", std::process::id()));
+    std::fs::write(&cfg, "[net]\nfirst_payload = false\n").unwrap();
+    let s = Sensor::start(&["--ring-size", "64MiB", "--config", cfg.to_str().unwrap()]);
+    let nocap_bulk = median((0..5).map(|_| bulk_mbps(bulk)).collect());
+    s.stop();
+    let _ = std::fs::remove_file(&cfg);
 
     // Agent CPU at 10k events/s for 10 s.
     let s = Sensor::start(&["--ring-size", "64MiB"]);
@@ -326,6 +464,34 @@ fn main() {
     println!();
     println!("| measurement                                  |                  value |       target |      |");
     println!("|----------------------------------------------|------------------------|--------------|------|");
+    let r = with_ppid / base_ppid;
+    row(
+        "getppid (hooked by nothing), with/without",
+        format!("{r:.2}x ({base_ppid:.0}→{with_ppid:.0} ns)"),
+        "≤ 1.1x",
+        r <= 1.1,
+    );
+    let r = with_write / base_write;
+    row(
+        "write(2) 1 B to /dev/null, with/without",
+        format!("{r:.2}x ({base_write:.0}→{with_write:.0} ns)"),
+        "≤ 1.1x",
+        r <= 1.1,
+    );
+    let r = with_bulk / base_bulk;
+    row(
+        "bulk TCP over loopback (1 GiB), with/without",
+        format!("{r:.2}x ({base_bulk:.0}→{with_bulk:.0} MB/s)"),
+        "≥ 0.95x",
+        r >= 0.95,
+    );
+    let r = with_bulk / nocap_bulk;
+    row(
+        "  of which the egress capture (on/off)",
+        format!("{r:.2}x ({nocap_bulk:.0}→{with_bulk:.0} MB/s)"),
+        "≥ 0.97x",
+        r >= 0.97,
+    );
     let r = with_ioctl / base_ioctl;
     row(
         "non-GPU ioctl, with/without sensor",
