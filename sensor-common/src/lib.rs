@@ -236,6 +236,9 @@ numbered! {
     SockEgress = 12, "sock_egress";
     SysExitDup2 = 13, "sys_exit_dup2";
     SysExitDup3 = 14, "sys_exit_dup3";
+    /// open(2) and openat2(2) exits: the same device test as `sys_exit_openat`.
+    SysExitOpen = 15, "sys_exit_open";
+    SysExitOpenat2 = 16, "sys_exit_openat2";
 }
 
 impl Hook {
@@ -263,7 +266,7 @@ pub enum Attach {
 }
 
 const _: () = assert!(ProbeError::COUNT == 6);
-const _: () = assert!(Hook::COUNT == 15);
+const _: () = assert!(Hook::COUNT == 17);
 
 /// Entries of the `PROBE_ERRORS` map: one counter per (hook, error).
 pub const PROBE_ERROR_ENTRIES: u32 = (Hook::COUNT * ProbeError::COUNT) as u32;
@@ -866,6 +869,8 @@ offsets! {
             ("syscalls", "sys_exit_openat", "ret"),
             ("syscalls", "sys_exit_dup2", "ret"),
             ("syscalls", "sys_exit_dup3", "ret"),
+            ("syscalls", "sys_exit_open", "ret"),
+            ("syscalls", "sys_exit_openat2", "ret"),
         ],
         CTX_READ8,
     );

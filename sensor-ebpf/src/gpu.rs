@@ -266,11 +266,30 @@ fn dentry_name(dentry: u64, buf: &mut [u8; GPU_NAME_LEN]) -> Result<(), ProbeErr
         .map_err(|_| ProbeError::KernelRead)
 }
 
+/// open(2) (legacy, still used by static binaries and some runtimes) and openat2(2): their
+/// exits get the device test of `sys_exit_openat` (no entry hook: a failed open through them is
+/// not reported; a successful one is, and marks the process).
+#[tracepoint(category = "syscalls", name = "sys_exit_open")]
+pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
+    finish(Hook::SysExitOpen, open_exit(&ctx, Hook::SysExitOpen))
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
+pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
+    finish(Hook::SysExitOpenat2, open_exit(&ctx, Hook::SysExitOpenat2))
+}
+
 #[inline(always)]
 fn try_sys_exit_openat(ctx: &TracePointContext) -> Result<(), ProbeError> {
-    const HOOK: Hook = Hook::SysExitOpenat;
+    open_exit(ctx, Hook::SysExitOpenat)
+}
+
+/// The exit of an open: a failed open of a watched path (entry seen) is reported with its
+/// errno; a successful one gets the device test on the new fd.
+#[inline(always)]
+fn open_exit(ctx: &TracePointContext, hook: Hook) -> Result<(), ProbeError> {
     let o = &config().offsets;
-    let ret = or_count(HOOK, ctx_field::<i64>(ctx, o.tp_exit_ret), -1);
+    let ret = or_count(hook, ctx_field::<i64>(ctx, o.tp_exit_ret), -1);
     let id = bpf_get_current_pid_tgid();
     // The map value pointer is used only before the entry is removed below.
     let pending = PENDING_OPEN.get_ptr(&id);
@@ -297,7 +316,7 @@ fn try_sys_exit_openat(ctx: &TracePointContext) -> Result<(), ProbeError> {
         return Ok(());
     };
     if dev.kind != gpu::dev::TUN && GPU_TGIDS.insert(&((id >> 32) as u32), &1, 0).is_err() {
-        count_error(HOOK, ProbeError::MapUpdate);
+        count_error(hook, ProbeError::MapUpdate);
     }
     if !current_traced() {
         return Ok(());
@@ -308,7 +327,7 @@ fn try_sys_exit_openat(ctx: &TracePointContext) -> Result<(), ProbeError> {
             fill_header(&mut (*ev).hdr, kind::GPU_OPEN);
             (*ev).hdr.flags = dev.flags & flags::GPU_EMULATED;
             (*ev).ret = ret as i32;
-            (*ev).flags = or_count(HOOK, read::<u32>(file, o.file_f_flags), 0);
+            (*ev).flags = or_count(hook, read::<u32>(file, o.file_f_flags), 0);
             (*ev).major = major;
             (*ev).minor = minor;
             (*ev).dev_kind = dev.kind;
@@ -318,15 +337,15 @@ fn try_sys_exit_openat(ctx: &TracePointContext) -> Result<(), ProbeError> {
             match read::<u64>(file, o.file_dentry) {
                 Ok(dentry) => {
                     if let Err(e) = dentry_name(dentry, &mut (*ev).name) {
-                        count_error(HOOK, e);
+                        count_error(hook, e);
                     }
                     let parent = read::<u64>(dentry, o.dentry_parent)
                         .and_then(|parent| dentry_name(parent, &mut (*ev).parent));
                     if let Err(e) = parent {
-                        count_error(HOOK, e);
+                        count_error(hook, e);
                     }
                 }
-                Err(e) => count_error(HOOK, e),
+                Err(e) => count_error(hook, e),
             }
         }
         Ok(())

@@ -667,6 +667,18 @@ while True:
             got,
             latency: t0.elapsed(),
         });
+        // The open itself is an event too when it went through open(2)/openat2(2).
+        if attack != "GPU fd received over SCM_RIGHTS" {
+            let got = s
+                .wait_event(WAIT, |e| e.pid == pid && e.gpu_open().is_some())
+                .map(|e| format!("yes ({})", e.gpu_open().unwrap().path));
+            erows.push(EventRow {
+                attack,
+                what: "gpu_open event",
+                got,
+                latency: t0.elapsed(),
+            });
+        }
     }
 
     // The recall table.

@@ -118,6 +118,8 @@ const TPS: &[(&str, &str, &str)] = &[
     ("sys_exit_openat", "syscalls", "sys_exit_openat"),
     ("sys_exit_dup2", "syscalls", "sys_exit_dup2"),
     ("sys_exit_dup3", "syscalls", "sys_exit_dup3"),
+    ("sys_exit_open", "syscalls", "sys_exit_open"),
+    ("sys_exit_openat2", "syscalls", "sys_exit_openat2"),
 ];
 /// Socket-level capture (config `net.first_payload`): `cgroup_skb/egress` on the cgroup v2
 /// root (first data segment of new outbound TCP connections, DNS datagrams).
