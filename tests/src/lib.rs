@@ -414,6 +414,80 @@ pub fn run_helper(path: &str, args: &[&str]) -> (u32, String) {
     (pid, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Kills a child and its whole process group (autossh's ssh, ssh -f, sshd's children) when
+/// dropped.
+pub struct Kill(pub Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process group this test created (see `group`).
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGTERM) };
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Puts the command in its own process group, so that `Kill` reaches its descendants.
+pub fn group(c: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    c.process_group(0)
+}
+
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `cmd` with sh and asserts it succeeded.
+pub fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+/// Waits (at most 15 s) until something accepts connections on 127.0.0.1:`port`.
+pub fn wait_port(port: u16) {
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "port {port} never opened"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts a throwaway OpenSSH server on 127.0.0.1:`port` with host and client keys in `dir`
+/// (`dir/id`, also as `dir/id.dropbear` for dbclient), forwarding allowed.
+pub fn sshd(dir: &std::path::Path, port: u16) -> Kill {
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let d = dir.display();
+    sh(&format!(
+        "ssh-keygen -q -t ed25519 -N '' -f {d}/host && ssh-keygen -q -t ed25519 -N '' -f {d}/id && \
+         cp {d}/id.pub {d}/authorized_keys && chmod 600 {d}/authorized_keys && \
+         dropbearconvert openssh dropbear {d}/id {d}/id.dropbear >/dev/null 2>&1"
+    ));
+    std::fs::write(
+        dir.join("sshd_config"),
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PidFile {d}/sshd.pid\nUsePAM no\nStrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\n\
+             AllowTcpForwarding yes\nGatewayPorts no\nPermitTunnel no\nX11Forwarding no\nPrintMotd no\n"
+        ),
+    )
+    .unwrap();
+    let child = group(&mut Command::new("/usr/sbin/sshd"))
+        .args(["-D", "-e", "-f"])
+        .arg(dir.join("sshd_config"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting sshd");
+    wait_port(port);
+    Kill(child)
+}
+
 /// A short wait for events of a pid, with the default deadline used by the tests.
 pub const WAIT: Duration = Duration::from_secs(10);
 

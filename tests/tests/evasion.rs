@@ -13,13 +13,15 @@
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::PathBuf,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use sensor::rules::Alert;
-use sensor_tests::{require_root, EventExt, Sensor, WAIT};
+use sensor_tests::{
+    free_port, group, require_root, sh, sshd, wait_port, EventExt, Kill, Sensor, WAIT,
+};
 
 const SSHD_PORT: u16 = 2223;
 /// TEST-NET-2 (RFC 5737): never routed, so an "external" peer that is really this host.
@@ -36,43 +38,15 @@ impl Drop for Cleanup {
     }
 }
 
-/// Kills a child and its process group when dropped.
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        // SAFETY: signalling the process group this test created (`process_group(0)`).
-        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spawn(c: &mut Command) -> Kill {
-    use std::os::unix::process::CommandExt;
     Kill(
-        c.process_group(0)
+        group(c)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("{c:?}: {e}")),
     )
-}
-
-fn sh(cmd: &str) {
-    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
-    assert!(st.success(), "{cmd}");
-}
-
-fn wait_port(port: u16) {
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "port {port} never opened"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A listener on `addr` that accepts connections and holds them open (reading and discarding)
@@ -91,16 +65,6 @@ fn listener(addr: &str) -> u16 {
         }
     });
     port
-}
-
-/// A port free right now on 127.0.0.1 (remote-forward ports differ per run: a session child of
-/// an earlier run's sshd may still hold a fixed one).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A "shell catcher": accepts one connection, sends `exit` after a moment, reads until EOF.
@@ -122,29 +86,12 @@ fn catcher() -> u16 {
     port
 }
 
-fn sshd(dir: &Path) -> Kill {
-    std::fs::create_dir_all("/run/sshd").unwrap();
-    let d = dir.display();
-    sh(&format!(
-        "ssh-keygen -q -t ed25519 -N '' -f {d}/host && ssh-keygen -q -t ed25519 -N '' -f {d}/id && \
-         cp {d}/id.pub {d}/authorized_keys && chmod 600 {d}/authorized_keys"
-    ));
-    std::fs::write(
-        dir.join("sshd_config"),
-        format!(
-            "Port {SSHD_PORT}\nListenAddress 127.0.0.1\nHostKey {d}/host\nAuthorizedKeysFile {d}/authorized_keys\n\
-             PidFile {d}/sshd.pid\nUsePAM no\nStrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\n\
-             AllowTcpForwarding yes\nGatewayPorts no\nX11Forwarding no\nPrintMotd no\n"
-        ),
-    )
-    .unwrap();
-    let k = spawn(
-        Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(dir.join("sshd_config")),
-    );
-    wait_port(SSHD_PORT);
-    k
+/// Whether the alert's exec had an IP socket on its stdio whose peer port is `port`.
+fn stdio_peer(a: &Alert, port: u16) -> bool {
+    a.event
+        .exec()
+        .and_then(|x| x.stdio.as_ref())
+        .is_some_and(|st| st.peer_port == Some(port))
 }
 
 /// One row of the recall table.
@@ -198,7 +145,7 @@ fn evasions_are_caught_by_behaviour() {
         .args(["addr", "add", &format!("{EXT}/32"), "dev", "lo"])
         .stderr(Stdio::null())
         .status();
-    let _sshd = sshd(&dir);
+    let _sshd = sshd(&dir, SSHD_PORT);
     let cfg = dir.join("sensor.toml");
     std::fs::write(&cfg, STANDIN).unwrap();
     let node = dir.join("gpu0");
@@ -219,6 +166,8 @@ fn evasions_are_caught_by_behaviour() {
     let fake = dir.join("kthelper");
     std::fs::copy("/usr/bin/ssh", &fake).unwrap();
     let target = listener("127.0.0.1");
+    // Remote-forward ports differ per run: a session child of an earlier run's sshd may
+    // still hold a fixed one.
     let (f1, f2, f3) = (free_port(), free_port(), free_port());
     let t0 = Instant::now();
     let _renamed = spawn(Command::new(&fake).args([
@@ -367,12 +316,7 @@ while True:
         "bash /dev/tcp: interactive shell on the socket",
         "reverse-shell-socket-stdio",
         t0,
-        |a| {
-            a.event
-                .exec()
-                .and_then(|x| x.stdio.as_ref())
-                .is_some_and(|st| st.peer_port == Some(port))
-        },
+        |a| stdio_peer(a, port),
     );
 
     // 4. python socket + dup2 + /bin/sh
@@ -397,12 +341,7 @@ while True:
         "python dup2 reverse shell: sh on the socket",
         "reverse-shell-socket-stdio",
         t0,
-        |a| {
-            a.event
-                .exec()
-                .and_then(|x| x.stdio.as_ref())
-                .is_some_and(|st| st.peer_port == Some(port))
-        },
+        |a| stdio_peer(a, port),
     );
 
     // 5. socat copied to another name, EXEC:/bin/sh

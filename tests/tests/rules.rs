@@ -7,7 +7,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -17,7 +17,9 @@ use sensor::{
     event::{Device, Kind},
     rules::{Alert, Severity},
 };
-use sensor_tests::{require_root, skip, EventExt, Record, Sensor, WAIT};
+use sensor_tests::{
+    free_port, group, require_root, sh, skip, EventExt, Kill, Record, Sensor, WAIT,
+};
 
 const SSHD_PORT: u16 = 2222;
 
@@ -28,65 +30,8 @@ impl Drop for Dir {
     }
 }
 
-/// Kills a child and its whole process group (autossh's ssh, ssh -f) when dropped.
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        // SAFETY: signalling the process group this test created (see `group`).
-        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGTERM) };
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Puts the command in its own process group, so that `Kill` reaches its descendants.
-fn group(c: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt;
-    c.process_group(0)
-}
-
-fn sh(cmd: &str) {
-    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
-    assert!(st.success(), "{cmd}");
-}
-
-fn wait_port(port: u16) {
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "port {port} never opened"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Starts sshd on 127.0.0.1:2222 with throwaway host and client keys.
 fn sshd(dir: &Path) -> Kill {
-    std::fs::create_dir_all("/run/sshd").unwrap();
-    let d = dir.display();
-    sh(&format!(
-        "ssh-keygen -q -t ed25519 -N '' -f {d}/host && ssh-keygen -q -t ed25519 -N '' -f {d}/id && \
-         cp {d}/id.pub {d}/authorized_keys && chmod 600 {d}/authorized_keys && \
-         dropbearconvert openssh dropbear {d}/id {d}/id.dropbear >/dev/null 2>&1"
-    ));
-    std::fs::write(
-        dir.join("sshd_config"),
-        format!(
-            "Port {SSHD_PORT}\nListenAddress 127.0.0.1\nHostKey {d}/host\nAuthorizedKeysFile {d}/authorized_keys\n\
-             PidFile {d}/sshd.pid\nUsePAM no\nStrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\n\
-             AllowTcpForwarding yes\nGatewayPorts no\nPermitTunnel no\nX11Forwarding no\nPrintMotd no\n"
-        ),
-    )
-    .unwrap();
-    let child = group(&mut Command::new("/usr/sbin/sshd"))
-        .args(["-D", "-e", "-f"])
-        .arg(dir.join("sshd_config"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting sshd");
-    wait_port(SSHD_PORT);
-    Kill(child)
+    sensor_tests::sshd(dir, SSHD_PORT)
 }
 
 fn ssh_opts(dir: &Path) -> Vec<String> {
@@ -169,14 +114,6 @@ fn fake_kube_api(pod_uid: &str) -> u16 {
         }
     });
     port
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A local target that accepts and echoes a line, counting connections.
