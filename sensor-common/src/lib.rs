@@ -346,7 +346,8 @@ pub struct ExecEvent {
     /// Full size of the argv block in the new image (`arg_end - arg_start`).
     pub args_total: u32,
     /// Descriptors 0, 1, 2 at exec: bit `fd` set when it is a socket, bit `4 + fd` when it is
-    /// an IPv4/IPv6 socket with a peer (connected TCP, or connected UDP).
+    /// an IPv4/IPv6 socket with a peer (connected TCP, or connected UDP), bit `8 + fd` when that
+    /// is an outbound TCP connection the sensor followed from its connect (not an accepted one).
     pub stdio: u32,
     /// The peer of the lowest such inet descriptor (`family` 0 when none): AF_INET/AF_INET6,
     /// port in host order, address in network byte order (IPv4 in the first 4 bytes).

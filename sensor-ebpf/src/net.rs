@@ -46,7 +46,7 @@ pub struct Pending {
 
 /// Outbound TCP connections being followed until TCP_CLOSE, by `struct sock *`.
 #[map(name = "TRACKED_SOCKS")]
-static TRACKED_SOCKS: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(65536, 0);
+pub(crate) static TRACKED_SOCKS: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(65536, 0);
 
 /// TCP_CLOSE (include/net/tcp_states.h).
 const TCP_CLOSE: i32 = 7;
@@ -163,8 +163,8 @@ fn exit(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> {
     emitted
 }
 
-/// sys_exit_dup2 / sys_exit_dup3: an IPv4/IPv6 socket now sits on fd 0, 1 or 2 (the
-/// reverse-shell move of a program that may never exec afterwards).
+/// sys_exit_dup2 / sys_exit_dup3: an outbound IPv4/IPv6 TCP connection now sits on fd 0, 1 or
+/// 2 (the reverse-shell move of a program that may never exec afterwards).
 #[inline(always)]
 fn dup_exit(ctx: &TracePointContext) -> Result<(), ProbeError> {
     let ret = ctx_field::<i64>(ctx, config().offsets.tp_exit_ret)?;
@@ -176,6 +176,12 @@ fn dup_exit(ctx: &TracePointContext) -> Result<(), ProbeError> {
     };
     if s.family != AF_INET && s.family != AF_INET6 {
         return Ok(()); // a unix socket on stdio is ordinary (systemd, container runtimes)
+    }
+    // Only connections a traced process opened itself (followed since its connect): an
+    // accepted socket put on stdio is what sshd, inetd and systemd socket activation do.
+    // SAFETY: LRU lookup; only presence is used.
+    if unsafe { TRACKED_SOCKS.get(&s.sk) }.is_none() {
+        return Ok(());
     }
     let p = Pending {
         kind: kind::SOCK_DUP,

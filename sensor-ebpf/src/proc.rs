@@ -119,6 +119,10 @@ unsafe fn stdio(ev: *mut ExecEvent) {
         bits |= 1 << fd;
         if (s.family == AF_INET || s.family == AF_INET6) && s.port != 0 {
             bits |= 1 << (4 + fd);
+            // SAFETY: LRU lookup; only presence is used.
+            if unsafe { crate::net::TRACKED_SOCKS.get(&s.sk) }.is_some() {
+                bits |= 1 << (8 + fd); // a connection a traced process opened (outbound)
+            }
             if peer.is_none() {
                 peer = Some(s);
             }

@@ -16,7 +16,10 @@
 //! @0/@2, header 8 bytes.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated as gen},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated as gen,
+    },
     macros::{cgroup_skb, map},
     maps::LruHashMap,
     programs::SkBuffContext,
@@ -29,10 +32,22 @@ use crate::{
     task::fill_header,
 };
 
+/// Who opened a followed connection (the task that sent the SYN).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Owner {
+    tgid: u32,
+    uid: u32,
+    gid: u32,
+    _pad: u32,
+    cgroup_id: u64,
+}
+
 /// New outbound TCP connections whose first data segment has not left yet: socket cookie →
-/// owner (the thread group that sent the SYN). LRU: a connection that never sends ages out.
+/// owner. Removed at the first data segment, or at our FIN/RST for a connection that closes
+/// without sending; LRU for the rest.
 #[map(name = "FRESH_CONNS")]
-static FRESH_CONNS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(8192, 0);
+static FRESH_CONNS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(8192, 0);
 
 /// IP protocol numbers (include/uapi/linux/in.h).
 const IPPROTO_TCP: u8 = 6;
@@ -41,7 +56,9 @@ const IPPROTO_UDP: u8 = 17;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 /// TCP flag bits of byte 13 (RFC 9293 §3.1).
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 /// `BPF_NOEXIST` (include/uapi/linux/bpf.h): insert only when the key is new.
 const BPF_NOEXIST: u64 = 1;
@@ -124,11 +141,17 @@ fn try_egress(ctx: &SkBuffContext) -> Result<(), ProbeError> {
             let off = l4 + ((t[12] >> 4) as u32) * 4;
             let len = skb_len.saturating_sub(off);
             let syn = fl & TCP_SYN != 0 && fl & TCP_ACK == 0;
-            if !syn && len == 0 {
-                return Ok(()); // a pure ACK/FIN/RST
+            let closing = fl & (TCP_FIN | TCP_RST) != 0;
+            if !syn && len == 0 && !closing {
+                return Ok(()); // a pure ACK
             }
             // SAFETY: helper on the program's own context.
             let cookie = unsafe { gen::bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
+            if !syn && len == 0 {
+                // Our FIN/RST before any data (a probe, a refused or abandoned connect).
+                let _ = FRESH_CONNS.remove(&cookie);
+                return Ok(());
+            }
             let p = Packet {
                 family,
                 protocol: IPPROTO_TCP as u16,
@@ -140,13 +163,16 @@ fn try_egress(ctx: &SkBuffContext) -> Result<(), ProbeError> {
             };
             if syn {
                 // A SYN leaves inside connect(2) (or io_uring's connect), in the task that
-                // connects: it names the owner. A retransmitted SYN (timer) must not.
+                // connects: it names the owner. A retransmitted SYN leaves from a timer, in
+                // whatever task was interrupted: BPF_NOEXIST keeps the first SYN's owner; a
+                // connection whose first SYN was not recorded (an ignored task) may be
+                // attributed to the interrupted task (a known limit).
                 if !current_traced() {
                     return Ok(());
                 }
-                let owner = (bpf_get_current_pid_tgid() >> 32) as u32;
+                let owner = current_owner();
                 if len > 0 {
-                    return capture(ctx, &p, owner, 0); // TCP Fast Open: data in the SYN
+                    return capture(ctx, &p, &owner, 0); // TCP Fast Open: data in the SYN
                 }
                 let _ = FRESH_CONNS.insert(&cookie, &owner, BPF_NOEXIST);
                 return Ok(());
@@ -156,7 +182,7 @@ fn try_egress(ctx: &SkBuffContext) -> Result<(), ProbeError> {
                 return Ok(());
             };
             let _ = FRESH_CONNS.remove(&cookie);
-            capture(ctx, &p, owner, 0)
+            capture(ctx, &p, &owner, 0)
         }
         IPPROTO_UDP => {
             let u = bytes::<8>(ctx, l4)?;
@@ -175,20 +201,29 @@ fn try_egress(ctx: &SkBuffContext) -> Result<(), ProbeError> {
                 len: skb_len.saturating_sub(off),
             };
             // udp_sendmsg runs the egress hook in the sending task: it is the owner.
-            capture(
-                ctx,
-                &p,
-                (bpf_get_current_pid_tgid() >> 32) as u32,
-                flags::PAYLOAD_UDP,
-            )
+            capture(ctx, &p, &current_owner(), flags::PAYLOAD_UDP)
         }
         _ => Ok(()),
     }
 }
 
+/// The current task as an owner.
+#[inline(always)]
+fn current_owner() -> Owner {
+    let uid_gid = bpf_get_current_uid_gid();
+    Owner {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        _pad: 0,
+        // SAFETY: helper without arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+    }
+}
+
 /// Writes a `net_payload` record of `p` for `owner`.
 #[inline(always)]
-fn capture(ctx: &SkBuffContext, p: &Packet, owner: u32, fl: u32) -> Result<(), ProbeError> {
+fn capture(ctx: &SkBuffContext, p: &Packet, owner: &Owner, fl: u32) -> Result<(), ProbeError> {
     emit(kind::NET_PAYLOAD, |ev: *mut NetPayloadEvent| {
         // SAFETY: `ev` is a reservation of size_of::<NetPayloadEvent>() bytes owned by this
         // program; the packet bytes are copied with the bounds-checked skb helper into `data`
@@ -196,11 +231,16 @@ fn capture(ctx: &SkBuffContext, p: &Packet, owner: u32, fl: u32) -> Result<(), P
         unsafe {
             fill_header(&mut (*ev).hdr, kind::NET_PAYLOAD);
             let mut f = fl;
-            if (*ev).hdr.pid != owner {
-                // Sent by another task or from softirq: the header names the owner.
-                (*ev).hdr.pid = owner;
-                (*ev).hdr.tid = owner;
+            if (*ev).hdr.pid != owner.tgid {
+                // Sent by another task or from softirq: the header names the owner, with the
+                // uid/gid and cgroup recorded at its SYN (the pod is the owner's).
+                (*ev).hdr.pid = owner.tgid;
+                (*ev).hdr.tid = owner.tgid;
                 (*ev).hdr.ppid = 0;
+                (*ev).hdr.uid = owner.uid;
+                (*ev).hdr.gid = owner.gid;
+                (*ev).hdr.cgroup_id = owner.cgroup_id;
+                (*ev).hdr.mntns = 0;
                 (*ev).hdr.comm = [0; 16];
                 f |= flags::PAYLOAD_OWNER;
             }

@@ -284,6 +284,7 @@ fn decode_stdio(e: &ExecEvent) -> Option<Stdio> {
     Some(Stdio {
         sockets: fds(0),
         net: fds(4),
+        outbound: fds(8),
         peer_ip: peer.then(|| ip_addr(e.peer_family, &e.peer_addr)),
         peer_port: peer.then_some(e.peer_port),
         sock_type: peer.then(|| sock_type(e.peer_sock_type)),
@@ -503,6 +504,7 @@ mod tests {
         assert!(x.exe_unlinked);
         let st = x.stdio.unwrap();
         assert_eq!((st.sockets, st.net), (vec![0, 1, 2], vec![0, 1]));
+        assert!(st.outbound.is_empty());
         assert_eq!(st.peer_ip, Some("198.51.100.7".parse().unwrap()));
         assert_eq!(
             (st.peer_port, st.sock_type),

@@ -368,6 +368,10 @@ pub struct Stdio {
     pub sockets: Vec<u8>,
     /// Which of those are IPv4/IPv6 sockets with a peer.
     pub net: Vec<u8>,
+    /// Which of those are outbound TCP connections (opened by a connect the sensor saw), as
+    /// opposed to accepted ones (sshd, inetd, socket activation).
+    #[serde(default)]
+    pub outbound: Vec<u8>,
     /// The peer of the first such descriptor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_ip: Option<IpAddr>,

@@ -473,7 +473,7 @@ while True:
     );
     let t0 = Instant::now();
     sh(&format!(
-        "{py} -c \"import socket\nfor i in range(40): socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'\\x00\\x01\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00' + bytes([6]) + ('c%05d' % i).encode() + b'\\x01t\\x07example\\x03org\\x00\\x00\\x10\\x00\\x01', ('127.0.0.1', 53))\""
+        "{py} -c \"import socket\nfor i in range(40): socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'\\x00\\x01\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00' + bytes([12]) + ('%012x' % (i * 7919 + 0x5a5a5a)).encode() + b'\\x01t\\x07example\\x03org\\x00\\x00\\x10\\x00\\x01', ('127.0.0.1', 53))\""
     ));
     expect(
         &s,
@@ -620,6 +620,53 @@ while True:
         }
     }
 
+    // 13. Benign look-alikes that must stay silent: an inbound SSH login (sshd puts the
+    //     accepted socket on its child's stdio with dup2), a launcher's bash `/dev/tcp` wait on a
+    //     loopback rendezvous, and a plain `ssh host true`.
+    let st = Command::new("ssh")
+        .args([
+            "-i",
+            &key,
+            "-p",
+            &SSHD_PORT.to_string(),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "root@127.0.0.1",
+            "true",
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "plain ssh login");
+    let wait = Command::new("bash")
+        .args(["-c", &format!("echo > /dev/tcp/127.0.0.1/{target}")])
+        .spawn()
+        .unwrap();
+    let wait_pid = wait.id();
+    assert!(wait.wait_with_output().unwrap().status.success());
+    std::thread::sleep(Duration::from_secs(1));
+    let behaviour_rules = [
+        "reverse-shell-socket-stdio",
+        "socket-dup-to-stdio",
+        "shell-network-connect",
+        "shell-relayed-to-network",
+        "ssh-protocol-from-unexpected-binary",
+        "fileless-exec",
+        "masquerading-process-name",
+    ];
+    let noisy: Vec<Alert> = s.alerts(|a| {
+        behaviour_rules.contains(&a.rule.as_str())
+            && (a.pid == wait_pid
+                || a.exe
+                    .as_deref()
+                    .is_some_and(|e| e.ends_with("/sshd") || e.ends_with("/sshd-session"))
+                || a.comm.starts_with("sshd"))
+    });
+
     // The recall table.
     println!("\n| attack | expected rule | got | latency |\n|---|---|---|---|");
     for r in &rows {
@@ -668,4 +715,5 @@ while True:
     }
     drop(s.stop());
     assert!(missed.is_empty(), "missed: {missed:?}");
+    assert!(noisy.is_empty(), "benign look-alikes alerted: {noisy:#?}");
 }

@@ -21,6 +21,8 @@ pub struct ProcFacts {
     /// The process (or the program it was forked from) sent an SSH identification string on an
     /// outbound connection: an SSH client, whatever its name.
     pub ssh_session: bool,
+    /// That SSH client announced itself as OpenSSH or dropbear: its command line is theirs.
+    pub ssh_openssh: bool,
     /// For a `dns_query`: distinct names this process asked for in the query's zone within
     /// [`DNS_WINDOW_NS`] (this one included).
     pub dns_zone_names: u32,
@@ -95,8 +97,10 @@ pub struct Proc {
     pub episode: Option<Arc<str>>,
     /// Open outbound TCP connections: (conn_id, start ts_ns, external), oldest first.
     pub open_conns: Vec<(Arc<str>, u64, bool)>,
-    /// Sent an SSH identification string (inherited by fork, reset by exec).
+    /// Sent an SSH identification string (inherited by fork, reset by exec); of OpenSSH or
+    /// dropbear.
     pub ssh_session: bool,
+    pub ssh_openssh: bool,
     /// DNS names asked, per zone (allocated on the first query).
     pub dns: Option<Box<DnsZones>>,
     /// The count [`DnsZones::record`] gave for the process's latest query.
@@ -260,6 +264,7 @@ impl ProcTable {
                 episode: p.episode.as_deref().map(str::to_string),
                 oldest_external_start_ns: p.open_conns.iter().find(|c| c.2).map(|c| c.1),
                 ssh_session: p.ssh_session,
+                ssh_openssh: p.ssh_openssh,
                 dns_zone_names: p.dns_last,
             })
     }
@@ -336,6 +341,7 @@ impl ProcTable {
                 p.connections = 0;
                 p.external_connections = 0;
                 p.ssh_session = false;
+                p.ssh_openssh = false;
                 if !self.episode_env.is_empty() {
                     if let Some(tag) = episode_from_environ(ev.pid, &self.episode_env) {
                         p.episode = Some(tag);
@@ -366,6 +372,7 @@ impl ProcTable {
                     connections: parent.connections,
                     external_connections: parent.external_connections,
                     ssh_session: parent.ssh_session,
+                    ssh_openssh: parent.ssh_openssh,
                     ..Proc::default()
                 };
                 self.procs.insert(f.child_pid, child);
@@ -423,6 +430,10 @@ impl ProcTable {
                 if let Some(p) = self.procs.get_mut(&ev.pid) {
                     if n.app.proto == crate::event::AppProto::Ssh {
                         p.ssh_session = true;
+                        let b = n.app.ssh_banner.as_deref().unwrap_or("");
+                        if b.starts_with("SSH-2.0-OpenSSH") || b.starts_with("SSH-2.0-dropbear") {
+                            p.ssh_openssh = true;
+                        }
                     }
                     if let Some(e) = p.exe.as_deref() {
                         ev.exe = Some(e.to_string());

@@ -112,8 +112,44 @@ fn home(root: &Path, uid: u32) -> Option<String> {
         .or_else(|| (uid == 0).then(|| "/root".into()))
 }
 
+/// Reads a config file safely: opened non-blocking (a FIFO cannot stall the pipeline), checked
+/// on the open descriptor to be a regular file (not `/dev/zero`), read up to [`MAX_FILE`].
+fn read_bounded(p: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(p)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                "absent".to_string()
+            } else {
+                format!("unreadable: {e}")
+            }
+        })?;
+    let m = f.metadata().map_err(|e| format!("unreadable: {e}"))?;
+    if !m.file_type().is_file() {
+        return Err("unreadable: not a regular file".into());
+    }
+    if m.len() > MAX_FILE {
+        return Err("too_large".into());
+    }
+    let mut b = Vec::new();
+    f.take(MAX_FILE + 1)
+        .read_to_end(&mut b)
+        .map_err(|e| format!("unreadable: {e}"))?;
+    if b.len() as u64 > MAX_FILE {
+        return Err("too_large".into());
+    }
+    Ok(String::from_utf8_lossy(&b).into_owned())
+}
+
 struct Reader<'a> {
     root: &'a Path,
+    /// `/proc/PID`: `/dev/fd/N` and `/proc/self/…` of the process resolve here, not in the
+    /// sensor's own /proc.
+    proc_pid: PathBuf,
     host: String,
     out: SshConfig,
 }
@@ -124,22 +160,23 @@ impl Reader<'_> {
         if self.out.files.len() >= MAX_FILES || depth > MAX_DEPTH {
             return;
         }
-        let on_host = self.root.join(path.trim_start_matches('/'));
-        let status = match std::fs::metadata(&on_host) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "absent".to_string(),
-            Err(e) => format!("unreadable: {e}"),
-            Ok(m) if m.len() > MAX_FILE => "too_large".into(),
-            Ok(_) => match std::fs::read_to_string(&on_host) {
-                Ok(text) => {
-                    self.out.files.push(ConfigFile {
-                        path: path.to_string(),
-                        status: "read".into(),
-                    });
-                    self.parse(path, &text, base, depth);
-                    return;
-                }
-                Err(e) => format!("unreadable: {e}"),
-            },
+        let on_host = if let Some(n) = path.strip_prefix("/dev/fd/") {
+            self.proc_pid.join("fd").join(n)
+        } else if let Some(rest) = path.strip_prefix("/proc/self/") {
+            self.proc_pid.join(rest)
+        } else {
+            self.root.join(path.trim_start_matches('/'))
+        };
+        let status = match read_bounded(&on_host) {
+            Ok(text) => {
+                self.out.files.push(ConfigFile {
+                    path: path.to_string(),
+                    status: "read".into(),
+                });
+                self.parse(path, &text, base, depth);
+                return;
+            }
+            Err(status) => status,
         };
         self.out.files.push(ConfigFile {
             path: path.to_string(),
@@ -178,9 +215,17 @@ impl Reader<'_> {
                         } else {
                             format!("{base}/{inc}")
                         };
+                        if inc.contains("**") {
+                            // The glob crate would walk whole trees; ssh's glob(3) would not.
+                            self.out.files.push(ConfigFile {
+                                path: inc,
+                                status: "unreadable: recursive pattern not followed".into(),
+                            });
+                            continue;
+                        }
                         let pat = self.root.join(inc.trim_start_matches('/'));
                         let mut hits: Vec<PathBuf> = glob::glob(&pat.to_string_lossy())
-                            .map(|g| g.flatten().collect())
+                            .map(|g| g.flatten().take(MAX_FILES).collect())
                             .unwrap_or_default();
                         hits.sort();
                         if hits.is_empty() {
@@ -211,10 +256,12 @@ impl Reader<'_> {
 /// What `ssh` (pid `pid`, uid `uid`, command line `argv`) will read. `proc_root` is `/proc`
 /// (tests pass a directory laid out like it).
 pub fn read(proc_root: &Path, pid: u32, uid: u32, argv: &[String]) -> SshConfig {
-    let root = proc_root.join(pid.to_string()).join("root");
+    let proc_pid = proc_root.join(pid.to_string());
+    let root = proc_pid.join("root");
     let (file, host) = target(argv);
     let mut r = Reader {
         root: &root,
+        proc_pid: proc_pid.clone(),
         host: host.unwrap_or_default(),
         out: SshConfig {
             files: vec![],
@@ -308,7 +355,6 @@ mod tests {
         )
         .unwrap();
         let c = read(&dir, 77, 1000, &sv(&["ssh", "u@tunnel", "-N"]));
-        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(
             c.files[0],
             ConfigFile {
@@ -338,6 +384,20 @@ mod tests {
             ]
         );
         assert_eq!(c.directives[1].block, "Host tun*");
+        // A FIFO, a device and a recursive Include are refused without blocking or reading.
+        let etc = root.join("etc/ssh");
+        std::fs::create_dir_all(&etc).unwrap();
+        let fifo =
+            std::ffi::CString::new(etc.join("ssh_config").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid path in our temp dir.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        std::fs::write(root.join("home/u/.ssh/config"), "Include /**/x\n").unwrap();
+        let c = read(&dir, 77, 1000, &sv(&["ssh", "h"]));
+        assert_eq!(
+            c.files[1].status,
+            "unreadable: recursive pattern not followed"
+        );
+        assert_eq!(c.files[2].status, "unreadable: not a regular file");
         // -F none reads nothing; a process that is gone leaves every file unreadable/absent.
         assert!(read(&dir, 77, 0, &sv(&["ssh", "-F", "none", "h"]))
             .files

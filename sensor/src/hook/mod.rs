@@ -59,6 +59,25 @@ pub enum HookError {
     Cgroup(String),
 }
 
+/// Loads `sock_egress` and attaches it to the cgroup v2 root; returns its description.
+fn attach_egress(
+    ebpf: &mut Ebpf,
+    configured: Option<&std::path::Path>,
+) -> Result<String, HookError> {
+    let path = cgroup2_root(configured)?;
+    let dir = std::fs::File::open(&path)
+        .map_err(|e| HookError::Cgroup(format!("{}: {e}", path.display())))?;
+    let prog: &mut CgroupSkb = program(ebpf, EGRESS_PROG)?;
+    prog.load()
+        .map_err(|source| prog_err(EGRESS_PROG, source))?;
+    // A bpf_link (kernel ≥ 5.7): detached when the sensor exits, however it exits, and always
+    // run alongside other programs on the cgroup (the kernel refuses link flags:
+    // BPF_F_ALLOW_MULTI is implied, kernel/bpf/cgroup.c cgroup_bpf_link_attach).
+    prog.attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+        .map_err(|source| prog_err(EGRESS_PROG, source))?;
+    Ok(format!("cgroup_skb/egress:{}", path.display()))
+}
+
 /// `CGROUP2_SUPER_MAGIC` (include/uapi/linux/magic.h).
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
@@ -201,18 +220,15 @@ impl Hooks {
             attached.push(format!("tracepoint/{cat}/{tp}"));
         }
         if cfg.net.first_payload {
-            let path = cgroup2_root(cfg.net.cgroup_path.as_deref())?;
-            let dir = std::fs::File::open(&path)
-                .map_err(|e| HookError::Cgroup(format!("{}: {e}", path.display())))?;
-            let prog: &mut CgroupSkb = program(&mut ebpf, EGRESS_PROG)?;
-            prog.load()
-                .map_err(|source| prog_err(EGRESS_PROG, source))?;
-            // A bpf_link (kernel ≥ 5.7): detached when the sensor exits, however it exits, and
-            // always run alongside other programs on the cgroup (the kernel refuses link
-            // flags: BPF_F_ALLOW_MULTI is implied, kernel/bpf/cgroup.c cgroup_bpf_link_attach).
-            prog.attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-                .map_err(|source| prog_err(EGRESS_PROG, source))?;
-            attached.push(format!("cgroup_skb/egress:{}", path.display()));
+            // Not fatal: kernels before 6.10 refuse the current-task helpers in cgroup_skb
+            // programs, and a node may lack a cgroup v2 mount. The sensor then runs without
+            // first bytes and DNS (and says so), rather than not at all.
+            match attach_egress(&mut ebpf, cfg.net.cgroup_path.as_deref()) {
+                Ok(at) => attached.push(at),
+                Err(e) => tracing::warn!(
+                    "socket-level capture unavailable ({e}): no first bytes (SSH banners, Stratum, TLS SNI) and no DNS queries; everything else runs"
+                ),
+            }
         }
         Ok(Hooks {
             ebpf,

@@ -155,6 +155,7 @@ fields! {
     ProcSshSession: "proc.ssh_session", &[], Type::Bool, Carried::Any, "the process sent an SSH identification string on an outbound connection (an SSH client by protocol, whatever its name; inherited by fork)";
     StdioSockets: "stdio.sockets", &[], Type::Int, Carried::Only(&[Kind::Exec]), "how many of fds 0-2 were sockets at exec";
     StdioNet: "stdio.net", &[], Type::Int, Carried::Only(&[Kind::Exec]), "how many of fds 0-2 were IPv4/IPv6 sockets with a peer at exec";
+    StdioOutbound: "stdio.outbound", &[], Type::Int, Carried::Only(&[Kind::Exec]), "how many of fds 0-2 were outbound TCP connections at exec (opened by a connect the sensor saw; accepted sockets - sshd, inetd - are not)";
     StdioPeerIp: "stdio.peer_ip", &[], Type::Ip, Carried::Only(&[Kind::Exec]), "the peer of the first such socket";
     StdioPeerPort: "stdio.peer_port", &[], Type::Int, Carried::Only(&[Kind::Exec]), "its port";
     ExeUnlinked: "exe.unlinked", &[], Type::Bool, Carried::Only(&[Kind::Exec]), "the executable had no link at exec (a memfd or a deleted file; from the kernel's inode)";
@@ -559,8 +560,11 @@ impl Ctx<'_> {
                 let argv = self.argv();
                 let name = self.exe().map(basename).unwrap_or(&ev.comm);
                 let name0 = argv.first().map(|a| basename(a)).unwrap_or("");
-                // An SSH client by name, or by protocol (a renamed copy parses like OpenSSH).
-                if !is_ssh_client(name) && !is_ssh_client(name0) && !self.facts.ssh_session {
+                // An SSH client by name, or by protocol: a renamed OpenSSH/dropbear (its banner
+                // says so) parses like OpenSSH; a library inside an interpreter or a JVM has
+                // its host program's command line, not ssh's.
+                let renamed = self.facts.ssh_openssh && !is_interpreter(name);
+                if !is_ssh_client(name) && !is_ssh_client(name0) && !renamed {
                     return List(vec![]);
                 }
                 // autossh passes its own options first and the ssh ones after; parsing as
@@ -620,6 +624,10 @@ impl Ctx<'_> {
             },
             Field::StdioNet => match &ev.body {
                 Body::Exec(x) => Int(x.stdio.as_ref().map_or(0, |s| s.net.len()) as i64),
+                _ => Null,
+            },
+            Field::StdioOutbound => match &ev.body {
+                Body::Exec(x) => Int(x.stdio.as_ref().map_or(0, |s| s.outbound.len()) as i64),
                 _ => Null,
             },
             Field::StdioPeerIp => self.stdio().and_then(|s| s.peer_ip).map_or(Null, Ip),
