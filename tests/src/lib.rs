@@ -488,6 +488,27 @@ pub fn sshd(dir: &std::path::Path, port: u16) -> Kill {
     Kill(child)
 }
 
+/// ssh options for a client of [`sshd`]: its key, its port, no host-key prompts, batch mode.
+pub fn ssh_opts(dir: &std::path::Path, port: u16) -> Vec<String> {
+    [
+        "-i",
+        &dir.join("id").display().to_string(),
+        "-p",
+        &port.to_string(),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// A short wait for events of a pid, with the default deadline used by the tests.
 pub const WAIT: Duration = Duration::from_secs(10);
 

@@ -20,7 +20,7 @@ use std::{
 
 use sensor::rules::Alert;
 use sensor_tests::{
-    free_port, group, require_root, sh, sshd, wait_port, EventExt, Kill, Sensor, WAIT,
+    free_port, group, require_root, sh, ssh_opts, sshd, wait_port, EventExt, Kill, Sensor, WAIT,
 };
 
 const SSHD_PORT: u16 = 2223;
@@ -170,22 +170,12 @@ fn evasions_are_caught_by_behaviour() {
     // still hold a fixed one.
     let (f1, f2, f3) = (free_port(), free_port(), free_port());
     let t0 = Instant::now();
-    let _renamed = spawn(Command::new(&fake).args([
-        "root@127.0.0.1",
-        "-i",
-        &key,
-        "-p",
-        &SSHD_PORT.to_string(),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-N",
-        "-R",
-        &format!("{f1}:127.0.0.1:{target}"),
-    ]));
+    let _renamed = spawn(
+        Command::new(&fake)
+            .arg("root@127.0.0.1")
+            .args(ssh_opts(&dir, SSHD_PORT))
+            .args(["-N", "-R", &format!("{f1}:127.0.0.1:{target}")]),
+    );
     let fake_s = fake.display().to_string();
     let by_fake = |a: &Alert| a.exe.as_deref() == Some(fake_s.as_str());
     expect(
@@ -624,20 +614,8 @@ while True:
     //     accepted socket on its child's stdio with dup2), a launcher's bash `/dev/tcp` wait on a
     //     loopback rendezvous, and a plain `ssh host true`.
     let st = Command::new("ssh")
-        .args([
-            "-i",
-            &key,
-            "-p",
-            &SSHD_PORT.to_string(),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "root@127.0.0.1",
-            "true",
-        ])
+        .args(ssh_opts(&dir, SSHD_PORT))
+        .args(["root@127.0.0.1", "true"])
         .stderr(Stdio::null())
         .status()
         .unwrap();

@@ -34,26 +34,6 @@ fn sshd(dir: &Path) -> Kill {
     sensor_tests::sshd(dir, SSHD_PORT)
 }
 
-fn ssh_opts(dir: &Path) -> Vec<String> {
-    [
-        "-i",
-        &dir.join("id").display().to_string(),
-        "-p",
-        &SSHD_PORT.to_string(),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "LogLevel=ERROR",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 fn alert_for(s: &Sensor, rule: &str, pid: u32) -> Alert {
     s.wait_alert(WAIT, |a| a.rule == rule && a.pid == pid)
         .unwrap_or_else(|| panic!("no alert {rule} for pid {pid}"))
@@ -213,7 +193,7 @@ fn tunnels_miners_pods_and_benign_traffic() {
     .unwrap();
     let s = Sensor::start(&["--config", cfg.to_str().unwrap()]);
     let me = std::process::id();
-    let opts = ssh_opts(d);
+    let opts = sensor_tests::ssh_opts(d, SSHD_PORT);
 
     // 1. ssh -N -R, then use the remote forward: the client connects to the local target.
     let (target, _t) = echo_listener();
