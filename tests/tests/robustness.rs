@@ -25,7 +25,10 @@ fn tmpdir(tag: &str) -> PathBuf {
 fn http(addr: &str, path: &str, extra: &str) -> (u16, String) {
     let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n").unwrap();
+    // A server may close before reading it all (plain HTTP on the TLS port): no status then.
+    if write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n").is_err() {
+        return (0, String::new());
+    }
     let mut s = String::new();
     let _ = c.read_to_string(&mut s);
     let code = s
