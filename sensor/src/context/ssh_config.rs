@@ -36,10 +36,12 @@ const MAX_FILE: u64 = 256 << 10;
 const MAX_FILES: usize = 16;
 const MAX_DEPTH: usize = 4;
 
+/// Option letters of OpenSSH's ssh(1) that take an argument (ssh.c `getopt` string).
+pub const SSH_OPTS_WITH_ARG: &str = "BbcDEeFIiJLlmOoPpQRSWwtyK";
+
 /// `-F` value and destination host of an OpenSSH command line (options after the destination
 /// count, as OpenSSH parses them).
 pub fn target(argv: &[String]) -> (Option<String>, Option<String>) {
-    const WITH_ARG: &str = "BbcDEeFIiJLlmOoPpQRSWwtyK";
     let (mut file, mut dest) = (None, None);
     let mut i = 1;
     while i < argv.len() {
@@ -60,7 +62,7 @@ pub fn target(argv: &[String]) -> (Option<String>, Option<String>) {
         }
         let chars: Vec<char> = a[1..].chars().collect();
         for (j, &c) in chars.iter().enumerate() {
-            if WITH_ARG.contains(c) {
+            if SSH_OPTS_WITH_ARG.contains(c) {
                 let rest: String = chars[j + 1..].iter().collect();
                 let val = if rest.is_empty() {
                     i += 1;

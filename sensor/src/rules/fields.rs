@@ -263,7 +263,7 @@ pub fn basename(p: &str) -> &str {
 /// `ssh u@h -p 22 -N -R …` forwards; the next non-option starts the remote command, and `--`
 /// ends the options.
 pub fn ssh_parse(argv: &[String]) -> (Vec<String>, Vec<String>) {
-    const WITH_ARG: &str = "BbcDEeFIiJLlmOoPpQRSWwtyK";
+    use crate::context::ssh_config::SSH_OPTS_WITH_ARG as WITH_ARG;
     let mut flags = vec![];
     let mut opts = vec![];
     let mut i = 1;
