@@ -32,6 +32,8 @@ pub struct Config {
     pub net: NetConfig,
     pub metrics: MetricsConfig,
     pub alerting: crate::alerting::AlertingConfig,
+    pub workload: crate::context::workload::WorkloadConfig,
+    pub incidents: crate::incidents::IncidentsConfig,
     /// Path of the kernel BTF used to resolve struct offsets.
     pub btf_path: PathBuf,
 }
@@ -48,6 +50,8 @@ impl Default for Config {
             net: NetConfig::default(),
             metrics: MetricsConfig::default(),
             alerting: crate::alerting::AlertingConfig::default(),
+            workload: Default::default(),
+            incidents: Default::default(),
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
         }
     }
@@ -367,6 +371,8 @@ impl Config {
         }
         self.metrics.check()?;
         self.alerting.check()?;
+        self.workload.check()?;
+        self.incidents.check()?;
         Ok(())
     }
 }

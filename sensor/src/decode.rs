@@ -350,6 +350,7 @@ pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
                 exe_unlinked: hdr.flags & flags::EXE_UNLINKED != 0,
                 stdio: decode_stdio(&e),
                 ssh_config: None,
+                launcher: None,
             })
         }
         kind::FORK => {

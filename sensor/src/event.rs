@@ -320,6 +320,10 @@ pub struct Exec {
     /// directives in them that apply to its destination (read from the host at exec).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_config: Option<SshConfig>,
+    /// The program is a workload launcher (`workload.launchers`/`launcher_modules`) whose file
+    /// passed the path and ownership check: its descendants' ordinary work is expected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launcher: Option<String>,
 }
 
 /// The OpenSSH client configuration an `ssh` exec will read (`context/ssh_config.rs`).
@@ -629,6 +633,7 @@ mod tests {
                 exe_unlinked: false,
                 stdio: None,
                 ssh_config: None,
+                launcher: None,
             }),
             Body::Fork(Fork { child_pid: 2 }),
             Body::Exit(Exit {

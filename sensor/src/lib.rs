@@ -3,7 +3,7 @@
 //!
 //! Data path, one module per step: [`hook`] (load + attach the eBPF programs) → [`ring`] (BPF
 //! ring buffer → bounded queue) → [`decode`] (records → typed [`event`]s; [`proto`] reads captured first bytes) → [`context`]
-//! (process table, containers, pods) → [`pipeline`] (GPU sessions, [`rules`]) → [`alerting`]
+//! (process table, containers, pods, workload) → [`pipeline`] (GPU sessions, [`rules`], [`incidents`]) → [`alerting`]
 //! (sinks), [`output`] (JSON lines), [`metrics`]. [`run`] starts them ([`live`] is the live loop) under [`health`]'s
 //! supervision; [`config`] is the TOML configuration; [`replay`] runs recordings offline.
 
@@ -15,6 +15,7 @@ pub mod event;
 pub mod gpu;
 pub mod health;
 pub mod hook;
+pub mod incidents;
 pub mod live;
 pub mod metrics;
 pub mod output;

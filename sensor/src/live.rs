@@ -114,8 +114,12 @@ impl<W: std::io::Write> Sink<W> {
                         severity,
                     })
                     .inc();
-                self.alerting.submit(a);
                 self.print(a)
+            }
+            Out::Incident(i) => {
+                self.metrics.incident(i);
+                self.alerting.submit(i);
+                self.print(i)
             }
         }
     }

@@ -184,13 +184,17 @@ fn main() -> anyhow::Result<()> {
                 std::io::BufReader::with_capacity(1 << 20, f),
                 set,
                 cfg.rules,
+                replay::ReplayContext {
+                    workload: cfg.workload,
+                    incidents: cfg.incidents,
+                },
                 alerts_only,
                 stdout,
             )?;
             let secs = t.elapsed().as_secs_f64();
             eprintln!(
-                "replayed {} events ({} lines, {} skipped, {} errors) in {secs:.2}s: {:.0} events/s, {} alerts",
-                s.events, s.lines, s.skipped, s.errors, s.events as f64 / secs, s.alerts
+                "replayed {} events ({} lines, {} skipped, {} errors) in {secs:.2}s: {:.0} events/s, {} alerts, {} incidents",
+                s.events, s.lines, s.skipped, s.errors, s.events as f64 / secs, s.alerts, s.incidents
             );
             if s.errors > 0 {
                 std::process::exit(2);

@@ -111,7 +111,19 @@ pub struct Metrics {
     pub http_unauthorized: Counter,
     /// Events not printed because stdout was closed (`output.on_stdout_closed = "continue"`).
     pub stdout_dropped: Counter,
+    /// Incidents raised (first version), by severity.
+    pub incidents_raised: Family<SeverityLabel, Counter>,
+    /// Raised incidents open now.
+    pub incidents_open: Gauge,
+    /// The open raised incidents, latest version of each (`/incidents`).
+    pub open_incidents:
+        Arc<std::sync::Mutex<std::collections::BTreeMap<String, crate::incidents::Incident>>>,
     pub health: Health,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SeverityLabel {
+    pub severity: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -157,8 +169,16 @@ impl Metrics {
             http_rejected: Family::default(),
             http_unauthorized: Counter::default(),
             stdout_dropped: Counter::default(),
+            incidents_raised: Family::default(),
+            incidents_open: Gauge::default(),
+            open_incidents: Default::default(),
             health: Health::new(),
         };
+        for sev in ["info", "low", "medium", "high", "critical"] {
+            let _ = m.incidents_raised.get_or_create(&SeverityLabel {
+                severity: sev.into(),
+            });
+        }
         for reason in ["limit", "timeout", "tls"] {
             let _ = m.http_rejected.get_or_create(&ReasonLabel {
                 reason: reason.into(),
@@ -190,6 +210,16 @@ impl Metrics {
             "metrics_unauthorized",
             "Requests to /metrics refused for a missing or wrong bearer token",
             m.http_unauthorized.clone(),
+        );
+        r.register(
+            "incidents_raised",
+            "Incidents raised (strong signal, or evidence reaching the threshold), by severity",
+            m.incidents_raised.clone(),
+        );
+        r.register(
+            "incidents_open",
+            "Raised incidents open now",
+            m.incidents_open.clone(),
         );
         r.register(
             "stdout_dropped",
@@ -392,7 +422,31 @@ impl Metrics {
         out
     }
 
-    /// The routes: `/metrics` (bearer token checked when configured), `/healthz`, `/readyz`.
+    /// Records a version of an incident: counters, and the open set `/incidents` serves.
+    pub fn incident(&self, i: &crate::incidents::Incident) {
+        if i.version == 1 {
+            let sev = serde_json::to_value(i.severity)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            self.incidents_raised
+                .get_or_create(&SeverityLabel { severity: sev })
+                .inc();
+        }
+        let mut open = crate::health::lock(&self.open_incidents);
+        match i.state {
+            crate::incidents::State::Open => {
+                open.insert(i.id.clone(), i.clone());
+            }
+            crate::incidents::State::Closed => {
+                open.remove(&i.id);
+            }
+        }
+        self.incidents_open.set(open.len() as i64);
+    }
+
+    /// The routes: `/metrics` and `/incidents` (bearer token checked when configured),
+    /// `/healthz`, `/readyz`.
     fn router(&self, token: Option<Arc<Vec<u8>>>) -> axum::Router {
         use axum::{
             http::{header, HeaderMap, StatusCode},
@@ -401,6 +455,8 @@ impl Metrics {
             Router,
         };
         let m = self.clone();
+        let m2 = self.clone();
+        let token2 = token.clone();
         let h1 = self.health.clone();
         let h2 = self.health.clone();
         Router::new()
@@ -436,6 +492,33 @@ impl Metrics {
                             ("text/plain; version=0.0.4; charset=utf-8", m.render_text())
                         };
                         ([(header::CONTENT_TYPE, ct)], body).into_response()
+                    }
+                }),
+            )
+            .route(
+                "/incidents",
+                get(move |headers: HeaderMap| {
+                    let m = m2.clone();
+                    let token = token2.clone();
+                    async move {
+                        if let Some(t) = &token {
+                            if !bearer_ok(&headers, t) {
+                                m.http_unauthorized.inc();
+                                return (
+                                    StatusCode::UNAUTHORIZED,
+                                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                                    "unauthorized\n",
+                                )
+                                    .into_response();
+                            }
+                        }
+                        // Incidents name processes and pods: the same token as /metrics.
+                        let body = {
+                            let open = crate::health::lock(&m.open_incidents);
+                            serde_json::to_string(&open.values().collect::<Vec<_>>())
+                                .unwrap_or_else(|_| "[]".into())
+                        };
+                        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
                     }
                 }),
             )

@@ -7,13 +7,17 @@ use crate::{
     context::{container::Containers, process::ProcTable},
     event::{Ancestor, Event},
     gpu::session::{Sessions, UsageSample},
+    incidents::{Incident, Incidents, IncidentsConfig},
     rules::{Alert, Engine, Input, RuleSet, RulesConfig},
 };
 
 /// Something the pipeline emits.
 pub enum Out<'a> {
     Event(&'a Event),
+    /// A rule hit: `kind` `alert` (strong) or `evidence` (weighted).
     Alert(&'a Alert),
+    /// An incident raised, grown or closed (the sinks' unit).
+    Incident(&'a Incident),
 }
 
 pub struct Processor {
@@ -22,6 +26,7 @@ pub struct Processor {
     /// cgroup id → container; `None` when replaying (recorded events carry `container`).
     pub containers: Option<Containers>,
     pub engine: Engine,
+    pub incidents: Incidents,
     pub alerts: u64,
 }
 
@@ -32,8 +37,26 @@ impl Processor {
             sessions: Sessions::default(),
             containers,
             engine,
+            incidents: Incidents::new(IncidentsConfig::default()),
             alerts: 0,
         }
+    }
+
+    pub fn with_incidents(mut self, cfg: IncidentsConfig) -> Processor {
+        self.incidents = Incidents::new(cfg);
+        self
+    }
+
+    /// The episode tag of the event's process: its environment, else a pod annotation.
+    fn episode(&self, ev: &Event) -> Option<String> {
+        self.procs
+            .episode(ev.pid)
+            .map(str::to_string)
+            .or_else(|| {
+                ev.container
+                    .as_ref()
+                    .and_then(|c| c.annotations.values().next().cloned())
+            })
     }
 
     pub fn replace_rules(&mut self, set: Arc<RuleSet>) {
@@ -54,10 +77,17 @@ impl Processor {
         }
         emit(Out::Event(&ev))?;
         let derived = self.sessions.on_event(&ev, &self.procs);
+        let episode = self.episode(&ev);
+        self.incidents
+            .observe(&ev, &self.procs, episode.as_deref());
         self.rules(&ev, emit)?;
         if let Some(d) = derived {
             emit(Out::Event(&d))?;
+            self.incidents.observe(&d, &self.procs, episode.as_deref());
             self.rules(&d, emit)?;
+        }
+        for i in self.incidents.expire(ev.ts_ns) {
+            emit(Out::Incident(&i))?;
         }
         Ok(())
     }
@@ -72,6 +102,8 @@ impl Processor {
     ) -> Result<(), E> {
         if let Some(ev) = self.sessions.on_usage(s, ts, ts_ns) {
             emit(Out::Event(&ev))?;
+            let episode = self.episode(&ev);
+            self.incidents.observe(&ev, &self.procs, episode.as_deref());
             self.rules(&ev, emit)?;
         }
         Ok(())
@@ -92,16 +124,22 @@ impl Processor {
         }
         let session = self.sessions.session_of(ev.pid);
         facts.gpu_session = session.is_some();
-        let alerts = self.engine.process(&Input {
+        let mut alerts = self.engine.process(&Input {
             ev,
             procs: &self.procs,
             container: ev.container.as_ref(),
             facts: &facts,
             gpu_session: session,
         });
-        for a in &alerts {
+        for a in &mut alerts {
             self.alerts += 1;
+            let inc = self
+                .incidents
+                .add(a, &self.procs, facts.episode.as_deref());
             emit(Out::Alert(a))?;
+            if let Some(i) = inc {
+                emit(Out::Incident(&i))?;
+            }
         }
         Ok(())
     }

@@ -40,16 +40,29 @@ pub struct Summary {
     pub skipped: u64,
     pub errors: u64,
     pub alerts: u64,
+    /// Incidents raised.
+    pub incidents: u64,
+}
+
+/// What a replay knows beyond the rules: the workload and the incident settings.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayContext {
+    pub workload: crate::context::workload::WorkloadConfig,
+    pub incidents: crate::incidents::IncidentsConfig,
 }
 
 pub fn replay(
     input: impl BufRead,
     set: RuleSet,
     cfg: crate::rules::RulesConfig,
+    context: ReplayContext,
     alerts_only: bool,
     out: impl Write,
 ) -> anyhow::Result<Summary> {
-    let mut proc = Processor::new(ProcTable::default(), None, Engine::new(set.into(), cfg));
+    let mut procs = ProcTable::default();
+    procs.set_workload(context.workload);
+    let mut proc = Processor::new(procs, None, Engine::new(set.into(), cfg))
+        .with_incidents(context.incidents);
     let mut out = JsonLines::new(out);
     let mut s = Summary {
         lines: 0,
@@ -57,6 +70,7 @@ pub fn replay(
         skipped: 0,
         errors: 0,
         alerts: 0,
+        incidents: 0,
     };
     let mut input = input;
     let mut buf = Vec::with_capacity(4096);
@@ -116,10 +130,12 @@ pub fn replay(
             Out::Event(e) if !alerts_only => out.write(e),
             Out::Event(_) => Ok(()),
             Out::Alert(a) => out.write(a),
+            Out::Incident(i) => out.write(i),
         })?;
     }
     out.flush()?;
     s.alerts = proc.alerts;
+    s.incidents = proc.incidents.raised_total;
     Ok(s)
 }
 
@@ -157,7 +173,7 @@ mod tests {
             }
             let set = crate::rules::load::compile(&[crate::rules::load::builtin()]).unwrap();
             let mut out = Vec::new();
-            let s = replay(&input[..], set, Default::default(), false, &mut out).unwrap();
+            let s = replay(&input[..], set, Default::default(), Default::default(), false, &mut out).unwrap();
             let blank = lines.iter().filter(|l| std::str::from_utf8(l).is_ok_and(|t| t.trim().is_empty())).count() as u64;
             prop_assert_eq!(s.lines, lines.len() as u64);
             prop_assert_eq!(s.events + s.skipped + s.errors + blank, s.lines);

@@ -122,6 +122,7 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     };
     let mut procs = ProcTable::scan();
     procs.set_episode_env(cfg.context.episode_env.clone());
+    procs.set_workload(cfg.workload.clone());
     let mut start = SensorStart {
         ts: clock.rfc3339(now_boot_ns()),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -244,7 +245,8 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
             metrics: metrics.clone(),
             by_kind: Default::default(),
         },
-        proc: Processor::new(procs, Some(containers), engine),
+        proc: Processor::new(procs, Some(containers), engine)
+            .with_incidents(cfg.incidents.clone()),
         usage_rx,
         reload_rx,
         clock,

@@ -1,4 +1,5 @@
-//! Alert delivery to on-call: any number of sinks (generic JSON webhook with an HMAC-SHA256
+//! Incident delivery to on-call (each raised incident and its updates; see `crate::incidents`):
+//! any number of sinks (generic JSON webhook with an HMAC-SHA256
 //! signature, Prometheus Alertmanager v2, Slack-style incoming webhook, PagerDuty Events v2),
 //! each with its own severity filter, fingerprint dedup window and per-rule rate limit (a
 //! summary is sent for what was suppressed). Every accepted alert is first written to the
@@ -23,6 +24,7 @@ use thiserror::Error;
 use crate::{
     health::lock,
     metrics::Metrics,
+    incidents::Incident,
     rules::{Alert, Severity},
 };
 use spool::Spool;
@@ -330,9 +332,9 @@ fn hostname() -> String {
         })
 }
 
-/// What is sent: an alert, or the summary of what a rate limit held back.
+/// What is sent: an incident (a version of it), or the summary of what a rate limit held back.
 enum Payload<'a> {
-    Alert(&'a Alert),
+    Incident(&'a Incident),
     Summary {
         rule: &'a str,
         suppressed: u64,
@@ -348,11 +350,55 @@ fn lineage_text(a: &Alert) -> String {
         .join(" < ")
 }
 
+/// The incident's timeline as text lines (the latest `n` steps).
+fn timeline_text(i: &Incident, n: usize) -> String {
+    use crate::incidents::What;
+    let skip = i.timeline.len().saturating_sub(n);
+    i.timeline[skip..]
+        .iter()
+        .map(|s| {
+            let who = format!(
+                "{} {}({})",
+                s.ts,
+                s.exe.as_deref().map_or(s.comm.as_str(), |e| e.rsplit('/').next().unwrap_or(e)),
+                s.pid
+            );
+            let what = match &s.what {
+                What::Exec { argv, .. } => format!("exec {}", argv.join(" ")),
+                What::Connect {
+                    transport,
+                    local_ip,
+                    local_port,
+                    dst_ip,
+                    dst_port,
+                    ..
+                } => format!(
+                    "connect {transport} {}:{} -> {}:{}",
+                    local_ip.map(|i| i.to_string()).unwrap_or_else(|| "?".into()),
+                    local_port.unwrap_or(0),
+                    dst_ip.map(|i| i.to_string()).unwrap_or_else(|| "?".into()),
+                    dst_port.unwrap_or(0)
+                ),
+                What::Signal { rule, severity, .. } => {
+                    format!("RULE {rule} ({})", severity_str(*severity))
+                }
+                other => serde_json::to_string(other).unwrap_or_default(),
+            };
+            format!("{who} {what}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Formats the request body for a sink.
 fn format(kind: SinkKind, cfg: &SinkConfig, p: &Payload<'_>) -> serde_json::Value {
     let node = hostname();
     match (kind, p) {
-        (SinkKind::Webhook, Payload::Alert(a)) => serde_json::to_value(a).unwrap_or_default(),
+        (SinkKind::Webhook, Payload::Incident(i)) => {
+            let mut v = serde_json::to_value(i).unwrap_or_default();
+            v["node"] = json!(node);
+            v
+        }
         (
             SinkKind::Webhook,
             Payload::Summary {
@@ -366,28 +412,46 @@ fn format(kind: SinkKind, cfg: &SinkConfig, p: &Payload<'_>) -> serde_json::Valu
         }),
         (SinkKind::Alertmanager, _) => {
             let now = SystemTime::now();
+            let now_s = humantime::format_rfc3339_seconds(now).to_string();
             let ends = humantime::format_rfc3339_seconds(
                 now + Duration::from_secs(cfg.resolve_after_secs),
             )
             .to_string();
             match p {
-                Payload::Alert(a) => {
-                    let c = a.container.as_ref();
-                    json!([{
-                        "labels": {
-                            "alertname": a.rule, "severity": severity_str(a.severity), "node": node,
-                            "fingerprint": a.fingerprint,
-                            "namespace": c.and_then(|c| c.namespace.clone()).unwrap_or_default(),
-                            "pod": c.and_then(|c| c.pod.clone()).unwrap_or_default(),
-                            "exe": a.exe.clone().unwrap_or_default(),
-                        },
-                        "annotations": {
-                            "summary": a.description, "argv": a.argv.join(" "),
-                            "lineage": lineage_text(a), "episode": a.episode.clone().unwrap_or_default(),
-                            "pid": a.pid.to_string(),
-                        },
-                        "startsAt": a.ts, "endsAt": ends,
-                    }])
+                Payload::Incident(i) => {
+                    // One alert per incident id: labels that never change but the severity;
+                    // when it changes, the alert with the old severity is resolved now.
+                    let e = &i.entity;
+                    let labels = |sev: Severity| {
+                        json!({
+                            "alertname": "GpuSensorIncident", "incident": i.id,
+                            "severity": severity_str(sev), "node": node,
+                            "namespace": e.namespace.clone().unwrap_or_default(),
+                            "pod": e.pod.clone().unwrap_or_default(),
+                        })
+                    };
+                    let first = i.alerts.first();
+                    let annotations = json!({
+                        "summary": i.summary(), "rule": i.headline,
+                        "rules": i.signals.iter().map(|s| s.rule.as_str()).collect::<Vec<_>>().join(","),
+                        "score": i.score.to_string(), "version": i.version.to_string(),
+                        "episode": e.episode.clone().unwrap_or_default(),
+                        "root": format!("{} ({})", e.root_exe.as_deref().unwrap_or("?"), e.root_pid),
+                        "lineage": first.map(lineage_text).unwrap_or_default(),
+                        "timeline": timeline_text(i, 20),
+                    });
+                    let closed = i.state == crate::incidents::State::Closed;
+                    let mut out = vec![json!({
+                        "labels": labels(i.severity), "annotations": annotations,
+                        "startsAt": i.first_seen, "endsAt": if closed { &now_s } else { &ends },
+                    })];
+                    if let Some(old) = i.previous_severity {
+                        out.push(json!({
+                            "labels": labels(old), "annotations": annotations,
+                            "startsAt": i.first_seen, "endsAt": now_s,
+                        }));
+                    }
+                    serde_json::Value::Array(out)
                 }
                 Payload::Summary {
                     rule,
@@ -396,18 +460,18 @@ fn format(kind: SinkKind, cfg: &SinkConfig, p: &Payload<'_>) -> serde_json::Valu
                 } => json!([{
                     "labels": {"alertname": "GpuSensorAlertsSuppressed", "rule": rule,
                                "severity": severity_str(*severity), "node": node},
-                    "annotations": {"summary": format!("{suppressed} {rule} alerts suppressed by the rate limit")},
-                    "startsAt": humantime::format_rfc3339_seconds(now).to_string(), "endsAt": ends,
+                    "annotations": {"summary": format!("{suppressed} {rule} incident updates suppressed by the rate limit")},
+                    "startsAt": now_s, "endsAt": ends,
                 }]),
             }
         }
-        (SinkKind::Slack, Payload::Alert(a)) => json!({
+        (SinkKind::Slack, Payload::Incident(i)) => json!({
             "text": format!(
-                "[{}] {} — {}\nnode {} pid {} {} `{}`\n{}lineage: {}",
-                severity_str(a.severity).to_uppercase(), a.rule, a.description, node, a.pid,
-                a.exe.as_deref().unwrap_or(&a.comm), a.argv.join(" "),
-                a.container.as_ref().and_then(|c| c.pod.as_ref().map(|p| format!("pod {}/{}\n", c.namespace.as_deref().unwrap_or(""), p))).unwrap_or_default(),
-                lineage_text(a),
+                "[{}] {}{} — incident {} v{} on {node}\n{}",
+                severity_str(i.severity).to_uppercase(),
+                if i.state == crate::incidents::State::Closed { "CLOSED " } else { "" },
+                i.summary(), i.id, i.version,
+                timeline_text(i, 12),
             )
         }),
         (
@@ -416,33 +480,33 @@ fn format(kind: SinkKind, cfg: &SinkConfig, p: &Payload<'_>) -> serde_json::Valu
                 rule, suppressed, ..
             },
         ) => json!({
-            "text": format!("{suppressed} `{rule}` alerts suppressed by the rate limit on {node}")
+            "text": format!("{suppressed} `{rule}` incident updates suppressed by the rate limit on {node}")
         }),
         (SinkKind::Pagerduty, _) => {
-            let (summary, sev, dedup, details, class) = match p {
-                Payload::Alert(a) => (
-                    format!(
-                        "{}: {} ({} pid {})",
-                        a.rule,
-                        a.description,
-                        a.exe.as_deref().unwrap_or(&a.comm),
-                        a.pid
-                    ),
-                    a.severity,
-                    a.fingerprint.clone(),
-                    serde_json::to_value(a).unwrap_or_default(),
-                    a.rule.clone(),
+            let (summary, sev, dedup, details, class, action) = match p {
+                Payload::Incident(i) => (
+                    i.summary(),
+                    i.severity,
+                    i.id.clone(),
+                    serde_json::to_value(i).unwrap_or_default(),
+                    i.headline.clone(),
+                    if i.state == crate::incidents::State::Closed {
+                        "resolve"
+                    } else {
+                        "trigger"
+                    },
                 ),
                 Payload::Summary {
                     rule,
                     suppressed,
                     severity,
                 } => (
-                    format!("{suppressed} {rule} alerts suppressed by the rate limit"),
+                    format!("{suppressed} {rule} incident updates suppressed by the rate limit"),
                     *severity,
                     format!("summary-{rule}"),
                     json!({"suppressed": suppressed}),
                     rule.to_string(),
+                    "trigger",
                 ),
             };
             // PagerDuty severities: critical, error, warning, info.
@@ -455,7 +519,7 @@ fn format(kind: SinkKind, cfg: &SinkConfig, p: &Payload<'_>) -> serde_json::Valu
             // The routing key is added when the request is sent (`Sink::request_body`): it is a
             // secret and never reaches the spool.
             json!({
-                "event_action": "trigger", "dedup_key": dedup,
+                "event_action": action, "dedup_key": dedup,
                 "payload": {"summary": summary, "source": node, "severity": pd, "class": class,
                             "component": "gpu-sensor", "custom_details": details},
             })
@@ -666,40 +730,40 @@ impl Alerting {
         Ok(Alerting { sinks, metrics })
     }
 
-    /// Offers an alert to every sink (severity filter, dedup, rate limit, then the spool).
-    pub fn submit(&self, a: &Alert) {
+    /// Offers a version of an incident to every sink (severity filter, dedup of the same
+    /// version, rate limit per headline rule, then the spool).
+    pub fn submit(&self, i: &Incident) {
+        let version_key = format!("{}:{}", i.id, i.version);
         for s in &self.sinks {
-            if a.severity < s.cfg.min_severity {
+            let closing = i.state == crate::incidents::State::Closed;
+            if i.severity < s.cfg.min_severity {
                 continue;
             }
             let mut st = lock(&s.state);
             let now = Instant::now();
-            if st
-                .recent
-                .get(&a.fingerprint)
-                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(s.cfg.dedup_secs))
-            {
+            if st.recent.contains_key(&version_key) {
                 self.metrics.suppressed(&s.cfg.name, "dedup");
                 continue;
             }
             if st.recent.len() > 50_000 {
-                let win = Duration::from_secs(s.cfg.dedup_secs);
+                let win = Duration::from_secs(s.cfg.dedup_secs.max(1));
                 st.recent.retain(|_, t| now.duration_since(*t) < win);
             }
-            st.recent.insert(a.fingerprint.clone(), now);
+            st.recent.insert(version_key.clone(), now);
             s.roll_windows(&mut st, &self.metrics);
             let w = st
                 .windows
-                .entry(a.rule.clone())
-                .or_insert((now, 0, 0, a.severity));
-            w.3 = w.3.max(a.severity);
-            if w.1 >= s.cfg.rate_limit {
+                .entry(i.headline.clone())
+                .or_insert((now, 0, 0, i.severity));
+            w.3 = w.3.max(i.severity);
+            // A closing version always goes out: it ends what was paged.
+            if w.1 >= s.cfg.rate_limit && !closing {
                 w.2 += 1;
                 self.metrics.suppressed(&s.cfg.name, "rate_limit");
                 continue;
             }
             w.1 += 1;
-            s.enqueue(&mut st, &Payload::Alert(a), a.severity, &self.metrics);
+            s.enqueue(&mut st, &Payload::Incident(i), i.severity, &self.metrics);
         }
     }
 }
@@ -720,6 +784,8 @@ mod tests {
             rule: "ssh-forwarding-flags".into(),
             description: "d".into(),
             severity: Severity::High,
+            weight: None,
+            incident: None,
             severity_raised_by: None,
             tags: vec![],
             fingerprint: "abc".into(),
@@ -754,21 +820,44 @@ mod tests {
         }
     }
 
+    fn incident() -> Incident {
+        let mut inc = crate::incidents::Incidents::new(Default::default());
+        let mut a = alert();
+        inc.add(
+            &mut a,
+            &crate::context::process::ProcTable::default(),
+            None,
+        )
+        .expect("a strong alert raises an incident")
+    }
+
     #[test]
     fn payload_shapes() {
-        let a = alert();
+        let i = incident();
         let am = format(
             SinkKind::Alertmanager,
             &cfg(SinkKind::Alertmanager),
-            &Payload::Alert(&a),
+            &Payload::Incident(&i),
         );
-        assert_eq!(am[0]["labels"]["alertname"], "ssh-forwarding-flags");
+        assert_eq!(am[0]["labels"]["alertname"], "GpuSensorIncident");
+        assert_eq!(am[0]["labels"]["incident"], i.id.as_str());
+        assert_eq!(am[0]["annotations"]["rule"], "ssh-forwarding-flags");
         assert_eq!(am[0]["labels"]["severity"], "high");
+        assert_eq!(am.as_array().unwrap().len(), 1);
         assert!(am[0]["endsAt"].is_string() && am[0]["startsAt"] == "2026-11-27T00:00:00Z");
+        // A severity change resolves the alert with the old label.
+        let mut up = i.clone();
+        up.previous_severity = Some(Severity::Medium);
+        let am = format(
+            SinkKind::Alertmanager,
+            &cfg(SinkKind::Alertmanager),
+            &Payload::Incident(&up),
+        );
+        assert_eq!(am[1]["labels"]["severity"], "medium");
         let pd = format(
             SinkKind::Pagerduty,
             &cfg(SinkKind::Pagerduty),
-            &Payload::Alert(&a),
+            &Payload::Incident(&i),
         );
         assert_eq!(pd["event_action"].as_str(), Some("trigger"));
         assert!(
@@ -776,18 +865,35 @@ mod tests {
             "the routing key is a secret: never in the spooled body"
         );
         assert_eq!(pd["payload"]["severity"], "error");
-        assert_eq!(pd["dedup_key"], "abc");
-        let sl = format(SinkKind::Slack, &cfg(SinkKind::Slack), &Payload::Alert(&a));
-        assert!(sl["text"]
-            .as_str()
-            .unwrap()
-            .starts_with("[HIGH] ssh-forwarding-flags"));
+        assert_eq!(pd["dedup_key"], i.id.as_str());
+        let mut closed = i.clone();
+        closed.state = crate::incidents::State::Closed;
+        let pd = format(
+            SinkKind::Pagerduty,
+            &cfg(SinkKind::Pagerduty),
+            &Payload::Incident(&closed),
+        );
+        assert_eq!(pd["event_action"].as_str(), Some("resolve"));
+        let sl = format(
+            SinkKind::Slack,
+            &cfg(SinkKind::Slack),
+            &Payload::Incident(&i),
+        );
+        assert!(
+            sl["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("[HIGH] ssh-forwarding-flags"),
+            "{sl}"
+        );
         let wh = format(
             SinkKind::Webhook,
             &cfg(SinkKind::Webhook),
-            &Payload::Alert(&a),
+            &Payload::Incident(&i),
         );
-        assert_eq!(wh["rule"], "ssh-forwarding-flags");
+        assert_eq!(wh["kind"], "incident");
+        assert_eq!(wh["version"], 1);
+        assert_eq!(wh["alerts"][0]["rule"], "ssh-forwarding-flags");
         let sum = format(
             SinkKind::Webhook,
             &cfg(SinkKind::Webhook),

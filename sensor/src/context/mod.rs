@@ -4,3 +4,4 @@ pub mod container;
 pub mod kube;
 pub mod process;
 pub mod ssh_config;
+pub mod workload;

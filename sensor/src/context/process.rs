@@ -26,6 +26,11 @@ pub struct ProcFacts {
     /// For a `dns_query`: distinct names this process asked for in the query's zone within
     /// [`DNS_WINDOW_NS`] (this one included).
     pub dns_zone_names: u32,
+    /// Outbound TCP connections to external addresses it holds open now, trusted
+    /// destinations (`workload.trusted_destinations`, by SNI/Host) left out.
+    pub open_external: u64,
+    /// The nearest trusted launcher (itself or an ancestor; see `context::workload`).
+    pub launcher: Option<String>,
 }
 
 /// Window over which distinct names per zone are counted (Elastic's DNS-tunnel rule uses 5
@@ -95,8 +100,10 @@ pub struct Proc {
     pub external_connections: u64,
     /// Agent-episode tag (config `context.episode_env`), inherited by children.
     pub episode: Option<Arc<str>>,
-    /// Open outbound TCP connections: (conn_id, start ts_ns, external), oldest first.
-    pub open_conns: Vec<(Arc<str>, u64, bool)>,
+    /// Open outbound TCP connections, oldest first.
+    pub open_conns: Vec<OpenConn>,
+    /// The nearest trusted launcher: this process's program, else inherited at fork.
+    pub launcher: Option<Arc<str>>,
     /// Sent an SSH identification string (inherited by fork, reset by exec); of OpenSSH or
     /// dropbear.
     pub ssh_session: bool,
@@ -110,6 +117,25 @@ pub struct Proc {
 /// Open connections remembered per process (the oldest are dropped beyond it).
 const MAX_OPEN_CONNS: usize = 256;
 
+/// An open outbound TCP connection.
+#[derive(Debug, Clone)]
+pub struct OpenConn {
+    pub id: Arc<str>,
+    pub start_ns: u64,
+    pub external: bool,
+    pub dst: Option<(std::net::IpAddr, u16)>,
+    /// Named (TLS SNI / HTTP Host) by its first bytes.
+    pub named: bool,
+    /// The name is a trusted destination: not counted as external egress.
+    pub trusted: bool,
+}
+
+impl OpenConn {
+    fn untrusted_external(&self) -> bool {
+        self.external && !self.trusted
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ProcTable {
     procs: HashMap<u32, Proc>,
@@ -119,6 +145,11 @@ pub struct ProcTable {
     /// Reading /proc for the live host (not a replay or rule examples): `ssh` execs get the
     /// configuration they will read.
     live: bool,
+    workload: Arc<super::workload::WorkloadConfig>,
+    /// `workload.tree_boundaries`, compiled.
+    boundaries: Vec<glob::Pattern>,
+    /// The sensor and its ancestors (live only): whatever they started is not one job.
+    host_pids: std::collections::HashSet<u32>,
 }
 
 /// Reads the first of `names` set in /proc/PID/environ.
@@ -217,6 +248,53 @@ impl ProcTable {
         self.episode_env = names;
     }
 
+    /// Sets the workload knowledge; live tables also take the sensor's own ancestry as tree
+    /// boundaries.
+    pub fn set_workload(&mut self, w: super::workload::WorkloadConfig) {
+        self.boundaries = w
+            .tree_boundaries
+            .iter()
+            .filter_map(|g| glob::Pattern::new(g).ok())
+            .collect();
+        self.workload = Arc::new(w);
+        if self.live {
+            let mut cur = std::process::id();
+            while cur > 1 && self.host_pids.insert(cur) {
+                cur = self.procs.get(&cur).map_or(0, |p| p.ppid);
+            }
+        }
+    }
+
+    pub fn workload(&self) -> &super::workload::WorkloadConfig {
+        &self.workload
+    }
+
+    /// Whether the children of `pid` start process trees of their own.
+    fn is_boundary(&self, pid: u32, p: &Proc) -> bool {
+        pid <= 1
+            || self.host_pids.contains(&pid)
+            || p.exe.as_deref().is_some_and(|e| {
+                let n = e.rsplit('/').next().unwrap_or(e);
+                self.boundaries.iter().any(|g| g.matches(n))
+            })
+    }
+
+    /// The root of `pid`'s process tree: its oldest ancestor whose parent is init, a session,
+    /// service or container manager (`workload.tree_boundaries`), the sensor's own ancestry, or
+    /// unknown. Identified by (pid, start) like any process.
+    pub fn tree_root(&self, pid: u32) -> (u32, u64) {
+        let mut cur = pid;
+        for _ in 0..MAX_LINEAGE {
+            let Some(p) = self.procs.get(&cur) else { break };
+            let parent = p.ppid;
+            match self.procs.get(&parent) {
+                Some(pp) if parent != cur && !self.is_boundary(parent, pp) => cur = parent,
+                _ => break,
+            }
+        }
+        self.key(cur)
+    }
+
     /// Records `pid` (with `exe`) and its ancestors where the table does not know them yet
     /// (rule examples, replay of streams recorded without their process history).
     pub fn add_lineage(&mut self, pid: u32, exe: Option<&str>, lineage: &[Ancestor]) {
@@ -249,9 +327,12 @@ impl ProcTable {
     /// Facts the rules use about `pid`.
     /// Open outbound TCP connections of `pid` to external addresses.
     pub fn open_external(&self, pid: u32) -> usize {
-        self.procs
-            .get(&pid)
-            .map_or(0, |p| p.open_conns.iter().filter(|c| c.2).count())
+        self.procs.get(&pid).map_or(0, |p| {
+            p.open_conns
+                .iter()
+                .filter(|c| c.untrusted_external())
+                .count()
+        })
     }
 
     pub fn facts(&self, pid: u32) -> ProcFacts {
@@ -262,10 +343,20 @@ impl ProcTable {
                 external_connections: p.external_connections,
                 gpu_session: false,
                 episode: p.episode.as_deref().map(str::to_string),
-                oldest_external_start_ns: p.open_conns.iter().find(|c| c.2).map(|c| c.1),
+                oldest_external_start_ns: p
+                    .open_conns
+                    .iter()
+                    .find(|c| c.untrusted_external())
+                    .map(|c| c.start_ns),
                 ssh_session: p.ssh_session,
                 ssh_openssh: p.ssh_openssh,
                 dns_zone_names: p.dns_last,
+                open_external: p
+                    .open_conns
+                    .iter()
+                    .filter(|c| c.untrusted_external())
+                    .count() as u64,
+                launcher: p.launcher.as_deref().map(str::to_string),
             })
     }
 
@@ -273,6 +364,18 @@ impl ProcTable {
     /// (rule sequences and thresholds) so a reused pid never inherits a dead process's state.
     pub fn key(&self, pid: u32) -> (u32, u64) {
         (pid, self.procs.get(&pid).map_or(0, |p| p.start_ns))
+    }
+
+    /// The executable and arguments of `pid`, when known.
+    pub fn info(&self, pid: u32) -> (Option<String>, Vec<String>) {
+        self.procs.get(&pid).map_or((None, vec![]), |p| {
+            (p.exe.as_deref().map(str::to_string), p.argv.to_vec())
+        })
+    }
+
+    /// The episode tag of `pid`, when one was set.
+    pub fn episode(&self, pid: u32) -> Option<&str> {
+        self.procs.get(&pid).and_then(|p| p.episode.as_deref())
     }
 
     pub fn argv(&self, pid: u32) -> Vec<String> {
@@ -348,6 +451,19 @@ impl ProcTable {
                     }
                 }
                 p.argv = x.argv.clone().into();
+                // A launcher verified now (live: path and ownership through the process's
+                // root), or as recorded (replay).
+                if self.live && x.launcher.is_none() {
+                    if let Some((name, path)) = self.workload.claimed_launcher(&exe, &x.argv) {
+                        let root = std::path::PathBuf::from(format!("/proc/{}/root", ev.pid));
+                        if self.workload.trusted_path(&root, &path) {
+                            x.launcher = Some(name);
+                        }
+                    }
+                }
+                if let Some(l) = &x.launcher {
+                    p.launcher = Some(Arc::from(l.as_str()));
+                }
                 if self.live && x.ssh_config.is_none() && exe.rsplit('/').next() == Some("ssh") {
                     x.ssh_config = Some(super::ssh_config::read(
                         std::path::Path::new("/proc"),
@@ -373,6 +489,7 @@ impl ProcTable {
                     external_connections: parent.external_connections,
                     ssh_session: parent.ssh_session,
                     ssh_openssh: parent.ssh_openssh,
+                    launcher: parent.launcher,
                     ..Proc::default()
                 };
                 self.procs.insert(f.child_pid, child);
@@ -404,8 +521,14 @@ impl ProcTable {
                             if p.open_conns.len() >= MAX_OPEN_CONNS {
                                 p.open_conns.remove(0);
                             }
-                            p.open_conns
-                                .push((Arc::from(id.as_str()), ev.ts_ns, external));
+                            p.open_conns.push(OpenConn {
+                                id: Arc::from(id.as_str()),
+                                start_ns: ev.ts_ns,
+                                external,
+                                dst: n.dst_ip.zip(n.dst_port),
+                                named: false,
+                                trusted: false,
+                            });
                         }
                     }
                     if let Some(e) = p.exe.as_deref() {
@@ -416,9 +539,10 @@ impl ProcTable {
             Body::TcpClose(n) => {
                 if let Some(p) = self.procs.get_mut(&ev.pid) {
                     if let Some(id) = &n.conn_id {
-                        if let Some(i) = p.open_conns.iter().position(|c| &*c.0 == id.as_str()) {
-                            let (_, start, _) = p.open_conns.remove(i);
-                            n.duration_s = Some(ev.ts_ns.saturating_sub(start) as f64 / 1e9);
+                        if let Some(i) = p.open_conns.iter().position(|c| &*c.id == id.as_str()) {
+                            let c = p.open_conns.remove(i);
+                            n.duration_s =
+                                Some(ev.ts_ns.saturating_sub(c.start_ns) as f64 / 1e9);
                         }
                     }
                     if let Some(e) = p.exe.as_deref() {
@@ -434,6 +558,18 @@ impl ProcTable {
                         if b.starts_with("SSH-2.0-OpenSSH") || b.starts_with("SSH-2.0-dropbear") {
                             p.ssh_openssh = true;
                         }
+                    }
+                    // The connection's name (SNI / Host): a trusted destination's connection
+                    // is not external egress.
+                    let name = n.app.sni.as_deref().or(n.app.http_host.as_deref());
+                    if let Some(c) = p
+                        .open_conns
+                        .iter_mut()
+                        .rev()
+                        .find(|c| !c.named && c.dst == Some((n.dst_ip, n.dst_port)))
+                    {
+                        c.named = true;
+                        c.trusted = name.is_some_and(|h| self.workload.trusted_destination(h));
                     }
                     if let Some(e) = p.exe.as_deref() {
                         ev.exe = Some(e.to_string());
@@ -513,6 +649,7 @@ mod tests {
                 exe_unlinked: false,
                 stdio: None,
                 ssh_config: None,
+                launcher: None,
             }),
         );
         t.apply(&mut e);
@@ -553,6 +690,7 @@ mod tests {
                     exe_unlinked: false,
                     stdio: None,
                     ssh_config: None,
+                    launcher: None,
                 }),
             );
             e.ppid = ppid;

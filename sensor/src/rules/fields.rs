@@ -162,6 +162,10 @@ fields! {
     ExeFileless: "exe.fileless", &[], Type::Bool, Carried::Any, "the program runs from no file on disk: unlinked, run through `/dev/fd/N` or `/proc/*/fd/N`, or a `/memfd:` / `(deleted)` executable";
     ProcStdinProgram: "proc.stdin_program", &[], Type::Bool, Carried::Any, "a shell or interpreter reading its program from stdin (no script, no `-c`/`-e`/`-m` code): what a remote operator types into";
     ParentOpenExternal: "parent.open_external_connections", &[], Type::Int, Carried::Any, "outbound TCP connections to external addresses the parent holds open";
+    ProcOpenExternal: "proc.open_external_connections", &[], Type::Int, Carried::Any, "outbound TCP connections to external addresses the process holds open now, those named (TLS SNI / HTTP Host) as a trusted destination (`workload.trusted_destinations`) left out";
+    ProcLauncher: "proc.launcher", &[], Type::Str, Carried::Any, "the nearest trusted workload launcher, the process itself or an ancestor (`torchrun`, `jupyter-lab`, `torch.distributed.run`, …): named in `workload.launchers` and its file root-owned under `workload.system_dirs`";
+    ProcInWorkload: "proc.in_workload", &[], Type::Bool, Carried::Any, "`proc.launcher` is set: the process runs under a trusted launcher";
+    DstTrusted: "dst.trusted", &[], Type::Bool, Carried::Only(&[Kind::NetPayload]), "the TLS SNI or HTTP Host is a trusted destination (`workload.trusted_destinations`)";
     ProcScript: "proc.script", &[], Type::Str, Carried::Any, "the script an interpreter (sh, bash, python, perl, ruby, php, node, lua, …) runs: its first non-option argument (absent for `-c`/`-m`/`-e` code)";
 }
 
@@ -662,6 +666,19 @@ impl Ctx<'_> {
                 .first()
                 .map_or(0, |a| self.procs.open_external(a.pid))
                 as i64),
+            Field::ProcOpenExternal => Int(self.facts.open_external as i64),
+            Field::ProcLauncher => opt(self.facts.launcher.as_deref()),
+            Field::ProcInWorkload => Bool(self.facts.launcher.is_some()),
+            Field::DstTrusted => match &ev.body {
+                Body::NetPayload(p) => Bool(
+                    p.app
+                        .sni
+                        .as_deref()
+                        .or(p.app.http_host.as_deref())
+                        .is_some_and(|h| self.procs.workload().trusted_destination(h)),
+                ),
+                _ => Null,
+            },
             Field::ProcScript => {
                 let argv = self.argv();
                 let name = self.exe().map(basename).unwrap_or(&ev.comm);

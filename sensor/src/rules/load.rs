@@ -77,6 +77,11 @@ pub struct RuleDef {
     pub sequence: Option<SeqDef>,
     #[serde(default)]
     pub threshold: Option<Threshold>,
+    /// Evidence, not an incident on its own: the rule's hits add this weight to the incident
+    /// of their entity (pod, episode or process tree), which is raised when the weights of
+    /// distinct rules reach `incidents.threshold`. Without it a hit raises an incident at once.
+    #[serde(default)]
+    pub weight: Option<u32>,
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Replace a rule with the same id defined earlier (e.g. a built-in one).
@@ -531,6 +536,7 @@ pub fn compile(sources: &[Source]) -> Result<RuleSet, LoadError> {
                 exceptions,
                 sequence,
                 threshold: d.threshold.clone(),
+                weight: d.weight,
                 enabled: d.enabled,
                 def: d.clone(),
                 source: s.name.clone(),
@@ -581,7 +587,7 @@ mod tests {
         // A list: extending needs `append_lists`.
         let e = compile(&[
             builtin(),
-            src("l.yaml", "lists:\n  gpu_workload_launchers: [python3]\n"),
+            src("l.yaml", "lists:\n  shells: [python3]\n"),
         ])
         .unwrap_err();
         assert!(e.reason.contains("append_lists"), "{e}");
@@ -589,7 +595,7 @@ mod tests {
             builtin(),
             src(
                 "l.yaml",
-                "append_lists:\n  gpu_workload_launchers: [mylauncher]\n",
+                "append_lists:\n  shells: [mylauncher]\n",
             ),
         ])
         .unwrap();

@@ -49,7 +49,7 @@ impl Severity {
 pub enum Scoped {
     #[default]
     Process,
-    /// The process tree: keyed by the oldest known ancestor below init.
+    /// The process tree: keyed by its root (`ProcTable::tree_root`).
     Tree,
     /// The container (cgroup).
     Container,
@@ -82,6 +82,8 @@ pub struct Rule {
     pub exceptions: Vec<Expr>,
     pub sequence: Option<Sequence>,
     pub threshold: Option<Threshold>,
+    /// Evidence weight (see [`load::RuleDef::weight`]); `None`: a strong signal.
+    pub weight: Option<u32>,
     pub enabled: bool,
     pub kinds: Option<Vec<Kind>>,
     pub def: load::RuleDef,
@@ -158,14 +160,22 @@ impl Default for RulesConfig {
     }
 }
 
-/// An alert, printed as `{"kind": "alert", …}`.
+/// A rule hit, printed as `{"kind": "alert", …}` for a strong rule and `{"kind": "evidence",
+/// …}` for a weighted one. Sinks receive the incident it joins, not the hit.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Alert {
+    /// `alert` or `evidence`.
     pub kind: String,
     pub ts: String,
     pub rule: String,
     pub description: String,
     pub severity: Severity,
+    /// Evidence weight; absent for a strong signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// The incident this hit joined (see `crate::incidents`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub severity_raised_by: Option<String>,
     pub tags: Vec<String>,
@@ -264,15 +274,7 @@ impl Engine {
         match by {
             Scoped::Process => ScopeKey::Process(cx.procs.key(ev.pid)),
             Scoped::Container => ScopeKey::Container(ev.cgroup_id),
-            Scoped::Tree => ScopeKey::Process(
-                cx.procs.key(
-                    cx.lin()
-                        .iter()
-                        .take_while(|a| a.pid != 1)
-                        .last()
-                        .map_or(ev.pid, |a| a.pid),
-                ),
-            ),
+            Scoped::Tree => ScopeKey::Process(cx.procs.tree_root(ev.pid)),
         }
     }
 
@@ -461,11 +463,13 @@ impl Engine {
         }
         self.dedup.insert(fingerprint.clone(), ev.ts_ns);
         Some(Alert {
-            kind: "alert".into(),
+            kind: if r.weight.is_some() { "evidence" } else { "alert" }.into(),
             ts: ev.ts.clone(),
             rule: r.id.clone(),
             description: r.description.clone(),
             severity,
+            weight: r.weight,
+            incident: None,
             severity_raised_by: raised_by,
             tags: r.tags.clone(),
             fingerprint,
