@@ -3,7 +3,8 @@
 # builds it. Idempotent: a second run only checks and rebuilds what changed.
 #   Debian packages: rustc-web cargo-web rust-web-src (rustc 1.96, used with RUSTC_BOOTSTRAP=1
 #   for the eBPF crate) and llvm-22-dev; bpf-linker 0.13.0 built against LLVM 22; the real tools
-#   the integration tests drive (openssh, autossh, socat, ncat, dropbear, paramiko).
+#   the integration tests drive (openssh, autossh, socat, ncat, dropbear, paramiko), and the
+#   benign corpus: Debian's PyTorch (CPU; torchrun) and a venv with Jupyter Lab and TensorBoard.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,8 @@ fi
 
 PKGS=(rustc-web cargo-web rust-web-src llvm-22-dev build-essential pkg-config ca-certificates
       openssh-server openssh-client autossh socat ncat dropbear-bin python3 iproute2 procps
-      prometheus prometheus-alertmanager curl openssl python3-paramiko)
+      prometheus prometheus-alertmanager curl openssl python3-paramiko git
+      python3-torch python3-venv)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,6 +26,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The benign corpus (tests/tests/incidents.rs): Jupyter Lab and TensorBoard are not packaged
+# for this Debian release; a venv over Debian's python3 (which has Debian's torch) holds them.
+CORPUS=/opt/gpu-sensor-corpus
+if [ ! -x "$CORPUS/bin/jupyter-lab" ] || [ ! -x "$CORPUS/bin/tensorboard" ]; then
+  echo "setup.sh: creating $CORPUS (jupyterlab, tensorboard)"
+  /usr/bin/python3 -m venv --system-site-packages "$CORPUS"
+  "$CORPUS/bin/pip" install --quiet --disable-pip-version-check 'jupyterlab==4.*' 'tensorboard==2.*'
 fi
 
 # The agent builds with the machine's cargo (rustup's when present, else Debian's cargo-web).

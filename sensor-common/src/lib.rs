@@ -406,6 +406,11 @@ pub struct NetEvent {
     /// cookie_key`), so connect and close can be paired without exposing kernel addresses.
     /// 0 when unknown.
     pub cookie: u64,
+    /// Local side of a TCP connect (as `addr`), read from the socket when connect(2) returns
+    /// (the port is bound by then); zero when unknown (a failed connect, bind/listen).
+    pub local_addr: [u8; 16],
+    pub local_port: u16,
+    pub _pad: [u16; 3],
 }
 
 /// The first data segment of a new outbound TCP connection, or a DNS datagram, as it leaves the
@@ -823,6 +828,10 @@ offsets! {
     skc_daddr = OffsetSource::Btf("sock_common", "skc_daddr");
     skc_dport = OffsetSource::Btf("sock_common", "skc_dport");
     skc_v6_daddr = OffsetSource::Btf("sock_common", "skc_v6_daddr");
+    /// The local side: port (host order, bound by connect(2) once it returns) and address.
+    skc_num = OffsetSource::Btf("sock_common", "skc_num");
+    skc_rcv_saddr = OffsetSource::Btf("sock_common", "skc_rcv_saddr");
+    skc_v6_rcv_saddr = OffsetSource::Btf("sock_common", "skc_v6_rcv_saddr");
     // struct files_struct / fdtable
     files_fdt = OffsetSource::Btf("files_struct", "fdt");
     fdt_max_fds = OffsetSource::Btf("fdtable", "max_fds");
@@ -997,15 +1006,17 @@ const _: () = assert!(offset_of!(ExecEvent, filename) == 104);
 const _: () = assert!(offset_of!(ExecEvent, args) == 104 + FILENAME_MAX);
 const _: () = assert!(size_of::<ForkEvent>() == 72);
 const _: () = assert!(size_of::<ExitEvent>() == 72);
-const _: () = assert!(size_of::<NetEvent>() == 104);
+const _: () = assert!(size_of::<NetEvent>() == 128);
+const _: () = assert!(offset_of!(NetEvent, local_addr) == 104);
+const _: () = assert!(offset_of!(NetEvent, local_port) == 120);
 const _: () = assert!(offset_of!(NetEvent, cookie) == 96);
 const _: () = assert!(offset_of!(NetEvent, ret) == 64);
 const _: () = assert!(offset_of!(NetEvent, family) == 72);
 const _: () = assert!(offset_of!(NetEvent, addr) == 80);
-const _: () = assert!(size_of::<Offsets>() == 52 * 4);
+const _: () = assert!(size_of::<Offsets>() == 55 * 4);
 const _: () = assert!(Offsets::FIELDS.len() * 4 == size_of::<Offsets>());
-const _: () = assert!(size_of::<ProgConfig>() == 52 * 4 + 16);
-const _: () = assert!(offset_of!(ProgConfig, cookie_key) == 52 * 4 + 8);
+const _: () = assert!(size_of::<ProgConfig>() == 55 * 4 + 20);
+const _: () = assert!(offset_of!(ProgConfig, cookie_key) == 55 * 4 + 12);
 const _: () = assert!(size_of::<NetPayloadEvent>() == 64 + 16 + 16 + 8 + PAYLOAD_LEN);
 const _: () = assert!(offset_of!(NetPayloadEvent, data) == 104);
 const _: () = assert!(size_of::<GpuIoctlEvent>() == 64 + 48 + GPU_ARG_LEN);

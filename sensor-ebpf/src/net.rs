@@ -41,7 +41,10 @@ pub struct Pending {
     sk: u64,
     /// Thread group that made the connection (a close may run in any context).
     owner: u32,
-    _pad: u32,
+    /// Local port and address of a TCP connect, once SYN_SENT bound them (0 before).
+    local_port: u16,
+    _pad: u16,
+    local_addr: [u8; 16],
 }
 
 /// Outbound TCP connections being followed until TCP_CLOSE, by `struct sock *`.
@@ -115,7 +118,9 @@ fn enter(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> 
         addr: [0; 16],
         sk: 0,
         owner: (bpf_get_current_pid_tgid() >> 32) as u32,
+        local_port: 0,
         _pad: 0,
+        local_addr: [0; 16],
     };
     if !read_sockaddr(ptr, len, &mut p)? {
         return Ok(());
@@ -149,6 +154,17 @@ fn exit(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> {
     }
     let o = &config().offsets;
     let ret = or_count(hook, ctx_field::<i64>(ctx, o.tp_exit_ret), 0);
+    let mut p = p;
+    if k == kind::CONNECT && (ret == 0 || ret == -EINPROGRESS) && p.sk != 0 {
+        // The local side, bound by now: what a firewall's log line shows for this connection.
+        p.local_port = or_count(hook, read::<u16>(p.sk, o.skc_num), 0);
+        if p.family == AF_INET {
+            p.local_addr[..4]
+                .copy_from_slice(&or_count(hook, read::<[u8; 4]>(p.sk, o.skc_rcv_saddr), [0; 4]));
+        } else if p.family == AF_INET6 {
+            p.local_addr = or_count(hook, read::<[u8; 16]>(p.sk, o.skc_v6_rcv_saddr), [0; 16]);
+        }
+    }
     let emitted = emit_net(k, 0, ret as i32, p.fd, &p);
     // Followed even when the record was lost, as before.
     if k == kind::CONNECT
@@ -193,7 +209,9 @@ fn dup_exit(ctx: &TracePointContext) -> Result<(), ProbeError> {
         addr: s.addr,
         sk: s.sk,
         owner: (bpf_get_current_pid_tgid() >> 32) as u32,
+        local_port: 0,
         _pad: 0,
+        local_addr: [0; 16],
     };
     emit_net(kind::SOCK_DUP, 0, 0, ret as i32, &p)
 }
@@ -228,6 +246,9 @@ fn emit_net(k: u32, fl: u32, ret: i32, fd: i32, p: &Pending) -> Result<(), Probe
             } else {
                 p.sk ^ config().cookie_key
             };
+            (*ev).local_addr = p.local_addr;
+            (*ev).local_port = p.local_port;
+            (*ev)._pad = [0; 3];
         }
         Ok(())
     })
@@ -301,7 +322,9 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), ProbeError> {
         addr: [0; 16],
         sk,
         owner: (id >> 32) as u32,
+        local_port: if listen { 0 } else { sport },
         _pad: 0,
+        local_addr: [0; 16],
     };
     if family == AF_INET {
         let off = if listen {
@@ -310,6 +333,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), ProbeError> {
             o.tp_iss_daddr
         };
         p.addr[..4].copy_from_slice(&(field(&r, off, 4)? as u32).to_le_bytes());
+        if !listen {
+            p.local_addr[..4]
+                .copy_from_slice(&(field(&r, o.tp_iss_saddr, 4)? as u32).to_le_bytes());
+        }
     } else {
         let off = if listen {
             o.tp_iss_saddr_v6
@@ -318,6 +345,11 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), ProbeError> {
         };
         p.addr[..8].copy_from_slice(&field(&r, off, 8)?.to_le_bytes());
         p.addr[8..].copy_from_slice(&field(&r, off.wrapping_add(8), 8)?.to_le_bytes());
+        if !listen {
+            let l = o.tp_iss_saddr_v6;
+            p.local_addr[..8].copy_from_slice(&field(&r, l, 8)?.to_le_bytes());
+            p.local_addr[8..].copy_from_slice(&field(&r, l.wrapping_add(8), 8)?.to_le_bytes());
+        }
     }
     if listen {
         emit_net(kind::LISTEN, 0, 0, -1, &p)
@@ -359,6 +391,9 @@ fn tcp_close(ctx: &TracePointContext) -> Result<(), ProbeError> {
             (*ev).protocol = p.protocol;
             (*ev).addr = p.addr;
             (*ev).cookie = sk ^ config().cookie_key;
+            (*ev).local_addr = p.local_addr;
+            (*ev).local_port = p.local_port;
+            (*ev)._pad = [0; 3];
         }
         Ok(())
     })

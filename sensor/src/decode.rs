@@ -174,8 +174,16 @@ fn decode_net(n: &NetEvent, k: u32) -> Net {
         protocol: protocol_name(n.protocol),
         dst_ip: connect.then_some(ip),
         dst_port: connect.then_some(n.port),
-        local_ip: (!connect).then_some(ip),
-        local_port: (!connect).then_some(n.port),
+        local_ip: if connect {
+            (n.local_port != 0).then(|| ip_addr(n.family, &n.local_addr))
+        } else {
+            Some(ip)
+        },
+        local_port: if connect {
+            (n.local_port != 0).then_some(n.local_port)
+        } else {
+            Some(n.port)
+        },
         fd: (n.fd >= 0).then_some(n.fd),
         result,
         errno,

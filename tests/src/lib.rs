@@ -12,6 +12,7 @@ use std::{
 
 use sensor::{
     event::{Body, Event, Exec, Exit, Fork, GpuIoctl, GpuOpen, GpuSession, Kind, Net, NetPayload},
+    incidents::Incident,
     output::{RulesReload, SensorStart, Status},
     rules::Alert,
 };
@@ -61,7 +62,10 @@ pub fn require_root(test: &str) -> bool {
 #[derive(Debug, Clone)]
 pub enum Record {
     Event(Box<Event>),
+    /// A rule hit: `kind` is `alert` (a strong rule) or `evidence` (a weighted one).
     Alert(Box<Alert>),
+    /// A version of an incident.
+    Incident(Box<Incident>),
     /// `sensor_start`, `loss`, `decode_error`, `rules_reload`.
     Status(Box<Status>),
 }
@@ -71,7 +75,12 @@ impl Record {
     /// alert into `sensor::rules::Alert`; anything else is an error.
     pub fn from_value(v: &Value) -> Result<Record, String> {
         let kind = v["kind"].as_str().unwrap_or("");
-        if kind == "alert" {
+        if kind == "incident" {
+            return serde_json::from_value(v.clone())
+                .map(|i| Record::Incident(Box::new(i)))
+                .map_err(|e| format!("incident does not deserialize ({e}): {v}"));
+        }
+        if kind == "alert" || kind == "evidence" {
             return serde_json::from_value(v.clone())
                 .map(|a| Record::Alert(Box::new(a)))
                 .map_err(|e| format!("alert does not deserialize ({e}): {v}"));
@@ -94,9 +103,24 @@ impl Record {
         match self {
             Record::Event(e) => Some(e.pid),
             Record::Alert(a) => Some(a.pid),
-            Record::Status(_) => None,
+            Record::Incident(_) | Record::Status(_) => None,
         }
     }
+}
+
+/// The latest version of each incident among `records`, in order of first appearance.
+pub fn latest_incidents(records: &[Record]) -> Vec<Incident> {
+    let mut out: Vec<Incident> = vec![];
+    for r in records {
+        if let Record::Incident(i) = r {
+            match out.iter_mut().find(|x| x.id == i.id) {
+                Some(x) if x.version <= i.version => *x = (**i).clone(),
+                Some(_) => {}
+                None => out.push((**i).clone()),
+            }
+        }
+    }
+    out
 }
 
 /// A record known to be an event, as the sensor's own type.
@@ -337,6 +361,26 @@ impl Sensor {
             Record::Alert(a) if pred(a) => Some((**a).clone()),
             _ => None,
         })
+    }
+
+    /// Waits until a version of an incident matches `pred`; returns a copy of it.
+    pub fn wait_incident(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Incident) -> bool,
+    ) -> Option<Incident> {
+        self.wait_for(timeout, |r| match r {
+            Record::Incident(i) if pred(i) => Some((**i).clone()),
+            _ => None,
+        })
+    }
+
+    /// The latest version of every incident so far that matches `pred`.
+    pub fn incidents(&self, pred: impl Fn(&Incident) -> bool) -> Vec<Incident> {
+        latest_incidents(&self.records())
+            .into_iter()
+            .filter(|i| pred(i))
+            .collect()
     }
 
     /// All `rules_reload` records so far that match `pred`.
