@@ -183,7 +183,7 @@ fn webhook_slack_pagerduty_with_hmac_retries_and_rate_limit() {
             }) && h
                 .iter()
                 .filter(|r| {
-                    serde_json::from_slice::<Value>(&r.body).is_ok_and(|v| v["kind"] == "alert")
+                    serde_json::from_slice::<Value>(&r.body).is_ok_and(|v| v["kind"] == "incident")
                 })
                 .count()
                 >= 5
@@ -198,13 +198,13 @@ fn webhook_slack_pagerduty_with_hmac_retries_and_rate_limit() {
             .collect::<Vec<_>>()
     );
     let h = hooks();
-    // The first alert was attempted through two 500s and a timeout before it was accepted.
+    // The first incident was attempted through two 500s and a timeout before it was accepted.
     let first: Value = serde_json::from_slice(&h[0].body).unwrap();
     let retries = h
         .iter()
         .filter(|r| {
             serde_json::from_slice::<Value>(&r.body)
-                .is_ok_and(|v| v["fingerprint"] == first["fingerprint"])
+                .is_ok_and(|v| v["id"] == first["id"] && v["version"] == first["version"])
         })
         .count();
     assert!(
@@ -226,12 +226,11 @@ fn webhook_slack_pagerduty_with_hmac_retries_and_rate_limit() {
     let alerts: Vec<Value> = h
         .iter()
         .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
-        .filter(|v| v["kind"] == "alert")
+        .filter(|v| v["kind"] == "incident")
         .collect();
-    let distinct: std::collections::HashSet<String> = alerts
-        .iter()
-        .map(|a| a["fingerprint"].to_string())
-        .collect();
+    // Each trigger is its own process tree: its own incident.
+    let distinct: std::collections::HashSet<String> =
+        alerts.iter().map(|a| a["id"].to_string()).collect();
     assert_eq!(
         distinct.len(),
         2,
@@ -244,8 +243,13 @@ fn webhook_slack_pagerduty_with_hmac_retries_and_rate_limit() {
         .unwrap();
     assert_eq!(summary["suppressed"], 2);
     assert_eq!(summary["rule"], "alerting-test-marker");
-    assert_eq!(alerts[0]["rule"], "alerting-test-marker");
-    assert!(alerts[0]["lineage"].is_array());
+    assert_eq!(alerts[0]["headline"], "alerting-test-marker");
+    assert_eq!(alerts[0]["version"], 1);
+    assert_eq!(alerts[0]["alerts"][0]["rule"], "alerting-test-marker");
+    assert!(alerts[0]["alerts"][0]["lineage"].is_array());
+    assert!(alerts[0]["timeline"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|s| s["step"] == "exec")));
 
     // Slack got all four as text; PagerDuty got none (min_severity critical > high).
     assert!(wait_until(10, || other
@@ -364,7 +368,7 @@ fn kill_and_restart_while_the_receiver_is_down_loses_nothing() {
         .unwrap()
         .iter()
         .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
-        .filter_map(|v| v["pid"].as_u64())
+        .filter_map(|v| v["alerts"][0]["pid"].as_u64())
         .collect();
     assert_eq!(
         delivered,
@@ -444,7 +448,7 @@ fn real_alertmanager_receives_the_alerts() {
     let ok = wait_until(30, || {
         fetch()
             .iter()
-            .any(|a| a["labels"]["alertname"] == "alerting-test-marker")
+            .any(|a| a["annotations"]["rule"] == "alerting-test-marker")
     });
     let alerts = fetch();
     let _ = am.kill();
@@ -452,8 +456,11 @@ fn real_alertmanager_receives_the_alerts() {
     assert!(ok, "alert not in Alertmanager: {alerts:?}");
     let a = alerts
         .iter()
-        .find(|a| a["labels"]["alertname"] == "alerting-test-marker")
+        .find(|a| a["annotations"]["rule"] == "alerting-test-marker")
         .unwrap();
+    // One Alertmanager alert per incident, named by its id.
+    assert_eq!(a["labels"]["alertname"], "GpuSensorIncident");
+    assert!(a["labels"]["incident"].as_str().is_some_and(|i| i.len() == 16));
     assert_eq!(a["labels"]["severity"], "high");
     assert_eq!(a["annotations"]["pid"], pid.to_string());
     assert_eq!(a["status"]["state"], "active");

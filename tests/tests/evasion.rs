@@ -499,7 +499,8 @@ while True:
         },
     );
 
-    // 10. A hand-written relay: holds an external connection, then connects to a local service.
+    // 10. A hand-written relay: holds an external connection, then connects to the local SSH
+    //     server (a reverse tunnel exposing a shell, with no ssh client anywhere).
     let t0 = Instant::now();
     let _ = Command::new(py)
         .args([
@@ -508,7 +509,7 @@ while True:
                 "import socket,time\n\
              up=socket.create_connection(('{EXT}',{pool}))\n\
              time.sleep(2.5)\n\
-             down=socket.create_connection(('127.0.0.1',{target}))\n\
+             down=socket.create_connection(('127.0.0.1',{SSHD_PORT}))\n\
              time.sleep(0.3)"
             ),
         ])
@@ -520,7 +521,15 @@ while True:
         "relay: external link, then a local service",
         "relay-external-to-local",
         t0,
-        |a| a.event.net().is_some_and(|n| n.dst_port == Some(target)),
+        |a| a.event.net().is_some_and(|n| n.dst_port == Some(SSHD_PORT)),
+    );
+    expect(
+        &s,
+        &mut rows,
+        "relay: external link carried into the local sshd",
+        "relay-into-local-login-service",
+        t0,
+        |a| a.event.net().is_some_and(|n| n.dst_port == Some(SSHD_PORT)),
     );
 
     // 11. Disguised binaries: a daemon's name in /tmp, a kernel-thread argv[0].
@@ -645,21 +654,33 @@ while True:
                 || a.comm.starts_with("sshd"))
     });
 
+    // Incidents as printed so far (an evidence-only rule hit joins one that may not be raised).
+    let incidents = sensor_tests::latest_incidents(&s.records());
+    let incident_of = |a: &Alert| {
+        a.incident
+            .as_deref()
+            .and_then(|id| incidents.iter().find(|i| i.id == id))
+    };
     // The recall table.
-    println!("\n| attack | expected rule | got | latency |\n|---|---|---|---|");
+    println!("\n| attack | expected rule | got | incident (score, severity) | latency |\n|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | `{}` | {} | {} |",
+            "| {} | `{}` | {} | {} | {} |",
             r.attack,
             r.rule,
             match &r.got {
                 Some(a) => format!(
-                    "yes ({:?}, pid {}, {})",
+                    "yes ({} {:?}, pid {}, {})",
+                    a.kind,
                     a.severity,
                     a.pid,
                     a.exe.as_deref().unwrap_or(&a.comm)
                 ),
                 None => "**no**".into(),
+            },
+            match r.got.as_ref().and_then(|a| incident_of(a)) {
+                Some(i) => format!("{} ({}, {:?})", i.id, i.score, i.severity),
+                None => "**none**".into(),
             },
             if r.got.is_some() {
                 format!("≤ {} ms", r.latency.as_millis())
@@ -670,7 +691,7 @@ while True:
     }
     for r in &erows {
         println!(
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | - | {} |",
             r.attack,
             r.what,
             r.got.as_deref().unwrap_or("**no**"),
@@ -681,6 +702,12 @@ while True:
             }
         );
     }
+    // Every attack is an incident that pages, not only a rule hit.
+    let unraised: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|r| r.got.as_ref().is_some_and(|a| incident_of(a).is_none()))
+        .map(|r| (r.attack, r.rule))
+        .collect();
     let mut missed: Vec<_> = rows
         .iter()
         .filter(|r| r.got.is_none())
@@ -693,5 +720,6 @@ while True:
     }
     drop(s.stop());
     assert!(missed.is_empty(), "missed: {missed:?}");
+    assert!(unraised.is_empty(), "caught but raised no incident: {unraised:?}");
     assert!(noisy.is_empty(), "benign look-alikes alerted: {noisy:#?}");
 }

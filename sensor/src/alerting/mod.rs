@@ -435,6 +435,7 @@ fn format(kind: SinkKind, cfg: &SinkConfig, p: &Payload<'_>) -> serde_json::Valu
                         "summary": i.summary(), "rule": i.headline,
                         "rules": i.signals.iter().map(|s| s.rule.as_str()).collect::<Vec<_>>().join(","),
                         "score": i.score.to_string(), "version": i.version.to_string(),
+                        "pid": first.map(|a| a.pid.to_string()).unwrap_or_default(),
                         "episode": e.episode.clone().unwrap_or_default(),
                         "root": format!("{} ({})", e.root_exe.as_deref().unwrap_or("?"), e.root_pid),
                         "lineage": first.map(lineage_text).unwrap_or_default(),

@@ -150,6 +150,29 @@ pub struct ProcTable {
     boundaries: Vec<glob::Pattern>,
     /// The sensor and its ancestors (live only): whatever they started is not one job.
     host_pids: std::collections::HashSet<u32>,
+    /// TCP ports login services (`workload.login_services`) listen on: from their listen
+    /// events, and at start-up from /proc (their sockets in /proc/net/tcp{,6}).
+    login_ports: std::collections::HashSet<u16>,
+}
+
+/// Ports of listening TCP sockets (state 0A) in `/proc/net/tcp{,6}` text whose inode is in
+/// `inodes` (proc(5): `sl local_address rem_address st … inode`).
+fn listening_ports(table: &str, inodes: &std::collections::HashSet<u64>) -> Vec<u16> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                return None;
+            }
+            let inode: u64 = f[9].parse().ok()?;
+            if !inodes.contains(&inode) {
+                return None;
+            }
+            u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()
+        })
+        .collect()
 }
 
 /// Reads the first of `names` set in /proc/PID/environ.
@@ -258,6 +281,7 @@ impl ProcTable {
             .collect();
         self.workload = Arc::new(w);
         if self.live {
+            self.scan_login_ports();
             let mut cur = std::process::id();
             while cur > 1 && self.host_pids.insert(cur) {
                 cur = self.procs.get(&cur).map_or(0, |p| p.ppid);
@@ -267,6 +291,38 @@ impl ProcTable {
 
     pub fn workload(&self) -> &super::workload::WorkloadConfig {
         &self.workload
+    }
+
+    /// Whether a login service listens on TCP `port` here.
+    pub fn login_port(&self, port: u16) -> bool {
+        self.login_ports.contains(&port)
+    }
+
+    /// Finds the ports the running login services listen on (live start-up): their socket
+    /// inodes from /proc/PID/fd, matched against /proc/net/tcp{,6}.
+    fn scan_login_ports(&mut self) {
+        let mut inodes = std::collections::HashSet::new();
+        for (pid, p) in &self.procs {
+            if !p.exe.as_deref().is_some_and(|e| self.workload.is_login_service(e)) {
+                continue;
+            }
+            let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+            for fd in fds.flatten() {
+                if let Ok(l) = fs::read_link(fd.path()) {
+                    let l = l.to_string_lossy();
+                    if let Some(n) = l.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                        if let Ok(n) = n.parse() {
+                            inodes.insert(n);
+                        }
+                    }
+                }
+            }
+        }
+        for t in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            if let Ok(text) = fs::read_to_string(t) {
+                self.login_ports.extend(listening_ports(&text, &inodes));
+            }
+        }
     }
 
     /// Whether the children of `pid` start process trees of their own.
@@ -536,6 +592,18 @@ impl ProcTable {
                     }
                 }
             }
+            Body::Listen(n) => {
+                if let Some(p) = self.procs.get(&ev.pid) {
+                    if let (Some(e), Some(port)) = (p.exe.as_deref(), n.local_port) {
+                        if self.workload.is_login_service(e) {
+                            self.login_ports.insert(port);
+                        }
+                    }
+                    if let Some(e) = p.exe.as_deref() {
+                        ev.exe = Some(e.to_string());
+                    }
+                }
+            }
             Body::TcpClose(n) => {
                 if let Some(p) = self.procs.get_mut(&ev.pid) {
                     if let Some(id) = &n.conn_id {
@@ -715,6 +783,87 @@ mod tests {
         assert_eq!(pids, vec![11, 10, 1]);
         assert_eq!(l[0].exe.as_deref(), Some("/bin/sh"));
         assert_eq!(l[1].exe.as_deref(), Some("/usr/bin/python3"));
+    }
+
+    #[test]
+    fn login_ports_from_proc_net_tcp() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1111 1 0 100 0 0 10 0\n\
+   1: 0100007F:08AF 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2222 1 0 100 0 0 10 0\n\
+   2: 0100007F:9C40 0100007F:0016 01 00000000:00000000 00:00000000 00000000     0        0 1111 1 0 100 0 0 10 0\n";
+        let inodes = [1111u64].into_iter().collect();
+        // Only the listening socket of the login service: not another program's, not a
+        // connected socket with the same inode number.
+        assert_eq!(listening_ports(table, &inodes), vec![22]);
+    }
+
+    #[test]
+    fn trees_stop_at_boundaries_and_trusted_connections_are_not_egress() {
+        let mut t = ProcTable::default();
+        t.set_workload(crate::context::workload::WorkloadConfig::default());
+        // init → sshd → bash → python3 (agent) → bash (tool)
+        let chain = [(1, 10, "/usr/sbin/sshd"), (10, 11, "/usr/bin/bash"), (11, 12, "/usr/bin/python3"), (12, 13, "/usr/bin/bash")];
+        for (pp, pid, exe) in chain {
+            let mut f = ev(pp, Body::Fork(crate::event::Fork { child_pid: pid }));
+            t.apply(&mut f);
+            let mut x = ev(pid, Body::Exec(Exec {
+                filename: exe.into(),
+                argv: vec![exe.into()],
+                args_truncated: false,
+                args_size: 4,
+                filename_truncated: false,
+                args_unreadable: false,
+                exe_unlinked: false,
+                stdio: None,
+                ssh_config: None,
+                launcher: None,
+            }));
+            x.ppid = pp;
+            t.apply(&mut x);
+        }
+        // sshd is a boundary: the login shell roots the tree.
+        assert_eq!(t.tree_root(13).0, 11);
+        assert_eq!(t.tree_root(11).0, 11);
+        let net = |ip: &str, id: &str| crate::event::Net {
+            family: crate::event::Family::Inet,
+            sock_type: SockType::Stream,
+            protocol: None,
+            dst_ip: Some(ip.parse().unwrap()),
+            dst_port: Some(443),
+            local_ip: None,
+            local_port: None,
+            fd: Some(3),
+            result: Outcome::Ok,
+            errno: None,
+            error: None,
+            via: crate::event::Via::Syscall,
+            conn_id: Some(id.into()),
+            duration_s: None,
+        };
+        t.apply(&mut ev(12, Body::Connect(net("198.51.100.1", "a"))));
+        t.apply(&mut ev(12, Body::Connect(net("198.51.100.2", "b"))));
+        assert_eq!(t.facts(12).open_external, 2);
+        let mut p = crate::event::NetPayload {
+            fd: -1,
+            family: crate::event::Family::Inet,
+            dst_ip: "198.51.100.2".parse().unwrap(),
+            dst_port: 443,
+            local_port: 40000,
+            transport: crate::event::Transport::Tcp,
+            len: 300,
+            data: String::new(),
+            text: String::new(),
+            owner_only: false,
+            app: Default::default(),
+        };
+        p.app.sni = Some("api.wandb.ai".into());
+        t.apply(&mut ev(12, Body::NetPayload(p)));
+        let f = t.facts(12);
+        assert_eq!(f.open_external, 1, "the tracker is trusted by its TLS name");
+        // Closed: no longer counted.
+        t.apply(&mut ev(12, Body::TcpClose(net("198.51.100.1", "a"))));
+        assert_eq!(t.facts(12).open_external, 0);
+        assert_eq!(t.facts(12).external_connections, 2, "the count since exec stays");
     }
 
     #[test]

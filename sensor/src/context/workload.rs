@@ -29,6 +29,9 @@ pub struct WorkloadConfig {
     /// session, service or container manager is not part of the work it starts. The sensor's
     /// own ancestors are boundaries too.
     pub tree_boundaries: Vec<String>,
+    /// Programs (basenames) that serve logins: the ports they listen on are login services
+    /// (`dst.login_service`): a relay into one exposes a shell.
+    pub login_services: Vec<String>,
 }
 
 impl Default for WorkloadConfig {
@@ -121,6 +124,17 @@ impl Default for WorkloadConfig {
                 "kubelet",
                 "agetty",
             ]),
+            login_services: v(&[
+                "sshd",
+                "sshd-session",
+                "dropbear",
+                "dropbearmulti",
+                "xrdp",
+                "Xvnc",
+                "x11vnc",
+                "telnetd",
+                "in.telnetd",
+            ]),
         }
     }
 }
@@ -139,6 +153,11 @@ impl WorkloadConfig {
             }
         }
         Ok(())
+    }
+
+    pub fn is_login_service(&self, exe: &str) -> bool {
+        let n = basename(exe);
+        self.login_services.iter().any(|l| l == n)
     }
 
     /// Whether `name` (a TLS SNI or HTTP Host, any case, maybe with a port) is a trusted

@@ -165,6 +165,7 @@ fields! {
     ProcOpenExternal: "proc.open_external_connections", &[], Type::Int, Carried::Any, "outbound TCP connections to external addresses the process holds open now, those named (TLS SNI / HTTP Host) as a trusted destination (`workload.trusted_destinations`) left out";
     ProcLauncher: "proc.launcher", &[], Type::Str, Carried::Any, "the nearest trusted workload launcher, the process itself or an ancestor (`torchrun`, `jupyter-lab`, `torch.distributed.run`, …): named in `workload.launchers` and its file root-owned under `workload.system_dirs`";
     ProcInWorkload: "proc.in_workload", &[], Type::Bool, Carried::Any, "`proc.launcher` is set: the process runs under a trusted launcher";
+    DstLoginService: "dst.login_service", &[], Type::Bool, Carried::Only(&[Kind::Connect, Kind::NetPayload]), "a login service (`workload.login_services`: sshd, dropbear, xrdp, VNC, …) listens on the destination port here, and the destination is loopback or private";
     DstTrusted: "dst.trusted", &[], Type::Bool, Carried::Only(&[Kind::NetPayload]), "the TLS SNI or HTTP Host is a trusted destination (`workload.trusted_destinations`)";
     ProcScript: "proc.script", &[], Type::Str, Carried::Any, "the script an interpreter (sh, bash, python, perl, ruby, php, node, lua, …) runs: its first non-option argument (absent for `-c`/`-m`/`-e` code)";
 }
@@ -669,6 +670,17 @@ impl Ctx<'_> {
             Field::ProcOpenExternal => Int(self.facts.open_external as i64),
             Field::ProcLauncher => opt(self.facts.launcher.as_deref()),
             Field::ProcInWorkload => Bool(self.facts.launcher.is_some()),
+            Field::DstLoginService => {
+                let port = match &ev.body {
+                    Body::NetPayload(p) => Some(p.dst_port),
+                    _ => self.net().and_then(|n| n.dst_port),
+                };
+                let local = self.remote().is_some_and(|ip| {
+                    let c = crate::event::IpClass::of(ip);
+                    c.loopback || c.private
+                });
+                Bool(local && port.is_some_and(|p| self.procs.login_port(p)))
+            }
             Field::DstTrusted => match &ev.body {
                 Body::NetPayload(p) => Bool(
                     p.app
