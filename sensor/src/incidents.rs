@@ -50,7 +50,12 @@ impl IncidentsConfig {
         use crate::config::{in_range, DAY};
         in_range("incidents.threshold", self.threshold as u64, 1, 1_000_000)?;
         in_range("incidents.window_secs", self.window_secs, 1, 7 * DAY)?;
-        in_range("incidents.max_timeline", self.max_timeline as u64, 8, 100_000)?;
+        in_range(
+            "incidents.max_timeline",
+            self.max_timeline as u64,
+            8,
+            100_000,
+        )?;
         in_range("incidents.max_open", self.max_open as u64, 16, 1_000_000)
     }
 }
@@ -512,8 +517,7 @@ impl Incidents {
                 };
                 let n = p.samples as f64;
                 p.sm_util_mean = (p.sm_util_mean * n + u.sm_util as f64) / (n + 1.0);
-                p.pcie_rx_kbps_mean =
-                    (p.pcie_rx_kbps_mean * n + u.pcie_rx_kbps as f64) / (n + 1.0);
+                p.pcie_rx_kbps_mean = (p.pcie_rx_kbps_mean * n + u.pcie_rx_kbps as f64) / (n + 1.0);
                 p.sm_util_max = p.sm_util_max.max(u.sm_util);
                 p.pcie_rx_kbps_max = p.pcie_rx_kbps_max.max(u.pcie_rx_kbps);
                 p.samples += 1;
@@ -713,8 +717,7 @@ impl Incidents {
                 }
             }
         }
-        self.recent
-            .retain(|_, r| now_ns.saturating_sub(r.0) <= win);
+        self.recent.retain(|_, r| now_ns.saturating_sub(r.0) <= win);
         out
     }
 }
@@ -737,7 +740,12 @@ mod tests {
 
     fn hit(e: &Event, rule: &str, weight: Option<u32>, sev: Severity) -> Alert {
         Alert {
-            kind: if weight.is_some() { "evidence" } else { "alert" }.into(),
+            kind: if weight.is_some() {
+                "evidence"
+            } else {
+                "alert"
+            }
+            .into(),
             ts: e.ts.clone(),
             rule: rule.into(),
             description: rule.into(),
@@ -764,7 +772,11 @@ mod tests {
     fn table() -> ProcTable {
         let mut p = ProcTable::default();
         for (pid, child, argv) in [(1, 10, "agent"), (10, 11, "bash"), (1, 20, "other")] {
-            let mut f = ev(0, pid, serde_json::json!({"kind": "fork", "child_pid": child}));
+            let mut f = ev(
+                0,
+                pid,
+                serde_json::json!({"kind": "fork", "child_pid": child}),
+            );
             p.apply(&mut f);
             let mut x = ev(
                 1,
@@ -798,7 +810,11 @@ mod tests {
         assert!(inc.add(&mut b, &procs, None).is_none());
         assert_ne!(b.incident.as_deref(), Some(id.as_str()));
         // A second rule in the first tree (the agent itself) reaches the threshold.
-        let e3 = ev(7, 10, serde_json::json!({"kind": "listen", "family": "inet", "sock_type": "stream", "local_ip": "0.0.0.0", "local_port": 8000, "result": "ok", "via": "syscall"}));
+        let e3 = ev(
+            7,
+            10,
+            serde_json::json!({"kind": "listen", "family": "inet", "sock_type": "stream", "local_ip": "0.0.0.0", "local_port": 8000, "result": "ok", "via": "syscall"}),
+        );
         let mut c = hit(&e3, "weak-b", Some(70), Severity::Medium);
         let i = inc.add(&mut c, &procs, None).expect("raised");
         assert_eq!(i.id, id);
@@ -838,7 +854,11 @@ mod tests {
     fn a_strong_signal_raises_at_once() {
         let procs = table();
         let mut inc = Incidents::new(IncidentsConfig::default());
-        let e = ev(5, 20, serde_json::json!({"kind": "exec", "filename": "/usr/bin/other", "argv": ["other"], "args_truncated": false, "args_size": 6}));
+        let e = ev(
+            5,
+            20,
+            serde_json::json!({"kind": "exec", "filename": "/usr/bin/other", "argv": ["other"], "args_truncated": false, "args_size": 6}),
+        );
         let mut a = hit(&e, "reverse-shell", None, Severity::Critical);
         let i = inc.add(&mut a, &procs, None).unwrap();
         assert!(i.raised && i.score >= i.threshold);

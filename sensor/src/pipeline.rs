@@ -49,14 +49,11 @@ impl Processor {
 
     /// The episode tag of the event's process: its environment, else a pod annotation.
     fn episode(&self, ev: &Event) -> Option<String> {
-        self.procs
-            .episode(ev.pid)
-            .map(str::to_string)
-            .or_else(|| {
-                ev.container
-                    .as_ref()
-                    .and_then(|c| c.annotations.values().next().cloned())
-            })
+        self.procs.episode(ev.pid).map(str::to_string).or_else(|| {
+            ev.container
+                .as_ref()
+                .and_then(|c| c.annotations.values().next().cloned())
+        })
     }
 
     pub fn replace_rules(&mut self, set: Arc<RuleSet>) {
@@ -78,8 +75,7 @@ impl Processor {
         emit(Out::Event(&ev))?;
         let derived = self.sessions.on_event(&ev, &self.procs);
         let episode = self.episode(&ev);
-        self.incidents
-            .observe(&ev, &self.procs, episode.as_deref());
+        self.incidents.observe(&ev, &self.procs, episode.as_deref());
         self.rules(&ev, emit)?;
         if let Some(d) = derived {
             emit(Out::Event(&d))?;
@@ -133,9 +129,7 @@ impl Processor {
         });
         for a in &mut alerts {
             self.alerts += 1;
-            let inc = self
-                .incidents
-                .add(a, &self.procs, facts.episode.as_deref());
+            let inc = self.incidents.add(a, &self.procs, facts.episode.as_deref());
             emit(Out::Alert(a))?;
             if let Some(i) = inc {
                 emit(Out::Incident(&i))?;

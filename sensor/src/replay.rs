@@ -61,8 +61,8 @@ pub fn replay(
 ) -> anyhow::Result<Summary> {
     let mut procs = ProcTable::default();
     procs.set_workload(context.workload);
-    let mut proc = Processor::new(procs, None, Engine::new(set.into(), cfg))
-        .with_incidents(context.incidents);
+    let mut proc =
+        Processor::new(procs, None, Engine::new(set.into(), cfg)).with_incidents(context.incidents);
     let mut out = JsonLines::new(out);
     let mut s = Summary {
         lines: 0,

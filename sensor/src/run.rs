@@ -245,8 +245,7 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
             metrics: metrics.clone(),
             by_kind: Default::default(),
         },
-        proc: Processor::new(procs, Some(containers), engine)
-            .with_incidents(cfg.incidents.clone()),
+        proc: Processor::new(procs, Some(containers), engine).with_incidents(cfg.incidents.clone()),
         usage_rx,
         reload_rx,
         clock,

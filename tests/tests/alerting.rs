@@ -460,7 +460,9 @@ fn real_alertmanager_receives_the_alerts() {
         .unwrap();
     // One Alertmanager alert per incident, named by its id.
     assert_eq!(a["labels"]["alertname"], "GpuSensorIncident");
-    assert!(a["labels"]["incident"].as_str().is_some_and(|i| i.len() == 16));
+    assert!(a["labels"]["incident"]
+        .as_str()
+        .is_some_and(|i| i.len() == 16));
     assert_eq!(a["labels"]["severity"], "high");
     assert_eq!(a["annotations"]["pid"], pid.to_string());
     assert_eq!(a["status"]["state"], "active");

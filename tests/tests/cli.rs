@@ -166,11 +166,22 @@ fn replay_of_a_recording_gives_the_live_alerts_and_hot_reload_keeps_old_rules_on
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // `--alerts-only`: every line is an alert.
-    let alerts: Vec<Alert> = String::from_utf8_lossy(&out.stdout)
+    // `--alerts-only`: every line is a rule hit or the incident it raised.
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| alert(&serde_json::from_str(l).unwrap()))
+        .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    assert!(lines
+        .iter()
+        .all(|v| v["kind"] == "alert" || v["kind"] == "evidence" || v["kind"] == "incident"));
+    let alerts: Vec<Alert> = lines
+        .iter()
+        .filter(|v| v["kind"] != "incident")
+        .map(alert)
+        .collect();
+    // The live run's incidents are raised offline too (one per process tree here).
+    let incidents = lines.iter().filter(|v| v["kind"] == "incident").count();
+    assert!(incidents >= 2, "{incidents} incidents replayed");
     let offline = alerts
         .iter()
         .find(|a| a.rule == "test-touch-marker" && a.pid == p1)

@@ -678,7 +678,7 @@ while True:
                 ),
                 None => "**no**".into(),
             },
-            match r.got.as_ref().and_then(|a| incident_of(a)) {
+            match r.got.as_ref().and_then(&incident_of) {
                 Some(i) => format!("{} ({}, {:?})", i.id, i.score, i.severity),
                 None => "**none**".into(),
             },
@@ -702,6 +702,21 @@ while True:
             }
         );
     }
+    // The attack side of the confusion table (`cargo xtask confusion`).
+    for r in &rows {
+        let i = r.got.as_ref().and_then(&incident_of);
+        println!(
+            "CONFUSION|{} (live)|incident|{}|{}|{}|{}",
+            r.attack,
+            if i.is_some() { "incident" } else { "none" },
+            i.map_or("-".to_string(), |i| i.score.to_string()),
+            i.map_or("-".to_string(), |i| format!("{:?}", i.severity)
+                .to_lowercase()),
+            r.got
+                .as_ref()
+                .map_or("-".to_string(), |a| format!("{} ({})", a.rule, a.kind))
+        );
+    }
     // Every attack is an incident that pages, not only a rule hit.
     let unraised: Vec<(&str, &str)> = rows
         .iter()
@@ -720,6 +735,9 @@ while True:
     }
     drop(s.stop());
     assert!(missed.is_empty(), "missed: {missed:?}");
-    assert!(unraised.is_empty(), "caught but raised no incident: {unraised:?}");
+    assert!(
+        unraised.is_empty(),
+        "caught but raised no incident: {unraised:?}"
+    );
     assert!(noisy.is_empty(), "benign look-alikes alerted: {noisy:#?}");
 }

@@ -18,8 +18,8 @@ use std::{
 
 use sensor::{incidents::Incident, rules::Severity};
 use sensor_tests::{
-    free_port, group, latest_incidents, require_root, sh, ssh_opts, sshd, wait_port, Kill,
-    Record, Sensor, WAIT,
+    free_port, group, latest_incidents, require_root, sh, ssh_opts, sshd, wait_port, Kill, Record,
+    Sensor, WAIT,
 };
 
 const GPUREPLAY: &str = env!("CARGO_BIN_EXE_gpureplay");
@@ -78,7 +78,14 @@ fn hits_of(records: &[Record], root: u32) -> Vec<sensor::rules::Alert> {
 fn evidence_names(hits: &[sensor::rules::Alert]) -> Vec<String> {
     let mut v: Vec<String> = hits
         .iter()
-        .map(|a| format!("{} ({}{})", a.rule, a.kind, a.weight.map(|w| format!(" {w}")).unwrap_or_default()))
+        .map(|a| {
+            format!(
+                "{} ({}{})",
+                a.rule,
+                a.kind,
+                a.weight.map(|w| format!(" {w}")).unwrap_or_default()
+            )
+        })
         .collect();
     v.sort();
     v.dedup();
@@ -122,7 +129,10 @@ fn benign_gpu_cluster_work_raises_nothing() {
     if !require_root("benign_gpu_cluster_work_raises_nothing") {
         return;
     }
-    for p in ["/usr/bin/torchrun", &format!("{CORPUS_VENV}/bin/jupyter-lab")] {
+    for p in [
+        "/usr/bin/torchrun",
+        &format!("{CORPUS_VENV}/bin/jupyter-lab"),
+    ] {
         assert!(Path::new(p).exists(), "{p} missing: run scripts/setup.sh");
     }
     let dir = TempDir::new("benign");
@@ -185,14 +195,16 @@ fn benign_gpu_cluster_work_raises_nothing() {
     // 2. Jupyter Lab with a kernel started through its REST API.
     let jp = free_port();
     let lab = Kill(
-        group(Command::new(format!("{CORPUS_VENV}/bin/jupyter-lab")).args([
-            "--no-browser",
-            "--allow-root",
-            "--ip=127.0.0.1",
-            &format!("--port={jp}"),
-            "--ServerApp.token=t0k",
-            &format!("--notebook-dir={}", d.display()),
-        ]))
+        group(
+            Command::new(format!("{CORPUS_VENV}/bin/jupyter-lab")).args([
+                "--no-browser",
+                "--allow-root",
+                "--ip=127.0.0.1",
+                &format!("--port={jp}"),
+                "--ServerApp.token=t0k",
+                &format!("--notebook-dir={}", d.display()),
+            ]),
+        )
         .env("HOME", d)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -201,7 +213,9 @@ fn benign_gpu_cluster_work_raises_nothing() {
     );
     roots.push(("jupyter-lab with a kernel", lab.0.id()));
     assert!(
-        wait_until(90, || http_ok(&format!("http://127.0.0.1:{jp}/api/status?token=t0k"))),
+        wait_until(90, || http_ok(&format!(
+            "http://127.0.0.1:{jp}/api/status?token=t0k"
+        ))),
         "jupyter lab did not come up"
     );
     let k = Command::new("curl")
@@ -232,12 +246,14 @@ fn benign_gpu_cluster_work_raises_nothing() {
     let tb_port = free_port();
     std::fs::create_dir_all(d.join("runs")).unwrap();
     let tb = Kill(
-        group(Command::new(format!("{CORPUS_VENV}/bin/tensorboard")).args([
-            "--logdir",
-            d.join("runs").to_str().unwrap(),
-            "--port",
-            &tb_port.to_string(),
-        ]))
+        group(
+            Command::new(format!("{CORPUS_VENV}/bin/tensorboard")).args([
+                "--logdir",
+                d.join("runs").to_str().unwrap(),
+                "--port",
+                &tb_port.to_string(),
+            ]),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -400,7 +416,11 @@ fn mknod(path: &Path, major: u32, minor: u32) {
 fn record_gpu_work(dir: &Path, name: &str) -> (u32, Vec<serde_json::Value>) {
     let nodes = dir.join(format!("dev-{name}"));
     std::fs::create_dir_all(&nodes).unwrap();
-    for (n, maj, min) in [("nvidiactl", 10, 235), ("nvidia0", 10, 234), ("nvidia-uvm", 1, 7)] {
+    for (n, maj, min) in [
+        ("nvidiactl", 10, 235),
+        ("nvidia0", 10, 234),
+        ("nvidia-uvm", 1, 7),
+    ] {
         mknod(&nodes.join(n), maj, min);
     }
     let cfg = dir.join(format!("standin-{name}.toml"));
@@ -412,7 +432,8 @@ fn record_gpu_work(dir: &Path, name: &str) -> (u32, Vec<serde_json::Value>) {
         "--record",
         rec.to_str().unwrap(),
     ]);
-    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/nvidia-h100/{name}.jsonl.gz"));
+    let fx =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/nvidia-h100/{name}.jsonl.gz"));
     let (pid, _) = sensor_tests::run_helper(
         GPUREPLAY,
         &["replay", fx.to_str().unwrap(), nodes.to_str().unwrap()],
@@ -427,8 +448,7 @@ fn record_gpu_work(dir: &Path, name: &str) -> (u32, Vec<serde_json::Value>) {
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| {
-            v["pid"] == pid
-                && ["gpu_open", "gpu_ioctl"].contains(&v["kind"].as_str().unwrap_or(""))
+            v["pid"] == pid && ["gpu_open", "gpu_ioctl"].contains(&v["kind"].as_str().unwrap_or(""))
         })
         .collect();
     assert!(evs.len() > 50, "{name}: {} GPU events recorded", evs.len());
@@ -460,7 +480,15 @@ impl Stream {
             .extend(body.as_object().unwrap().clone());
         self.lines.push(v.to_string());
     }
-    fn exec(&mut self, at: f64, pid: u32, ppid: u32, file: &str, argv: &[&str], launcher: Option<&str>) {
+    fn exec(
+        &mut self,
+        at: f64,
+        pid: u32,
+        ppid: u32,
+        file: &str,
+        argv: &[&str],
+        launcher: Option<&str>,
+    ) {
         let comm = file.rsplit('/').next().unwrap();
         let mut b = serde_json::json!({"kind": "exec", "filename": file, "argv": argv, "args_truncated": false, "args_size": 64});
         if let Some(l) = launcher {
@@ -469,16 +497,41 @@ impl Stream {
         self.push(at, pid, ppid, comm, b);
     }
     fn fork(&mut self, at: f64, pid: u32, ppid: u32, comm: &str, child: u32) {
-        self.push(at, pid, ppid, comm, serde_json::json!({"kind": "fork", "child_pid": child}));
+        self.push(
+            at,
+            pid,
+            ppid,
+            comm,
+            serde_json::json!({"kind": "fork", "child_pid": child}),
+        );
     }
     #[allow(clippy::too_many_arguments)]
-    fn connect(&mut self, at: f64, pid: u32, ppid: u32, comm: &str, local: (&str, u16), dst: (&str, u16), id: &str) {
+    fn connect(
+        &mut self,
+        at: f64,
+        pid: u32,
+        ppid: u32,
+        comm: &str,
+        local: (&str, u16),
+        dst: (&str, u16),
+        id: &str,
+    ) {
         self.push(at, pid, ppid, comm, serde_json::json!({"kind": "connect", "family": "inet", "sock_type": "stream", "local_ip": local.0, "local_port": local.1, "dst_ip": dst.0, "dst_port": dst.1, "result": "ok", "via": "syscall", "conn_id": id}));
     }
     fn close(&mut self, at: f64, pid: u32, ppid: u32, comm: &str, dst: (&str, u16), id: &str) {
         self.push(at, pid, ppid, comm, serde_json::json!({"kind": "tcp_close", "family": "inet", "sock_type": "stream", "dst_ip": dst.0, "dst_port": dst.1, "result": "closed", "via": "sock_state", "conn_id": id}));
     }
-    fn tls(&mut self, at: f64, pid: u32, ppid: u32, comm: &str, local_port: u16, dst: (&str, u16), sni: Option<&str>) {
+    #[allow(clippy::too_many_arguments)]
+    fn tls(
+        &mut self,
+        at: f64,
+        pid: u32,
+        ppid: u32,
+        comm: &str,
+        local_port: u16,
+        dst: (&str, u16),
+        sni: Option<&str>,
+    ) {
         let mut b = serde_json::json!({"kind": "net_payload", "fd": -1, "family": "inet", "dst_ip": dst.0, "dst_port": dst.1, "local_port": local_port, "transport": "tcp", "len": 517, "data": "1603010200010001fc0303", "text": "", "proto": "tls"});
         if let Some(n) = sni {
             b["sni"] = n.into();
@@ -495,14 +548,35 @@ impl Stream {
             let mut v = v.clone();
             let dt = (v["ts_ns"].as_u64().unwrap() - base) as f64 / 1e9;
             let o = v.as_object_mut().unwrap();
-            for k in ["ts", "ts_ns", "pid", "tid", "ppid", "uid", "gid", "comm", "cgroup_id", "mntns", "exe", "container"] {
+            for k in [
+                "ts",
+                "ts_ns",
+                "pid",
+                "tid",
+                "ppid",
+                "uid",
+                "gid",
+                "comm",
+                "cgroup_id",
+                "mntns",
+                "exe",
+                "container",
+            ] {
                 o.remove(k);
             }
             self.push(at + dt, pid, ppid, comm, v);
         }
     }
     /// NVML samples every 5 s from `from` to `to` seconds; `f(i)` gives (SM %, PCIe RX KB/s).
-    fn usage(&mut self, from: f64, to: f64, pid: u32, ppid: u32, comm: &str, f: impl Fn(u64) -> (u32, u32)) {
+    fn usage(
+        &mut self,
+        from: f64,
+        to: f64,
+        pid: u32,
+        ppid: u32,
+        comm: &str,
+        f: impl Fn(u64) -> (u32, u32),
+    ) {
         let mut t = from;
         let mut i = 0;
         while t < to {
@@ -513,7 +587,13 @@ impl Stream {
         }
     }
     fn exit(&mut self, at: f64, pid: u32, ppid: u32, comm: &str) {
-        self.push(at, pid, ppid, comm, serde_json::json!({"kind": "exit", "exit_code": 0}));
+        self.push(
+            at,
+            pid,
+            ppid,
+            comm,
+            serde_json::json!({"kind": "exit", "exit_code": 0}),
+        );
     }
 }
 
@@ -554,73 +634,260 @@ fn replayed_training_streams_raise_nothing_and_a_hash_loop_does() {
     // that closes before the GPU work; an experiment tracker connection open throughout; SM
     // 96-100 %, PCIe RX 0.5-3 MB/s for two hours.
     let mut ft = Stream::new();
-    ft.exec(0.0, 5000, 1, "/usr/bin/torchrun", &["/usr/bin/python3", "/usr/bin/torchrun", "--nproc_per_node=1", "finetune.py"], Some("torchrun"));
+    ft.exec(
+        0.0,
+        5000,
+        1,
+        "/usr/bin/torchrun",
+        &[
+            "/usr/bin/python3",
+            "/usr/bin/torchrun",
+            "--nproc_per_node=1",
+            "finetune.py",
+        ],
+        Some("torchrun"),
+    );
     ft.listen(1.0, 5000, 1, "torchrun", ("0.0.0.0", 29500));
     ft.fork(1.5, 5000, 1, "torchrun", 5001);
-    ft.exec(1.6, 5001, 5000, "/usr/bin/python3.11", &["/usr/bin/python3", "-u", "finetune.py", "--model", "llama-3-8b"], None);
-    ft.connect(2.0, 5001, 5000, "python3", ("10.0.3.7", 41000), ("198.51.100.21", 443), "00000000000f0001");
-    ft.tls(2.1, 5001, 5000, "python3", 41000, ("198.51.100.21", 443), Some("cdn-lfs.huggingface.co"));
-    ft.close(40.0, 5001, 5000, "python3", ("198.51.100.21", 443), "00000000000f0001");
-    ft.connect(41.0, 5001, 5000, "python3", ("10.0.3.7", 41002), ("198.51.100.22", 443), "00000000000f0002");
-    ft.tls(41.1, 5001, 5000, "python3", 41002, ("198.51.100.22", 443), Some("api.wandb.ai"));
+    ft.exec(
+        1.6,
+        5001,
+        5000,
+        "/usr/bin/python3.11",
+        &[
+            "/usr/bin/python3",
+            "-u",
+            "finetune.py",
+            "--model",
+            "llama-3-8b",
+        ],
+        None,
+    );
+    ft.connect(
+        2.0,
+        5001,
+        5000,
+        "python3",
+        ("10.0.3.7", 41000),
+        ("198.51.100.21", 443),
+        "00000000000f0001",
+    );
+    ft.tls(
+        2.1,
+        5001,
+        5000,
+        "python3",
+        41000,
+        ("198.51.100.21", 443),
+        Some("cdn-lfs.huggingface.co"),
+    );
+    ft.close(
+        40.0,
+        5001,
+        5000,
+        "python3",
+        ("198.51.100.21", 443),
+        "00000000000f0001",
+    );
+    ft.connect(
+        41.0,
+        5001,
+        5000,
+        "python3",
+        ("10.0.3.7", 41002),
+        ("198.51.100.22", 443),
+        "00000000000f0002",
+    );
+    ft.tls(
+        41.1,
+        5001,
+        5000,
+        "python3",
+        41002,
+        ("198.51.100.22", 443),
+        Some("api.wandb.ai"),
+    );
     ft.gpu(45.0, 5001, 5000, "python3", &training);
-    ft.usage(60.0, hours, 5001, 5000, "python3", |i| (96 + (i % 5) as u32, 512 + (i * 337 % 2560) as u32));
+    ft.usage(60.0, hours, 5001, 5000, "python3", |i| {
+        (96 + (i % 5) as u32, 512 + (i * 337 % 2560) as u32)
+    });
     ft.exit(hours + 1.0, 5001, 5000, "python3");
     let rec = replay(&dir.0, "finetune", &ft.lines);
     let inc = latest_incidents(&rec);
-    let hits: Vec<_> = rec.iter().filter_map(|r| match r { Record::Alert(a) => Some((**a).clone()), _ => None }).collect();
-    confusion("LLM fine-tune, 2 h (replayed: torchrun, tracker, SM ≥ 96 %)", "none", inc.first(), &evidence_names(&hits));
+    let hits: Vec<_> = rec
+        .iter()
+        .filter_map(|r| match r {
+            Record::Alert(a) => Some((**a).clone()),
+            _ => None,
+        })
+        .collect();
+    confusion(
+        "LLM fine-tune, 2 h (replayed: torchrun, tracker, SM ≥ 96 %)",
+        "none",
+        inc.first(),
+        &evidence_names(&hits),
+    );
     assert!(
         hits.iter().any(|a| a.rule == "gpu-mining-like-profile"),
         "the profile is seen (as evidence): {hits:?}"
     );
-    assert!(inc.is_empty(), "fine-tune raised: {:#?}", inc.iter().map(|i| i.summary()).collect::<Vec<_>>());
     assert!(
-        !hits.iter().any(|a| a.kind == "alert" && a.severity >= Severity::Medium),
+        inc.is_empty(),
+        "fine-tune raised: {:#?}",
+        inc.iter().map(|i| i.summary()).collect::<Vec<_>>()
+    );
+    assert!(
+        !hits
+            .iter()
+            .any(|a| a.kind == "alert" && a.severity >= Severity::Medium),
         "{hits:?}"
     );
 
     // A multi-node NCCL worker: rendezvous and peers in the private range, ephemeral
     // listeners, heavy PCIe traffic.
     let mut nc = Stream::new();
-    nc.exec(0.0, 6000, 1, "/usr/local/bin/torchrun", &["/usr/bin/python3", "/usr/local/bin/torchrun", "--nnodes=4", "--node_rank=2", "--rdzv_endpoint=10.0.3.2:29400", "train.py"], Some("torchrun"));
-    nc.connect(0.5, 6000, 1, "torchrun", ("10.0.3.9", 50100), ("10.0.3.2", 29400), "00000000000e0001");
+    nc.exec(
+        0.0,
+        6000,
+        1,
+        "/usr/local/bin/torchrun",
+        &[
+            "/usr/bin/python3",
+            "/usr/local/bin/torchrun",
+            "--nnodes=4",
+            "--node_rank=2",
+            "--rdzv_endpoint=10.0.3.2:29400",
+            "train.py",
+        ],
+        Some("torchrun"),
+    );
+    nc.connect(
+        0.5,
+        6000,
+        1,
+        "torchrun",
+        ("10.0.3.9", 50100),
+        ("10.0.3.2", 29400),
+        "00000000000e0001",
+    );
     nc.fork(1.0, 6000, 1, "torchrun", 6001);
-    nc.exec(1.1, 6001, 6000, "/usr/bin/python3.11", &["/usr/bin/python3", "-u", "train.py"], None);
+    nc.exec(
+        1.1,
+        6001,
+        6000,
+        "/usr/bin/python3.11",
+        &["/usr/bin/python3", "-u", "train.py"],
+        None,
+    );
     nc.listen(2.0, 6001, 6000, "python3", ("0.0.0.0", 43817));
     nc.listen(2.1, 6001, 6000, "python3", ("10.0.3.9", 47551));
     for (k, peer) in ["10.0.3.2", "10.0.3.5", "10.0.3.11"].iter().enumerate() {
-        nc.connect(3.0 + k as f64, 6001, 6000, "python3", ("10.0.3.9", 51000 + k as u16), (peer, 47551), &format!("00000000000e01{k:02}"));
+        nc.connect(
+            3.0 + k as f64,
+            6001,
+            6000,
+            "python3",
+            ("10.0.3.9", 51000 + k as u16),
+            (peer, 47551),
+            &format!("00000000000e01{k:02}"),
+        );
     }
     nc.gpu(10.0, 6001, 6000, "python3", &training);
-    nc.usage(20.0, 3600.0, 6001, 6000, "python3", |i| (70 + (i % 20) as u32, 8_000_000 + (i * 7919 % 4_000_000) as u32));
+    nc.usage(20.0, 3600.0, 6001, 6000, "python3", |i| {
+        (
+            70 + (i % 20) as u32,
+            8_000_000 + (i * 7919 % 4_000_000) as u32,
+        )
+    });
     nc.exit(3601.0, 6001, 6000, "python3");
     let rec = replay(&dir.0, "nccl", &nc.lines);
     let inc = latest_incidents(&rec);
-    let hits: Vec<_> = rec.iter().filter_map(|r| match r { Record::Alert(a) => Some((**a).clone()), _ => None }).collect();
-    confusion("multi-node NCCL worker (replayed: private peers, ephemeral listeners)", "none", inc.first(), &evidence_names(&hits));
-    assert!(inc.is_empty(), "NCCL worker raised: {:#?}", inc.iter().map(|i| i.summary()).collect::<Vec<_>>());
+    let hits: Vec<_> = rec
+        .iter()
+        .filter_map(|r| match r {
+            Record::Alert(a) => Some((**a).clone()),
+            _ => None,
+        })
+        .collect();
+    confusion(
+        "multi-node NCCL worker (replayed: private peers, ephemeral listeners)",
+        "none",
+        inc.first(),
+        &evidence_names(&hits),
+    );
+    assert!(
+        inc.is_empty(),
+        "NCCL worker raised: {:#?}",
+        inc.iter().map(|i| i.summary()).collect::<Vec<_>>()
+    );
     assert!(hits.iter().all(|a| a.kind != "alert"), "{hits:?}");
 
     // The control: the same shape of GPU use by a hash loop from /tmp that holds a TLS
     // connection (no name) to an external host is an incident.
     let mut mn = Stream::new();
-    mn.exec(0.0, 7000, 1, "/bin/bash", &["bash", "-c", "/tmp/.cache/hashd -o 198.51.100.30:443"], None);
+    mn.exec(
+        0.0,
+        7000,
+        1,
+        "/bin/bash",
+        &["bash", "-c", "/tmp/.cache/hashd -o 198.51.100.30:443"],
+        None,
+    );
     mn.fork(0.5, 7000, 1, "bash", 7001);
-    mn.exec(0.6, 7001, 7000, "/tmp/.cache/hashd", &["/tmp/.cache/hashd", "-o", "198.51.100.30:443"], None);
-    mn.connect(1.0, 7001, 7000, "hashd", ("10.0.3.7", 42000), ("198.51.100.30", 443), "00000000000d0001");
-    mn.tls(1.1, 7001, 7000, "hashd", 42000, ("198.51.100.30", 443), None);
+    mn.exec(
+        0.6,
+        7001,
+        7000,
+        "/tmp/.cache/hashd",
+        &["/tmp/.cache/hashd", "-o", "198.51.100.30:443"],
+        None,
+    );
+    mn.connect(
+        1.0,
+        7001,
+        7000,
+        "hashd",
+        ("10.0.3.7", 42000),
+        ("198.51.100.30", 443),
+        "00000000000d0001",
+    );
+    mn.tls(
+        1.1,
+        7001,
+        7000,
+        "hashd",
+        42000,
+        ("198.51.100.30", 443),
+        None,
+    );
     mn.gpu(5.0, 7001, 7000, "hashd", &mining);
-    mn.usage(10.0, 1800.0, 7001, 7000, "hashd", |i| (98 + (i % 2) as u32, 40 + (i % 7) as u32));
+    mn.usage(10.0, 1800.0, 7001, 7000, "hashd", |i| {
+        (98 + (i % 2) as u32, 40 + (i % 7) as u32)
+    });
     let rec = replay(&dir.0, "hashloop", &mn.lines);
     let inc = latest_incidents(&rec);
-    let hits: Vec<_> = rec.iter().filter_map(|r| match r { Record::Alert(a) => Some((**a).clone()), _ => None }).collect();
-    confusion("hash loop from /tmp with TLS to a bare IP (replayed)", "incident", inc.first(), &evidence_names(&hits));
+    let hits: Vec<_> = rec
+        .iter()
+        .filter_map(|r| match r {
+            Record::Alert(a) => Some((**a).clone()),
+            _ => None,
+        })
+        .collect();
+    confusion(
+        "hash loop from /tmp with TLS to a bare IP (replayed)",
+        "incident",
+        inc.first(),
+        &evidence_names(&hits),
+    );
     assert_eq!(inc.len(), 1, "one incident: {hits:?}");
     let i = &inc[0];
     assert!(i.severity >= Severity::High && i.score >= i.threshold);
     for r in ["gpu-compute-from-writable-dir", "gpu-mining-like-profile"] {
-        assert!(i.signals.iter().any(|s| s.rule == r), "{r} in {:?}", i.signals);
+        assert!(
+            i.signals.iter().any(|s| s.rule == r),
+            "{r} in {:?}",
+            i.signals
+        );
     }
     assert!(!i.gpu.is_empty(), "the incident carries the NVML profile");
     assert!(i.gpu[0].sm_util_mean >= 95.0 && i.gpu[0].pcie_rx_kbps_max < 100);
@@ -665,7 +932,9 @@ fn an_attack_of_several_steps_is_one_incident() {
     );
     let mut agent = group(Command::new("/usr/bin/python3").args([
         "-c",
-        &format!("import subprocess, sys; sys.exit(subprocess.run(['bash', '-c', {tool:?}]).returncode)"),
+        &format!(
+            "import subprocess, sys; sys.exit(subprocess.run(['bash', '-c', {tool:?}]).returncode)"
+        ),
     ]))
     .spawn()
     .unwrap();
@@ -694,7 +963,10 @@ fn an_attack_of_several_steps_is_one_incident() {
                 && i.signals.iter().any(|x| x.rule == "stratum-handshake")
         })
         .expect("one incident with the tunnel and the miner");
-    assert!(both.version >= 2, "raised by the tunnel, updated by the miner");
+    assert!(
+        both.version >= 2,
+        "raised by the tunnel, updated by the miner"
+    );
     assert_eq!(both.severity, Severity::Critical);
     let o = s
         .wait_incident(WAIT, |i| i.entity.root_pid == other_pid)
@@ -715,16 +987,28 @@ fn an_attack_of_several_steps_is_one_incident() {
         .iter()
         .filter(|i| i.entity.root_pid == agent_pid)
         .collect();
-    assert_eq!(mine.len(), 1, "one incident for the whole attack: {mine:#?}");
+    assert_eq!(
+        mine.len(),
+        1,
+        "one incident for the whole attack: {mine:#?}"
+    );
     let i = mine[0];
     // The timeline: the tool shell, the ssh exec with its flags, the tunnel's connect with both
     // ends, the miner's exec and its Stratum bytes, and the rule hits in order.
     use sensor::incidents::What;
     let has = |f: &dyn Fn(&What) -> bool| i.timeline.iter().any(|s| f(&s.what));
-    assert!(has(&|w| matches!(w, What::Exec { argv, .. } if argv.first().is_some_and(|a| a == "bash"))));
-    assert!(has(&|w| matches!(w, What::Exec { argv, .. } if argv.iter().any(|a| a == "-fNR"))));
-    assert!(has(&|w| matches!(w, What::Connect { dst_port: Some(p), local_port: Some(lp), .. } if *p == port && *lp > 0)));
-    assert!(has(&|w| matches!(w, What::Payload { detail: Some(m), .. } if m == "mining.subscribe")));
+    assert!(has(
+        &|w| matches!(w, What::Exec { argv, .. } if argv.first().is_some_and(|a| a == "bash"))
+    ));
+    assert!(has(
+        &|w| matches!(w, What::Exec { argv, .. } if argv.iter().any(|a| a == "-fNR"))
+    ));
+    assert!(has(
+        &|w| matches!(w, What::Connect { dst_port: Some(p), local_port: Some(lp), .. } if *p == port && *lp > 0)
+    ));
+    assert!(has(
+        &|w| matches!(w, What::Payload { detail: Some(m), .. } if m == "mining.subscribe")
+    ));
     let rules: Vec<&str> = i
         .timeline
         .iter()
@@ -733,11 +1017,27 @@ fn an_attack_of_several_steps_is_one_incident() {
             _ => None,
         })
         .collect();
-    let f = rules.iter().position(|r| *r == "ssh-forwarding-flags").unwrap();
-    let m = rules.iter().position(|r| *r == "stratum-handshake").unwrap();
+    let f = rules
+        .iter()
+        .position(|r| *r == "ssh-forwarding-flags")
+        .unwrap();
+    let m = rules
+        .iter()
+        .position(|r| *r == "stratum-handshake")
+        .unwrap();
     assert!(f < m, "in order: {rules:?}");
     let hits = hits_of(&records, agent_pid);
-    confusion("agent python3 → bash → ssh -fNR, then a Stratum miner (live)", "incident", Some(i), &evidence_names(&hits));
+    confusion(
+        "agent python3 → bash → ssh -fNR, then a Stratum miner (live)",
+        "incident",
+        Some(i),
+        &evidence_names(&hits),
+    );
     let ohits = hits_of(&records, other_pid);
-    confusion("Stratum login from an unrelated process (live)", "incident", Some(&o), &evidence_names(&ohits));
+    confusion(
+        "Stratum login from an unrelated process (live)",
+        "incident",
+        Some(&o),
+        &evidence_names(&ohits),
+    );
 }

@@ -34,9 +34,19 @@ fn sshd(dir: &Path) -> Kill {
     sensor_tests::sshd(dir, SSHD_PORT)
 }
 
+/// The hit of `rule` for `pid`; every attack here must also be a raised incident (what pages),
+/// not only a rule hit.
 fn alert_for(s: &Sensor, rule: &str, pid: u32) -> Alert {
-    s.wait_alert(WAIT, |a| a.rule == rule && a.pid == pid)
-        .unwrap_or_else(|| panic!("no alert {rule} for pid {pid}"))
+    let a = s
+        .wait_alert(WAIT, |a| a.rule == rule && a.pid == pid)
+        .unwrap_or_else(|| panic!("no alert {rule} for pid {pid}"));
+    let id = a
+        .incident
+        .clone()
+        .unwrap_or_else(|| panic!("{rule}: the hit joined no incident"));
+    s.wait_incident(WAIT, |i| i.id == id && i.raised)
+        .unwrap_or_else(|| panic!("{rule} for pid {pid}: incident {id} was not raised"));
+    a
 }
 
 fn rules_of(s: &Sensor, pid: u32) -> Vec<String> {

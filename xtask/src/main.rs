@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask build | test | recall | bench`.
+//! Developer tasks: `cargo xtask build | test | recall | confusion | bench`.
 //!
 //! The eBPF object is built by `sensor/build.rs` (Debian toolchain, see README "Build"), so
 //! `build` is an ordinary release build of the agent.
@@ -33,6 +33,9 @@ enum Cmd {
     },
     /// Run the evasion suite (tests/tests/evasion.rs) and print its recall table.
     Recall,
+    /// Run the benign corpus and the attacks (tests/tests/incidents.rs, evasion.rs) and print
+    /// the confusion table (README "Judgement").
+    Confusion,
     /// Run the benchmarks and print the ratio table (README "Performance").
     Bench {
         /// Seconds for the sustained-rate measurement.
@@ -160,6 +163,77 @@ fn test(args: Vec<String>) -> Result<ExitCode> {
     })
 }
 
+/// The confusion table from the tests' `CONFUSION|scenario|expected|got|score|severity|signals`
+/// lines: benign scenarios (expected `none`) first, then attacks; and the counts.
+fn confusion_table(out: &str) -> (String, usize, usize) {
+    let mut rows: Vec<Vec<&str>> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("CONFUSION|"))
+        .map(|l| l.split('|').collect::<Vec<_>>())
+        .filter(|f| f.len() == 6)
+        .collect();
+    rows.sort_by_key(|f| f[1] != "none");
+    let mut t = String::from(
+        "| corpus | scenario | expected | got | incident score | severity | rule hits |\n|---|---|---|---|---|---|---|\n",
+    );
+    let mut wrong = 0;
+    for f in &rows {
+        let ok = f[1] == f[2];
+        if !ok {
+            wrong += 1;
+        }
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            if f[1] == "none" { "benign" } else { "attack" },
+            f[0],
+            f[1],
+            if ok {
+                f[2].to_string()
+            } else {
+                format!("**{}**", f[2])
+            },
+            f[3],
+            f[4],
+            f[5]
+        ));
+    }
+    (t, rows.len(), wrong)
+}
+
+fn confusion() -> Result<ExitCode> {
+    let bin = build(false)?;
+    let mut out = String::new();
+    let mut ok = true;
+    for t in ["incidents", "evasion"] {
+        let o = cargo()
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "sensor-tests",
+                "--test",
+                t,
+                "--",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("SENSOR_BIN", &bin)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("running cargo test")?;
+        ok &= o.status.success();
+        out.push_str(&String::from_utf8_lossy(&o.stdout));
+    }
+    let (table, n, wrong) = confusion_table(&out);
+    println!("{table}");
+    println!("{n} scenarios, {wrong} not as expected");
+    Ok(if ok && wrong == 0 && n > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn bench(secs: u64) -> Result<()> {
     let bin = build(false)?;
     let mut c = Command::new(root().join("target/release/bench"));
@@ -176,6 +250,7 @@ fn main() -> Result<ExitCode> {
         }
         Cmd::Test { args } => test(args),
         Cmd::Bench { secs } => bench(secs).map(|()| ExitCode::SUCCESS),
+        Cmd::Confusion => confusion(),
         Cmd::Recall => {
             let bin = build(false)?;
             let mut c = cargo();
@@ -198,6 +273,16 @@ fn main() -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn confusion_rows_sorted_and_mismatches_marked() {
+        let out = "noise\nCONFUSION|miner|incident|none|-|-|-\nCONFUSION|torchrun|none|none|-|-|-\nCONFUSION|bad|x\n";
+        let (t, n, wrong) = confusion_table(out);
+        assert_eq!((n, wrong), (2, 1));
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[2].starts_with("| benign | torchrun"), "{t}");
+        assert!(lines[3].contains("**none**"), "{t}");
+    }
 
     #[test]
     fn totals_from_libtest_lines() {

@@ -23,8 +23,8 @@ use thiserror::Error;
 
 use crate::{
     health::lock,
-    metrics::Metrics,
     incidents::Incident,
+    metrics::Metrics,
     rules::{Alert, Severity},
 };
 use spool::Spool;
@@ -360,7 +360,9 @@ fn timeline_text(i: &Incident, n: usize) -> String {
             let who = format!(
                 "{} {}({})",
                 s.ts,
-                s.exe.as_deref().map_or(s.comm.as_str(), |e| e.rsplit('/').next().unwrap_or(e)),
+                s.exe
+                    .as_deref()
+                    .map_or(s.comm.as_str(), |e| e.rsplit('/').next().unwrap_or(e)),
                 s.pid
             );
             let what = match &s.what {
@@ -374,7 +376,9 @@ fn timeline_text(i: &Incident, n: usize) -> String {
                     ..
                 } => format!(
                     "connect {transport} {}:{} -> {}:{}",
-                    local_ip.map(|i| i.to_string()).unwrap_or_else(|| "?".into()),
+                    local_ip
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|| "?".into()),
                     local_port.unwrap_or(0),
                     dst_ip.map(|i| i.to_string()).unwrap_or_else(|| "?".into()),
                     dst_port.unwrap_or(0)
@@ -824,12 +828,8 @@ mod tests {
     fn incident() -> Incident {
         let mut inc = crate::incidents::Incidents::new(Default::default());
         let mut a = alert();
-        inc.add(
-            &mut a,
-            &crate::context::process::ProcTable::default(),
-            None,
-        )
-        .expect("a strong alert raises an incident")
+        inc.add(&mut a, &crate::context::process::ProcTable::default(), None)
+            .expect("a strong alert raises an incident")
     }
 
     #[test]

@@ -303,10 +303,16 @@ impl ProcTable {
     fn scan_login_ports(&mut self) {
         let mut inodes = std::collections::HashSet::new();
         for (pid, p) in &self.procs {
-            if !p.exe.as_deref().is_some_and(|e| self.workload.is_login_service(e)) {
+            if !p
+                .exe
+                .as_deref()
+                .is_some_and(|e| self.workload.is_login_service(e))
+            {
                 continue;
             }
-            let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+            let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+                continue;
+            };
             for fd in fds.flatten() {
                 if let Ok(l) = fs::read_link(fd.path()) {
                     let l = l.to_string_lossy();
@@ -609,8 +615,7 @@ impl ProcTable {
                     if let Some(id) = &n.conn_id {
                         if let Some(i) = p.open_conns.iter().position(|c| &*c.id == id.as_str()) {
                             let c = p.open_conns.remove(i);
-                            n.duration_s =
-                                Some(ev.ts_ns.saturating_sub(c.start_ns) as f64 / 1e9);
+                            n.duration_s = Some(ev.ts_ns.saturating_sub(c.start_ns) as f64 / 1e9);
                         }
                     }
                     if let Some(e) = p.exe.as_deref() {
@@ -802,22 +807,30 @@ mod tests {
         let mut t = ProcTable::default();
         t.set_workload(crate::context::workload::WorkloadConfig::default());
         // init → sshd → bash → python3 (agent) → bash (tool)
-        let chain = [(1, 10, "/usr/sbin/sshd"), (10, 11, "/usr/bin/bash"), (11, 12, "/usr/bin/python3"), (12, 13, "/usr/bin/bash")];
+        let chain = [
+            (1, 10, "/usr/sbin/sshd"),
+            (10, 11, "/usr/bin/bash"),
+            (11, 12, "/usr/bin/python3"),
+            (12, 13, "/usr/bin/bash"),
+        ];
         for (pp, pid, exe) in chain {
             let mut f = ev(pp, Body::Fork(crate::event::Fork { child_pid: pid }));
             t.apply(&mut f);
-            let mut x = ev(pid, Body::Exec(Exec {
-                filename: exe.into(),
-                argv: vec![exe.into()],
-                args_truncated: false,
-                args_size: 4,
-                filename_truncated: false,
-                args_unreadable: false,
-                exe_unlinked: false,
-                stdio: None,
-                ssh_config: None,
-                launcher: None,
-            }));
+            let mut x = ev(
+                pid,
+                Body::Exec(Exec {
+                    filename: exe.into(),
+                    argv: vec![exe.into()],
+                    args_truncated: false,
+                    args_size: 4,
+                    filename_truncated: false,
+                    args_unreadable: false,
+                    exe_unlinked: false,
+                    stdio: None,
+                    ssh_config: None,
+                    launcher: None,
+                }),
+            );
             x.ppid = pp;
             t.apply(&mut x);
         }
@@ -863,7 +876,11 @@ mod tests {
         // Closed: no longer counted.
         t.apply(&mut ev(12, Body::TcpClose(net("198.51.100.1", "a"))));
         assert_eq!(t.facts(12).open_external, 0);
-        assert_eq!(t.facts(12).external_connections, 2, "the count since exec stays");
+        assert_eq!(
+            t.facts(12).external_connections,
+            2,
+            "the count since exec stays"
+        );
     }
 
     #[test]

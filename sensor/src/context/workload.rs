@@ -142,8 +142,7 @@ impl Default for WorkloadConfig {
 impl WorkloadConfig {
     pub fn check(&self) -> Result<(), String> {
         for g in &self.tree_boundaries {
-            glob::Pattern::new(g)
-                .map_err(|e| format!("workload.tree_boundaries: {g:?}: {e}"))?;
+            glob::Pattern::new(g).map_err(|e| format!("workload.tree_boundaries: {g:?}: {e}"))?;
         }
         for d in &self.system_dirs {
             if !d.starts_with('/') || !d.ends_with('/') {
@@ -211,15 +210,18 @@ impl WorkloadConfig {
     /// `path` lies under a system directory and, seen from `root` (a process's `/proc/PID/root`),
     /// it and its directory are root-owned and writable by no one else.
     pub fn trusted_path(&self, root: &Path, path: &str) -> bool {
-        if !self.system_dirs.iter().any(|d| path.starts_with(d.as_str())) || path.contains("/../")
+        if !self
+            .system_dirs
+            .iter()
+            .any(|d| path.starts_with(d.as_str()))
+            || path.contains("/../")
         {
             return false;
         }
         let rel = path.trim_start_matches('/');
         let file = root.join(rel);
-        let ok = |p: &Path| {
-            std::fs::metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0)
-        };
+        let ok =
+            |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0);
         ok(&file) && file.parent().is_some_and(ok)
     }
 }
@@ -242,7 +244,12 @@ mod tests {
         assert_eq!(
             w.claimed_launcher(
                 "/usr/bin/python3.11",
-                &argv(&["python3", "/usr/local/bin/torchrun", "--nproc_per_node=2", "t.py"])
+                &argv(&[
+                    "python3",
+                    "/usr/local/bin/torchrun",
+                    "--nproc_per_node=2",
+                    "t.py"
+                ])
             ),
             Some(("torchrun".into(), "/usr/local/bin/torchrun".into()))
         );

@@ -585,18 +585,11 @@ mod tests {
         let ok = SITE_MACRO.replace("    condition:", "    override: true\n    condition:");
         assert!(compile(&[builtin(), src("site.yaml", &ok)]).is_ok());
         // A list: extending needs `append_lists`.
-        let e = compile(&[
-            builtin(),
-            src("l.yaml", "lists:\n  shells: [python3]\n"),
-        ])
-        .unwrap_err();
+        let e = compile(&[builtin(), src("l.yaml", "lists:\n  shells: [python3]\n")]).unwrap_err();
         assert!(e.reason.contains("append_lists"), "{e}");
         let set = compile(&[
             builtin(),
-            src(
-                "l.yaml",
-                "append_lists:\n  shells: [mylauncher]\n",
-            ),
+            src("l.yaml", "append_lists:\n  shells: [mylauncher]\n"),
         ])
         .unwrap();
         assert_eq!(set.len(), compile(&[builtin()]).unwrap().len());

@@ -463,7 +463,12 @@ impl Engine {
         }
         self.dedup.insert(fingerprint.clone(), ev.ts_ns);
         Some(Alert {
-            kind: if r.weight.is_some() { "evidence" } else { "alert" }.into(),
+            kind: if r.weight.is_some() {
+                "evidence"
+            } else {
+                "alert"
+            }
+            .into(),
             ts: ev.ts.clone(),
             rule: r.id.clone(),
             description: r.description.clone(),
