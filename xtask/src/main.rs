@@ -168,7 +168,8 @@ fn test(args: Vec<String>) -> Result<ExitCode> {
 fn confusion_table(out: &str) -> (String, usize, usize) {
     let mut rows: Vec<Vec<&str>> = out
         .lines()
-        .filter_map(|l| l.strip_prefix("CONFUSION|"))
+        // libtest prints `test name ... ` before a test's first output line.
+        .filter_map(|l| l.find("CONFUSION|").map(|i| &l[i + "CONFUSION|".len()..]))
         .map(|l| l.split('|').collect::<Vec<_>>())
         .filter(|f| f.len() == 6)
         .collect();
@@ -276,7 +277,7 @@ mod tests {
 
     #[test]
     fn confusion_rows_sorted_and_mismatches_marked() {
-        let out = "noise\nCONFUSION|miner|incident|none|-|-|-\nCONFUSION|torchrun|none|none|-|-|-\nCONFUSION|bad|x\n";
+        let out = "noise\nCONFUSION|miner|incident|none|-|-|-\ntest t ... CONFUSION|torchrun|none|none|-|-|-\nCONFUSION|bad|x\n";
         let (t, n, wrong) = confusion_table(out);
         assert_eq!((n, wrong), (2, 1));
         let lines: Vec<&str> = t.lines().collect();
