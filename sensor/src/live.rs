@@ -27,7 +27,7 @@ use crate::{
 
 /// Names of the kernel record kinds for the counters in `loss` events and the drop metrics
 /// (index = kind id; 0 = unknown).
-fn kind_names() -> impl Iterator<Item = &'static str> {
+pub(crate) fn kind_names() -> impl Iterator<Item = &'static str> {
     (0..kind::MAX).map(sensor_common::record_kind_name)
 }
 

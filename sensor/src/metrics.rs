@@ -174,6 +174,16 @@ impl Metrics {
             open_incidents: Default::default(),
             health: Health::new(),
         };
+        // Counters exist at zero from start-up, so that `increase()` alerts see the first one.
+        for result in ["ok", "error"] {
+            let _ = m.rule_reloads.get_or_create(&ResultLabel {
+                result: result.into(),
+            });
+        }
+        for k in crate::live::kind_names() {
+            let _ = m.kernel_drops.get_or_create(&HookLabel { hook: k.into() });
+            let _ = m.user_drops.get_or_create(&KindLabel { kind: k.into() });
+        }
         for sev in ["info", "low", "medium", "high", "critical"] {
             let _ = m.incidents_raised.get_or_create(&SeverityLabel {
                 severity: sev.into(),
@@ -323,6 +333,23 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    /// Creates a sink's delivery and suppression series at zero (alerts on rejected deliveries
+    /// see the first one).
+    pub fn init_sink(&self, sink: &str) {
+        for result in ["ok", "retry", "rejected"] {
+            let _ = self.deliveries.get_or_create(&SinkResult {
+                sink: sink.into(),
+                result: result.into(),
+            });
+        }
+        for reason in ["dedup", "rate_limit"] {
+            let _ = self.sink_suppressed.get_or_create(&SinkReason {
+                sink: sink.into(),
+                reason: reason.into(),
+            });
+        }
     }
 
     pub fn sync_spool(&self, sink: &str, depth: usize, oldest_secs: f64, evicted: u64) {
@@ -746,6 +773,24 @@ fn bearer_ok(headers: &axum::http::HeaderMap, token: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Series that `increase()` alerts watch exist at zero before their first increment
+    /// (deploy/prometheus/rules.test.yaml relies on it).
+    #[test]
+    fn alerted_counters_start_at_zero() {
+        let m = Metrics::new("abc", "6.18");
+        m.init_sink("oncall");
+        let t = m.render_text();
+        for want in [
+            "gpu_sensor_rule_reloads_total{result=\"error\"} 0",
+            "gpu_sensor_kernel_ring_drops_total{hook=\"exec\"} 0",
+            "gpu_sensor_user_queue_drops_total{kind=\"connect\"} 0",
+            "gpu_sensor_webhook_deliveries_total{sink=\"oncall\",result=\"rejected\"} 0",
+            "gpu_sensor_incidents_raised_total{severity=\"critical\"} 0",
+        ] {
+            assert!(t.contains(want), "{want} missing:\n{t}");
+        }
+    }
 
     #[test]
     fn renders_openmetrics_with_prefix_and_labels() {

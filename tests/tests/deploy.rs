@@ -110,7 +110,7 @@ fn prometheus_rules_pass_promtool() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("7 rules found"), "{text}");
+    assert!(text.contains("11 rules found"), "{text}");
     // Every metric the alerts use is one the sensor exports.
     let rules = serde_yaml_ng::to_string(spec).unwrap();
     for m in [
@@ -122,8 +122,47 @@ fn prometheus_rules_pass_promtool() {
         "gpu_sensor_component_up",
         "gpu_sensor_spool_oldest_age_seconds",
         "gpu_sensor_spool_depth",
+        "gpu_sensor_webhook_deliveries_total",
+        "gpu_sensor_spool_evicted_total",
     ] {
-        assert!(rules.contains(m));
+        assert!(rules.contains(m), "{m}");
+    }
+}
+
+/// `promtool test rules`: every alert of the PrometheusRule fires on a bad series and stays
+/// silent on a good one (deploy/prometheus/rules.test.yaml).
+#[test]
+fn prometheus_alerts_fire_on_bad_series_and_not_on_good() {
+    let docs = manifests();
+    let spec = &find(&docs, "PrometheusRule")["spec"];
+    let d = std::env::temp_dir().join(format!("sensor-promtest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("rules.yaml"), serde_yaml_ng::to_string(spec).unwrap()).unwrap();
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/rules.test.yaml");
+    std::fs::copy(&tests, d.join("rules.test.yaml")).unwrap();
+    let out = Command::new("/usr/bin/promtool")
+        .args(["test", "rules", "rules.test.yaml"])
+        .current_dir(&d)
+        .output()
+        .expect("promtool (Debian prometheus, installed by scripts/setup.sh)");
+    let _ = std::fs::remove_dir_all(&d);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every alert in the rule file has a test.
+    let tested = std::fs::read_to_string(&tests).unwrap();
+    let rules = serde_yaml_ng::to_string(spec).unwrap();
+    for l in rules.lines() {
+        if let Some(name) = l.trim().strip_prefix("- alert: ").or(l.trim().strip_prefix("alert: ")) {
+            assert!(
+                tested.contains(&format!("alertname: {name},")),
+                "{name} has no promtool test"
+            );
+        }
     }
 }
 

@@ -714,6 +714,7 @@ impl Alerting {
                 tracing::info!(sink = %c.name, pending = spool.len(), "resuming alert delivery from the spool");
             }
             metrics.sync_spool(&c.name, spool.len(), spool.oldest_age_secs(), 0);
+            metrics.init_sink(&c.name);
             let s = Arc::new(Sink {
                 cfg: c.clone(),
                 secret,
