@@ -88,6 +88,8 @@ struct Inner {
     fatal: watch::Sender<Option<String>>,
     failures: Family<FailureLabels, Counter>,
     up: Family<ComponentLabel, Gauge>,
+    /// Events are being lost: what and since when (cleared when the loss stops).
+    degraded: Mutex<Option<String>>,
 }
 
 /// Shared supervision state. Cheap to clone.
@@ -106,6 +108,10 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Readiness {
     pub ready: bool,
     pub healthy: bool,
+    /// Events are being lost (the sensor still runs and stays ready: a NotReady pod would drop
+    /// out of the Service and its metrics would no longer be scraped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
     pub components: BTreeMap<String, serde_json::Value>,
 }
 
@@ -124,6 +130,7 @@ impl Health {
             fatal,
             failures: Family::default(),
             up: Family::default(),
+            degraded: Mutex::new(None),
         }))
     }
 
@@ -243,6 +250,11 @@ impl Health {
         self.0.fatal.borrow().is_none()
     }
 
+    /// Marks the sensor degraded (events lost: `Some(what)`) or recovered (`None`).
+    pub fn set_degraded(&self, what: Option<String>) {
+        *lock(&self.0.degraded) = what;
+    }
+
     pub fn readiness(&self) -> Readiness {
         let parts = lock(&self.0.parts);
         let started = self.0.started.load(std::sync::atomic::Ordering::Relaxed);
@@ -252,6 +264,7 @@ impl Health {
         Readiness {
             ready: started && all_running && self.healthy(),
             healthy: self.healthy(),
+            degraded: lock(&self.0.degraded).clone(),
             components: parts
                 .iter()
                 .map(|(k, p)| (k.clone(), serde_json::to_value(p).unwrap_or_default()))

@@ -71,6 +71,8 @@ pub enum EntityKind {
     Container,
     /// A host process tree (see `ProcTable::tree_root`).
     ProcessTree,
+    /// The sensor itself (`sensor-degraded`: events are being lost).
+    Sensor,
 }
 
 /// What an incident is about.
@@ -259,6 +261,24 @@ pub struct Incident {
     pub gpu: Vec<GpuProfile>,
     /// The first hit of each rule, with its event, lineage and container.
     pub alerts: Vec<Alert>,
+    /// Events were being lost while this incident was open (or within `window_secs` before it
+    /// opened): the verdict was made on partial data. `partial_reason` says what was lost.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_reason: Option<String>,
+    /// For `sensor-degraded`: the cumulative counts lost, by kernel record kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<LossCounts>,
+}
+
+/// What a degraded sensor lost (cumulative since start).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LossCounts {
+    pub kernel_dropped: std::collections::BTreeMap<String, u64>,
+    pub user_dropped: std::collections::BTreeMap<String, u64>,
+    /// Record kinds (hooks) with any loss.
+    pub affected: Vec<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -269,6 +289,15 @@ impl Incident {
     /// One line for a chat message or a page.
     pub fn summary(&self) -> String {
         let rules: Vec<&str> = self.signals.iter().map(|s| s.rule.as_str()).collect();
+        if self.entity.kind == EntityKind::Sensor {
+            return format!(
+                "{}: {}",
+                self.headline,
+                self.partial_reason
+                    .as_deref()
+                    .unwrap_or("events are being lost")
+            );
+        }
         let who = match (&self.entity.namespace, &self.entity.pod) {
             (Some(ns), Some(p)) => format!("pod {ns}/{p}"),
             _ => match &self.entity.episode {
@@ -314,7 +343,12 @@ pub struct Incidents {
     last_expire_ns: u64,
     /// Incidents raised since start (metrics).
     pub raised_total: u64,
+    /// The last loss of events: (ts_ns, what was lost).
+    last_loss: Option<(u64, String)>,
 }
+
+/// Key of the sensor's own `sensor-degraded` incident.
+const DEGRADED_KEY: &str = "sensor:degraded";
 
 /// Who an event belongs to.
 pub fn entity_of(ev: &Event, procs: &ProcTable, episode: Option<&str>) -> Entity {
@@ -447,7 +481,103 @@ impl Incidents {
             recent: HashMap::new(),
             last_expire_ns: 0,
             raised_total: 0,
+            last_loss: None,
         }
+    }
+
+    /// Events were lost (new drops at `ts_ns`): open incidents and those opened within
+    /// `window_secs` are marked partial, and the sensor's own `sensor-degraded` incident is
+    /// raised or updated; returns its new version for the sinks.
+    pub fn loss(&mut self, ts: &str, ts_ns: u64, counts: LossCounts) -> Incident {
+        let what = format!(
+            "events lost at {ts}: kernel {}, user {} ({})",
+            counts.kernel_dropped.values().sum::<u64>(),
+            counts.user_dropped.values().sum::<u64>(),
+            counts.affected.join(", ")
+        );
+        for i in self.open.values_mut() {
+            if i.entity.kind != EntityKind::Sensor {
+                i.partial = true;
+                i.partial_reason = Some(what.clone());
+            }
+        }
+        self.last_loss = Some((ts_ns, what.clone()));
+        let threshold = self.cfg.threshold;
+        let inc = self
+            .open
+            .entry(DEGRADED_KEY.to_string())
+            .or_insert_with(|| {
+                let mut h = Sha256::new();
+                h.update(DEGRADED_KEY.as_bytes());
+                h.update(ts_ns.to_le_bytes());
+                h.update(std::process::id().to_le_bytes());
+                Incident {
+                    kind: "incident".into(),
+                    id: crate::hex(&h.finalize()[..8]),
+                    version: 0,
+                    state: State::Open,
+                    raised: true,
+                    entity: Entity {
+                        kind: EntityKind::Sensor,
+                        key: "sensor".into(),
+                        episode: None,
+                        namespace: None,
+                        pod: None,
+                        container_id: None,
+                        cgroup: None,
+                        root_pid: std::process::id(),
+                        root_exe: std::env::current_exe()
+                            .ok()
+                            .map(|p| p.display().to_string()),
+                        root_argv: vec![],
+                    },
+                    first_seen: ts.to_string(),
+                    last_seen: ts.to_string(),
+                    last_ns: ts_ns,
+                    score: threshold,
+                    threshold,
+                    severity: Severity::High,
+                    previous_severity: None,
+                    headline: "sensor-degraded".into(),
+                    signals: vec![Signal {
+                        rule: "sensor-degraded".into(),
+                        kind: "alert".into(),
+                        severity: Severity::High,
+                        weight: threshold,
+                        count: 0,
+                        first_ts: ts.to_string(),
+                        last_ts: ts.to_string(),
+                        description:
+                            "the sensor is losing events: verdicts are made on partial data".into(),
+                    }],
+                    timeline: vec![],
+                    timeline_dropped: 0,
+                    gpu: vec![],
+                    alerts: vec![],
+                    partial: true,
+                    partial_reason: None,
+                    loss: None,
+                }
+            });
+        if inc.version == 0 {
+            self.raised_total += 1;
+        }
+        inc.version += 1;
+        inc.last_seen = ts.to_string();
+        inc.last_ns = ts_ns;
+        inc.signals[0].count += 1;
+        inc.signals[0].last_ts = ts.to_string();
+        inc.partial_reason = Some(what);
+        inc.loss = Some(counts);
+        inc.clone()
+    }
+
+    /// What was lost recently enough to taint a verdict made now.
+    fn recent_loss(&self, now_ns: u64) -> Option<&str> {
+        self.last_loss
+            .as_ref()
+            .filter(|(t, _)| now_ns.saturating_sub(*t) <= self.cfg.window_secs * 1_000_000_000)
+            .map(|(_, w)| w.as_str())
     }
 
     /// Open incidents that were raised (the `/incidents` endpoint and `sensor incidents`).
@@ -552,6 +682,7 @@ impl Incidents {
             h.update(std::process::id().to_le_bytes());
             let id = crate::hex(&h.finalize()[..8]);
             let pre = self.recent.remove(&key).map(|r| r.1).unwrap_or_default();
+            let partial = self.recent_loss(ev.ts_ns).map(str::to_string);
             self.open.insert(
                 key.clone(),
                 Incident {
@@ -574,6 +705,9 @@ impl Incidents {
                     timeline_dropped: 0,
                     gpu: vec![],
                     alerts: vec![],
+                    partial: partial.is_some(),
+                    partial_reason: partial,
+                    loss: None,
                 },
             );
         }
@@ -848,6 +982,49 @@ mod tests {
         assert_eq!(closed.len(), 1);
         assert_eq!((closed[0].state, closed[0].version), (State::Closed, 3));
         assert_eq!(inc.open_count(), 0);
+    }
+
+    #[test]
+    fn loss_raises_sensor_degraded_and_marks_verdicts_partial() {
+        let procs = table();
+        let mut inc = Incidents::new(IncidentsConfig::default());
+        let e = ev(5, 20, serde_json::json!({"kind": "fork", "child_pid": 97}));
+        let mut a = hit(&e, "x", Some(60), Severity::Low);
+        inc.add(&mut a, &procs, None);
+        let counts = |n: u64| LossCounts {
+            kernel_dropped: [("connect".to_string(), n)].into(),
+            user_dropped: Default::default(),
+            affected: vec!["connect".into()],
+        };
+        let d = inc.loss("t1", 10, counts(5));
+        assert_eq!(
+            (d.headline.as_str(), d.version, d.raised),
+            ("sensor-degraded", 1, true)
+        );
+        assert_eq!(d.entity.kind, EntityKind::Sensor);
+        assert!(d.summary().contains("kernel 5"), "{}", d.summary());
+        let d2 = inc.loss("t2", 20, counts(9));
+        assert_eq!(
+            (d2.id.as_str(), d2.version),
+            (d.id.as_str(), 2),
+            "one incident, updated"
+        );
+        // The open incident was marked; one opened after the loss is marked too.
+        let mut b = hit(&e, "y", Some(60), Severity::Low);
+        let i = inc.add(&mut b, &procs, None).unwrap();
+        assert!(i.partial && i.partial_reason.as_deref().unwrap().contains("kernel 9"));
+        let other = ev(30, 11, serde_json::json!({"kind": "fork", "child_pid": 96}));
+        let mut c = hit(&other, "strong", None, Severity::High);
+        assert!(inc.add(&mut c, &procs, None).unwrap().partial);
+        // Long after the loss, a new incident is not.
+        let late = ev(
+            40 + 3601 * 1_000_000_000,
+            11,
+            serde_json::json!({"kind": "fork", "child_pid": 95}),
+        );
+        inc.expire(late.ts_ns);
+        let mut l = hit(&late, "strong", None, Severity::High);
+        assert!(!inc.add(&mut l, &procs, None).unwrap().partial);
     }
 
     #[test]

@@ -117,6 +117,12 @@ impl<W: std::io::Write> Sink<W> {
                 self.print(a)
             }
             Out::Incident(i) => {
+                if i.entity.kind == crate::incidents::EntityKind::Sensor {
+                    self.metrics.health.set_degraded(match i.state {
+                        crate::incidents::State::Open => i.partial_reason.clone(),
+                        crate::incidents::State::Closed => None,
+                    });
+                }
                 self.metrics.incident(i);
                 self.alerting.submit(i);
                 self.print(i)
@@ -373,10 +379,43 @@ impl<W: std::io::Write> LiveLoop<W> {
         // (probe errors alone do not make a record).
         let changed = self.last_loss.as_ref() != Some(&loss);
         if last || (dropped && changed) {
+            let now = now_boot_ns();
             let mut printed = loss.clone();
-            printed.ts = self.clock.rfc3339(now_boot_ns());
+            printed.ts = self.clock.rfc3339(now);
             printed.probe_errors = self.probe_errors_nonzero();
-            self.sink.print(&Status::Loss(printed))?;
+            self.sink.print(&Status::Loss(printed.clone()))?;
+            let newly_lost = self.last_loss.as_ref().is_none_or(|l| {
+                l.kernel_dropped_total != loss.kernel_dropped_total
+                    || l.user_dropped != loss.user_dropped
+            });
+            if dropped && newly_lost {
+                // Loss reaches on-call as the sensor's own incident, and taints verdicts.
+                let nonzero = |m: &std::collections::BTreeMap<String, u64>| {
+                    m.iter()
+                        .filter(|(_, v)| **v > 0)
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect::<std::collections::BTreeMap<_, _>>()
+                };
+                let kernel_dropped = nonzero(&printed.kernel_dropped);
+                let user_dropped = nonzero(&printed.user_dropped_by_kind);
+                let mut affected: Vec<String> = kernel_dropped
+                    .keys()
+                    .chain(user_dropped.keys())
+                    .cloned()
+                    .collect();
+                affected.sort();
+                affected.dedup();
+                let inc = self.proc.incidents.loss(
+                    &printed.ts,
+                    now,
+                    crate::incidents::LossCounts {
+                        kernel_dropped,
+                        user_dropped,
+                        affected,
+                    },
+                );
+                self.sink.emit(Out::Incident(&inc))?;
+            }
             loss.last = false;
             self.last_loss = Some(loss);
         }

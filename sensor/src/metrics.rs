@@ -581,7 +581,9 @@ impl Metrics {
                         } else {
                             StatusCode::SERVICE_UNAVAILABLE
                         };
-                        let head = if r.ready {
+                        let head = if r.ready && r.degraded.is_some() {
+                            "ready (degraded: events are being lost)"
+                        } else if r.ready {
                             "ready"
                         } else if r.healthy {
                             "not ready"

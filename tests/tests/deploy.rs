@@ -138,7 +138,11 @@ fn prometheus_alerts_fire_on_bad_series_and_not_on_good() {
     let d = std::env::temp_dir().join(format!("sensor-promtest-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join("rules.yaml"), serde_yaml_ng::to_string(spec).unwrap()).unwrap();
+    std::fs::write(
+        d.join("rules.yaml"),
+        serde_yaml_ng::to_string(spec).unwrap(),
+    )
+    .unwrap();
     let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/rules.test.yaml");
     std::fs::copy(&tests, d.join("rules.test.yaml")).unwrap();
     let out = Command::new("/usr/bin/promtool")
@@ -157,7 +161,11 @@ fn prometheus_alerts_fire_on_bad_series_and_not_on_good() {
     let tested = std::fs::read_to_string(&tests).unwrap();
     let rules = serde_yaml_ng::to_string(spec).unwrap();
     for l in rules.lines() {
-        if let Some(name) = l.trim().strip_prefix("- alert: ").or(l.trim().strip_prefix("alert: ")) {
+        if let Some(name) = l
+            .trim()
+            .strip_prefix("- alert: ")
+            .or(l.trim().strip_prefix("alert: "))
+        {
             assert!(
                 tested.contains(&format!("alertname: {name},")),
                 "{name} has no promtool test"

@@ -1041,3 +1041,123 @@ fn an_attack_of_several_steps_is_one_incident() {
         &evidence_names(&ohits),
     );
 }
+
+/// A webhook receiver on loopback: accepts every POST (200) and keeps the bodies.
+fn receiver() -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use std::io::{BufRead, BufReader, Read};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            if r.read_exact(&mut body).is_ok() {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    g.lock().unwrap().push(v);
+                }
+            }
+            let mut c = c;
+            let _ =
+                c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn lost_events_page_as_sensor_degraded_and_mark_verdicts_partial() {
+    if !require_root("lost_events_page_as_sensor_degraded_and_mark_verdicts_partial") {
+        return;
+    }
+    let dir = TempDir::new("loss");
+    let (port, got) = receiver();
+    let cfg = dir.0.join("sensor.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[output]\nloss_interval_secs = 1\n[alerting]\nspool_dir = \"{}\"\n\
+             [[alerting.sinks]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/\"\n",
+            dir.0.join("spool").display()
+        ),
+    )
+    .unwrap();
+    // The smallest ring (16 KiB) and a burst of 20k refused connects: the kernel drops.
+    let s = Sensor::start(&["--config", cfg.to_str().unwrap(), "--ring-size", "16KiB"]);
+    let mut burst = Command::new(env!("CARGO_BIN_EXE_netprobe"))
+        .args(["burst", "20000", &free_port().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    burst.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(burst.wait().unwrap().success());
+    let degraded = s
+        .wait_incident(Duration::from_secs(15), |i| i.headline == "sensor-degraded")
+        .expect("a sensor-degraded incident");
+    let loss = degraded.loss.as_ref().unwrap();
+    assert!(
+        loss.kernel_dropped.get("connect").is_some_and(|n| *n > 0),
+        "{loss:?}"
+    );
+    assert!(loss.affected.iter().any(|k| k == "connect"));
+    // It reached the sink, with the counts.
+    assert!(
+        wait_until(15, || got.lock().unwrap().iter().any(|v| v["headline"]
+            == "sensor-degraded"
+            && v["loss"]["kernel_dropped"]["connect"]
+                .as_u64()
+                .is_some_and(|n| n > 0))),
+        "webhook got: {:?}",
+        got.lock()
+            .unwrap()
+            .iter()
+            .map(|v| v["headline"].clone())
+            .collect::<Vec<_>>()
+    );
+    // /readyz says so, and stays 200 (a NotReady pod would stop being scraped).
+    let addr = s.sensor_start().metrics_addr.unwrap();
+    let r = Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{addr}/readyz"),
+        ])
+        .output()
+        .unwrap();
+    let r = String::from_utf8_lossy(&r.stdout).to_string();
+    assert!(
+        r.starts_with("ready (degraded") && r.contains("events lost") && r.ends_with("200"),
+        "{r}"
+    );
+    // A verdict made now is marked as made on partial data.
+    let m = Command::new("bash")
+        .args(["-c", "exec -a '[kworker/7:7]' /bin/true"])
+        .status()
+        .unwrap();
+    assert!(m.success());
+    let i = s
+        .wait_incident(WAIT, |i| i.headline == "masquerading-process-name")
+        .expect("the masquerade's incident");
+    assert!(i.partial, "{i:?}");
+    assert!(i
+        .partial_reason
+        .as_deref()
+        .is_some_and(|r| r.contains("events lost")));
+    drop(s.stop());
+}
