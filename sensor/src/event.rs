@@ -111,6 +111,22 @@ pub struct Container {
     /// Configured annotations (`context.episode_annotations`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// The container's name and image in the pod (matched by runtime id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The pod's owning workload (Deployment, Job, StatefulSet, PyTorchJob, RayCluster, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+}
+
+/// A pod's owner: `kind` and `name` of its controller (a ReplicaSet made by a Deployment is
+/// reported as the Deployment).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Workload {
+    pub kind: String,
+    pub name: String,
 }
 
 /// Declares a closed set of values that serialise as fixed strings.

@@ -443,6 +443,9 @@ fn format(kind: SinkKind, cfg: &SinkConfig, p: &Payload<'_>) -> serde_json::Valu
                         "episode": e.episode.clone().unwrap_or_default(),
                         "root": format!("{} ({})", e.root_exe.as_deref().unwrap_or("?"), e.root_pid),
                         "lineage": first.map(lineage_text).unwrap_or_default(),
+                        "container": first.and_then(|a| a.container.as_ref()).and_then(|c| c.name.clone()).unwrap_or_default(),
+                        "image": first.and_then(|a| a.container.as_ref()).and_then(|c| c.image.clone()).unwrap_or_default(),
+                        "workload": first.and_then(|a| a.container.as_ref()).and_then(|c| c.workload.as_ref()).map(|w| format!("{}/{}", w.kind, w.name)).unwrap_or_default(),
                         "timeline": timeline_text(i, 20),
                     });
                     let closed = i.state == crate::incidents::State::Closed;

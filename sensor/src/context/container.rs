@@ -145,11 +145,22 @@ impl Containers {
                 c.namespace = Some(meta.namespace);
                 c.node = meta.node;
                 c.labels = meta.labels;
+                c.workload = meta.workload;
                 c.annotations = meta
                     .annotations
                     .into_iter()
                     .filter(|(k, _)| self.annotations.contains(k))
                     .collect();
+            }
+        }
+        // The container's name and image: its status (with the runtime id) may come after the
+        // pod itself.
+        if c.name.is_none() {
+            if let (Some(uid), Some(id)) = (c.pod_uid.as_deref(), c.id.as_deref()) {
+                if let Some((name, image)) = pods.and_then(|p| p.container(uid, id)) {
+                    c.name = Some(name);
+                    c.image = (!image.is_empty()).then_some(image);
+                }
             }
         }
         Some(c)

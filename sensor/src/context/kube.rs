@@ -26,6 +26,12 @@ pub enum KubeError {
         path: String,
         source: std::io::Error,
     },
+    /// The watch's resourceVersion is too old (HTTP 410, or an `ERROR` event with code 410
+    /// inside the stream): list again.
+    #[error("watch expired (410 Gone): re-listing")]
+    Expired,
+    #[error("watch error event: {0}")]
+    WatchError(String),
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -35,6 +41,10 @@ pub struct PodMeta {
     pub node: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// Container runtime id (without the `containerd://` scheme) → (name, image).
+    pub containers: HashMap<String, (String, String)>,
+    /// The owning workload: the controller owner, a ReplicaSet resolved to its Deployment.
+    pub workload: Option<crate::event::Workload>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,14 +57,50 @@ struct ObjectMeta {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
-    #[serde(default, rename = "resourceVersion")]
-    resource_version: Option<String>,
+    #[serde(default, rename = "ownerReferences")]
+    owner_references: Vec<OwnerRef>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OwnerRef {
+    kind: String,
+    name: String,
+    #[serde(default)]
+    controller: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct ContainerSpec {
+    name: String,
+    #[serde(default)]
+    image: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
 struct PodSpec {
     #[serde(default, rename = "nodeName")]
     node_name: Option<String>,
+    #[serde(default)]
+    containers: Vec<ContainerSpec>,
+    #[serde(default, rename = "initContainers")]
+    init_containers: Vec<ContainerSpec>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct ContainerStatus {
+    name: String,
+    #[serde(default)]
+    image: String,
+    #[serde(default, rename = "containerID")]
+    container_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct PodStatus {
+    #[serde(default, rename = "containerStatuses")]
+    container_statuses: Vec<ContainerStatus>,
+    #[serde(default, rename = "initContainerStatuses")]
+    init_container_statuses: Vec<ContainerStatus>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +108,32 @@ struct Pod {
     metadata: ObjectMeta,
     #[serde(default)]
     spec: PodSpec,
+    #[serde(default)]
+    status: PodStatus,
+}
+
+/// The owning workload of a pod: its controller owner reference, with a ReplicaSet that a
+/// Deployment made (its name is `<deployment>-<pod-template-hash>`) resolved to the Deployment.
+fn workload_of(m: &ObjectMeta) -> Option<crate::event::Workload> {
+    let o = m
+        .owner_references
+        .iter()
+        .find(|o| o.controller)
+        .or(m.owner_references.first())?;
+    if o.kind == "ReplicaSet" {
+        if let Some(h) = m.labels.get("pod-template-hash") {
+            if let Some(d) = o.name.strip_suffix(&format!("-{h}")) {
+                return Some(crate::event::Workload {
+                    kind: "Deployment".into(),
+                    name: d.to_string(),
+                });
+            }
+        }
+    }
+    Some(crate::event::Workload {
+        kind: o.kind.clone(),
+        name: o.name.clone(),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,7 +152,7 @@ struct PodList {
 struct WatchEvent {
     #[serde(rename = "type")]
     kind: String,
-    object: Pod,
+    object: serde_json::Value,
 }
 
 /// Pod UID → metadata, shared with the pipeline.
@@ -96,6 +168,17 @@ impl Pods {
             .cloned()
     }
 
+    /// Name and image of the container with runtime id `id` in pod `uid`.
+    pub fn container(&self, uid: &str, id: &str) -> Option<(String, String)> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)?
+            .containers
+            .get(id)
+            .cloned()
+    }
+
     fn apply(&self, p: Pod, delete: bool) {
         // A panic elsewhere while writing leaves a consistent map (single inserts/removes).
         let mut m = self.0.write().unwrap_or_else(|p| p.into_inner());
@@ -103,6 +186,30 @@ impl Pods {
             m.remove(&p.metadata.uid);
             return;
         }
+        let images: HashMap<&str, &str> = p
+            .spec
+            .containers
+            .iter()
+            .chain(&p.spec.init_containers)
+            .map(|c| (c.name.as_str(), c.image.as_str()))
+            .collect();
+        let containers = p
+            .status
+            .container_statuses
+            .iter()
+            .chain(&p.status.init_container_statuses)
+            .filter_map(|c| {
+                let id = c.container_id.as_deref()?;
+                let id = id.split_once("://").map_or(id, |(_, i)| i);
+                let image = if c.image.is_empty() {
+                    images.get(c.name.as_str()).copied().unwrap_or("")
+                } else {
+                    c.image.as_str()
+                };
+                Some((id.to_string(), (c.name.clone(), image.to_string())))
+            })
+            .collect();
+        let workload = workload_of(&p.metadata);
         m.insert(
             p.metadata.uid,
             PodMeta {
@@ -111,6 +218,8 @@ impl Pods {
                 node: p.spec.node_name,
                 labels: p.metadata.labels,
                 annotations: p.metadata.annotations,
+                containers,
+                workload,
             },
         );
     }
@@ -176,8 +285,15 @@ impl Endpoint {
         if let Some(n) = &self.node {
             q.push(format!("fieldSelector=spec.nodeName%3D{n}"));
         }
-        if let Some(rv) = watch_from {
-            q.push(format!("watch=1&resourceVersion={rv}&timeoutSeconds=300"));
+        match watch_from {
+            // Bookmarks keep the resourceVersion fresh on a quiet node, so a re-watch after
+            // the 5-minute timeout does not start from an expired version.
+            Some(rv) => q.push(format!(
+                "watch=1&allowWatchBookmarks=true&resourceVersion={rv}&timeoutSeconds=300"
+            )),
+            // resourceVersion=0: served from the API server's watch cache, not from etcd (every
+            // node re-lists at once after an API outage).
+            None => q.push("resourceVersion=0".into()),
         }
         if !q.is_empty() {
             u.push('?');
@@ -214,9 +330,13 @@ impl Endpoint {
     }
 
     /// Follows a watch until the server ends it; returns the last resourceVersion seen.
+    /// A 410 (as the response, or as an `ERROR` event in the stream) is [`KubeError::Expired`].
     fn watch(&self, pods: &Pods, rv: &str) -> Result<String, KubeError> {
         let agent = self.agent(None)?;
-        let resp = self.get(&agent, &self.url(Some(rv)))?;
+        let resp = match self.get(&agent, &self.url(Some(rv))) {
+            Err(KubeError::Http(ureq::Error::StatusCode(410))) => return Err(KubeError::Expired),
+            r => r?,
+        };
         let mut last = rv.to_string();
         for line in std::io::BufReader::new(resp.into_body().into_reader()).lines() {
             let line = line.map_err(|source| KubeError::Io {
@@ -224,19 +344,52 @@ impl Endpoint {
                 source,
             })?;
             let Ok(ev) = serde_json::from_str::<WatchEvent>(&line) else {
+                tracing::debug!("Kubernetes watch: unparsable line skipped");
                 continue;
             };
-            if let Some(v) = &ev.object.metadata.resource_version {
-                last = v.clone();
+            if ev.kind == "ERROR" {
+                // A metav1.Status: 410 Gone (Expired) means list again.
+                let code = ev.object.get("code").and_then(|c| c.as_u64());
+                if code == Some(410) {
+                    return Err(KubeError::Expired);
+                }
+                let msg = ev
+                    .object
+                    .get("message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                return Err(KubeError::WatchError(format!("code {code:?}: {msg}")));
+            }
+            if let Some(v) = ev
+                .object
+                .pointer("/metadata/resourceVersion")
+                .and_then(|v| v.as_str())
+            {
+                last = v.to_string();
             }
             match ev.kind.as_str() {
-                "ADDED" | "MODIFIED" => pods.apply(ev.object, false),
-                "DELETED" => pods.apply(ev.object, true),
+                "ADDED" | "MODIFIED" | "DELETED" => {
+                    match serde_json::from_value::<Pod>(ev.object) {
+                        Ok(p) => pods.apply(p, ev.kind == "DELETED"),
+                        Err(e) => tracing::debug!("Kubernetes watch: pod not understood: {e}"),
+                    }
+                }
+                // BOOKMARK: only the resourceVersion.
                 _ => {}
             }
         }
         Ok(last)
     }
+}
+
+/// Waits before the next try: exponential from 1 s to 60 s, with up to 50 % jitter.
+fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos()) as u64;
+    base + Duration::from_millis(nanos % (base.as_millis() as u64 / 2 + 1))
 }
 
 /// Starts the list/watch thread. The first list is done before returning (so pods known at
@@ -253,20 +406,104 @@ pub fn spawn(health: &crate::health::Health, ep: Endpoint) -> Pods {
     crate::health::supervise_thread(health, "pod_watch", move || {
         // After a restart: list again.
         let mut rv = crate::health::lock(&first).take();
+        let mut failures = 0u32;
         loop {
+            let watching = rv.is_some();
+            let t0 = std::time::Instant::now();
             let r = match &rv {
                 Some(v) => ep.watch(&p, v).map(Some),
                 None => ep.list(&p),
             };
             match r {
-                Ok(v) => rv = v,
+                // A watch that ended normally (its timeout) goes on from where it was at once;
+                // one the server ends at once is retried with backoff (no busy loop).
+                Ok(v) => {
+                    rv = v;
+                    if watching && t0.elapsed() < Duration::from_secs(1) {
+                        std::thread::sleep(backoff(failures));
+                        failures = failures.saturating_add(1);
+                    } else {
+                        failures = 0;
+                    }
+                }
+                Err(KubeError::Expired) => {
+                    tracing::info!("Kubernetes watch expired (410): re-listing");
+                    rv = None;
+                    failures = 0;
+                    // A short jitter: every node's sensor gets the same 410 at once.
+                    std::thread::sleep(backoff(0) / 4);
+                }
                 Err(e) => {
                     tracing::warn!("Kubernetes API: {e}");
                     rv = None; // re-list after an error
+                    std::thread::sleep(backoff(failures));
+                    failures = failures.saturating_add(1);
                 }
             }
-            std::thread::sleep(Duration::from_secs(2));
         }
     });
     pods
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(owner: Option<(&str, &str)>, hash: Option<&str>) -> ObjectMeta {
+        let mut v = serde_json::json!({"uid": "u", "name": "p", "labels": {}});
+        if let Some(h) = hash {
+            v["labels"]["pod-template-hash"] = h.into();
+        }
+        if let Some((k, n)) = owner {
+            v["ownerReferences"] = serde_json::json!([{"kind": k, "name": n, "controller": true}]);
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn owning_workloads() {
+        let w = |m: ObjectMeta| workload_of(&m).map(|w| (w.kind, w.name));
+        assert_eq!(
+            w(meta(Some(("ReplicaSet", "web-5d8f7")), Some("5d8f7"))),
+            Some(("Deployment".into(), "web".into()))
+        );
+        // A bare ReplicaSet (no template hash) stays one.
+        assert_eq!(
+            w(meta(Some(("ReplicaSet", "rs-1")), None)),
+            Some(("ReplicaSet".into(), "rs-1".into()))
+        );
+        for k in [
+            "Job",
+            "StatefulSet",
+            "PyTorchJob",
+            "RayCluster",
+            "DaemonSet",
+        ] {
+            assert_eq!(w(meta(Some((k, "x")), None)), Some((k.into(), "x".into())));
+        }
+        assert_eq!(w(meta(None, None)), None);
+    }
+
+    #[test]
+    fn urls_list_from_the_cache_and_watch_with_bookmarks() {
+        let ep = Endpoint {
+            base: "http://a".into(),
+            token: None,
+            ca_pem: None,
+            node: Some("n1".into()),
+        };
+        assert_eq!(
+            ep.url(None),
+            "http://a/api/v1/pods?fieldSelector=spec.nodeName%3Dn1&resourceVersion=0"
+        );
+        assert!(ep
+            .url(Some("7"))
+            .ends_with("watch=1&allowWatchBookmarks=true&resourceVersion=7&timeoutSeconds=300"));
+    }
+
+    #[test]
+    fn backoff_grows_to_a_minute_with_jitter() {
+        assert!(backoff(0) >= Duration::from_secs(1) && backoff(0) <= Duration::from_millis(1500));
+        assert!(backoff(10) >= Duration::from_secs(60) && backoff(10) <= Duration::from_secs(90));
+    }
 }
