@@ -953,6 +953,11 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     pub const GPU_DEVS: &str = "GPU_DEVS";
     pub const GPU_TGIDS: &str = "GPU_TGIDS";
+    pub const TRACKED_SOCKS: &str = "TRACKED_SOCKS";
+    pub const FRESH_CONNS: &str = "FRESH_CONNS";
+    pub const PENDING_NET: &str = "PENDING_NET";
+    pub const PENDING_IOCTL: &str = "PENDING_IOCTL";
+    pub const PENDING_OPEN: &str = "PENDING_OPEN";
 }
 
 /// Key of the GPU device map: `major << 32 | minor`; minor `u32::MAX` matches every minor.
@@ -960,7 +965,8 @@ pub const fn gpu_dev_key(major: u32, minor: u32) -> u64 {
     ((major as u64) << 32) | minor as u64
 }
 
-/// Capacity of the filter hash maps.
+/// Largest capacity of the filter hash maps (the agent sizes them to what it puts in them, or
+/// to this for TRACE_TGIDS, which the kernel grows with forks).
 pub const FILTER_MAP_ENTRIES: u32 = 4096;
 
 // --- compile-time layout checks -------------------------------------------------------------

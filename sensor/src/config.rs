@@ -32,6 +32,7 @@ pub struct Config {
     pub net: NetConfig,
     pub metrics: MetricsConfig,
     pub alerting: crate::alerting::AlertingConfig,
+    pub maps: MapsConfig,
     pub workload: crate::context::workload::WorkloadConfig,
     pub incidents: crate::incidents::IncidentsConfig,
     /// Path of the kernel BTF used to resolve struct offsets.
@@ -50,6 +51,7 @@ impl Default for Config {
             net: NetConfig::default(),
             metrics: MetricsConfig::default(),
             alerting: crate::alerting::AlertingConfig::default(),
+            maps: MapsConfig::default(),
             workload: Default::default(),
             incidents: Default::default(),
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
@@ -79,6 +81,65 @@ impl Default for RingConfig {
             queue: 65536,
             poll_interval_ms: 2,
         }
+    }
+}
+
+/// Capacities of the kernel maps (config `[maps]`): what they hold, and so what they lock.
+/// The sensor reports each map's locked memory at start-up (`sensor_start.map_bytes`) and as
+/// `gpu_sensor_bpf_map_bytes{map}`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MapsConfig {
+    /// Outbound TCP connections followed from connect to close (TRACKED_SOCKS, LRU: the oldest
+    /// are forgotten first; a forgotten one gets no `tcp_close` and no stdio/dup verdict).
+    pub tracked_connections: u32,
+    /// New outbound connections waiting for their first data segment (FRESH_CONNS, LRU).
+    pub fresh_connections: u32,
+    /// Processes with GPU device files open (GPU_TGIDS, LRU).
+    pub gpu_processes: u32,
+    /// Threads inside a hooked connect/bind, GPU ioctl or open at the same moment (PENDING_NET,
+    /// PENDING_IOCTL, PENDING_OPEN; a full map loses that call's event, counted as a probe
+    /// error `map_update`).
+    pub inflight_syscalls: u32,
+}
+
+impl Default for MapsConfig {
+    fn default() -> Self {
+        MapsConfig {
+            tracked_connections: 16384,
+            fresh_connections: 8192,
+            gpu_processes: 16384,
+            inflight_syscalls: 4096,
+        }
+    }
+}
+
+impl MapsConfig {
+    fn check(&self) -> Result<(), String> {
+        in_range(
+            "maps.tracked_connections",
+            self.tracked_connections as u64,
+            256,
+            1 << 20,
+        )?;
+        in_range(
+            "maps.fresh_connections",
+            self.fresh_connections as u64,
+            256,
+            1 << 20,
+        )?;
+        in_range(
+            "maps.gpu_processes",
+            self.gpu_processes as u64,
+            256,
+            1 << 20,
+        )?;
+        in_range(
+            "maps.inflight_syscalls",
+            self.inflight_syscalls as u64,
+            256,
+            1 << 20,
+        )
     }
 }
 
@@ -372,6 +433,7 @@ impl Config {
         self.metrics.check()?;
         self.alerting.check()?;
         self.workload.check()?;
+        self.maps.check()?;
         self.incidents.check()?;
         Ok(())
     }

@@ -115,10 +115,17 @@ pub struct Metrics {
     pub incidents_raised: Family<SeverityLabel, Counter>,
     /// Raised incidents open now.
     pub incidents_open: Gauge,
+    /// Memory the kernel locked for each BPF map (bytes, at start-up).
+    pub bpf_map_bytes: Family<MapLabel, Gauge>,
     /// The open raised incidents, latest version of each (`/incidents`).
     pub open_incidents:
         Arc<std::sync::Mutex<std::collections::BTreeMap<String, crate::incidents::Incident>>>,
     pub health: Health,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabel {
+    pub map: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -171,6 +178,7 @@ impl Metrics {
             stdout_dropped: Counter::default(),
             incidents_raised: Family::default(),
             incidents_open: Gauge::default(),
+            bpf_map_bytes: Family::default(),
             open_incidents: Default::default(),
             health: Health::new(),
         };
@@ -225,6 +233,11 @@ impl Metrics {
             "incidents_raised",
             "Incidents raised (strong signal, or evidence reaching the threshold), by severity",
             m.incidents_raised.clone(),
+        );
+        r.register(
+            "bpf_map_bytes",
+            "Memory the kernel locked for each BPF map, bytes (config [maps], ring.size)",
+            m.bpf_map_bytes.clone(),
         );
         r.register(
             "incidents_open",

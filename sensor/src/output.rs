@@ -37,6 +37,11 @@ pub struct SensorStart {
     pub gpu_class_table: String,
     pub rules: usize,
     pub sensor_pid: u32,
+    /// Memory the kernel locked for the BPF maps, by map, and the total (bytes).
+    #[serde(default)]
+    pub map_bytes: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub map_bytes_total: u64,
     /// Where `/metrics` is served (absent when disabled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<String>,

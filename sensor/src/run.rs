@@ -123,6 +123,25 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     let mut procs = ProcTable::scan();
     procs.set_episode_env(cfg.context.episode_env.clone());
     procs.set_workload(cfg.workload.clone());
+    let map_bytes = hook::map_memory();
+    for (name, b) in &map_bytes {
+        metrics
+            .bpf_map_bytes
+            .get_or_create(&crate::metrics::MapLabel { map: name.clone() })
+            .set(*b as i64);
+    }
+    tracing::info!(
+        total_mib = format!(
+            "{:.1}",
+            map_bytes.values().sum::<u64>() as f64 / (1 << 20) as f64
+        ),
+        "BPF map memory: {}",
+        map_bytes
+            .iter()
+            .map(|(k, v)| format!("{k} {:.1} MiB", *v as f64 / (1 << 20) as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let mut start = SensorStart {
         ts: clock.rfc3339(now_boot_ns()),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -135,6 +154,8 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
         gpu_class_table: gpu::classes::TABLE_VERSION.into(),
         rules: set.len(),
         sensor_pid: std::process::id(),
+        map_bytes_total: map_bytes.values().sum(),
+        map_bytes: map_bytes.clone(),
         metrics_addr: None,
     };
     metrics.rules_loaded.set(set.len() as i64);
@@ -169,6 +190,10 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
         signal(SignalKind::hangup())?,
         rules_state,
     ))));
+    // SIGINT/SIGTERM handlers before `sensor_start` is printed: a stop sent right after it
+    // must detach cleanly, not end the process by the default action.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     out.write(&Status::SensorStart(start))?;
     out.flush()?;
     metrics.set_ready();
@@ -232,8 +257,6 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
         }
     };
     let containers = Containers::new(pods, cfg.context.episode_annotations.clone());
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let engine = Engine::new(set, cfg.rules.clone());
     let live = LiveLoop {
         sink: Sink {

@@ -186,8 +186,7 @@ fn an_expired_watch_relists_and_new_pods_get_their_metadata() {
     assert!(st.success());
     let ev = s
         .wait_event(Duration::from_secs(10), |e| {
-            e.exec()
-                .is_some_and(|x| x.argv.contains(&marker))
+            e.exec().is_some_and(|x| x.argv.contains(&marker))
         })
         .expect("the exec in pod B");
     drop(s.stop());

@@ -150,3 +150,57 @@ fn metrics_endpoint_is_scraped_by_a_real_prometheus() {
     let _ = std::fs::remove_dir_all(&dir);
     panic!("Prometheus never saw gpu_sensor_events_total{{kind=\"exec\"}} >= 3: {seen}");
 }
+
+/// BPF map memory at defaults stays within 16 MiB (measured by the kernel: `memlock` of each
+/// map fd), is reported at start-up and as a metric, and follows `[maps]`.
+#[test]
+fn bpf_map_memory_is_bounded_reported_and_configurable() {
+    if !require_root("bpf_map_memory_is_bounded_reported_and_configurable") {
+        return;
+    }
+    let s = Sensor::start(&[]);
+    let st = s.sensor_start();
+    let addr = st.metrics_addr.clone().unwrap();
+    let (_, body) = http_get(&addr, "/metrics");
+    drop(s.stop());
+    println!(
+        "BPF map memory at defaults: {:.1} MiB {:?}",
+        st.map_bytes_total as f64 / 1048576.0,
+        st.map_bytes
+    );
+    assert!(
+        st.map_bytes_total <= 16 << 20,
+        "{} bytes: {:?}",
+        st.map_bytes_total,
+        st.map_bytes
+    );
+    for m in [
+        "EVENTS",
+        "TRACKED_SOCKS",
+        "GPU_TGIDS",
+        "PENDING_IOCTL",
+        "PENDING_OPEN",
+        "PENDING_NET",
+        "FRESH_CONNS",
+    ] {
+        let b = st.map_bytes.get(m).copied().unwrap_or(0);
+        assert!(b > 0, "{m} not reported: {:?}", st.map_bytes);
+        assert!(
+            body.contains(&format!("gpu_sensor_bpf_map_bytes{{map=\"{m}\"}} {b}")),
+            "{m} metric"
+        );
+    }
+    // Four times the tracked connections: that map grows about four times, nothing else.
+    let d = std::env::temp_dir().join(format!("sensor-maps-{}.toml", std::process::id()));
+    std::fs::write(&d, "[maps]\ntracked_connections = 65536\n").unwrap();
+    let s = Sensor::start(&["--config", d.to_str().unwrap()]);
+    let big = s.sensor_start();
+    drop(s.stop());
+    let _ = std::fs::remove_file(&d);
+    let (a, b) = (
+        st.map_bytes["TRACKED_SOCKS"],
+        big.map_bytes["TRACKED_SOCKS"],
+    );
+    assert!(b > 3 * a && b < 5 * a, "TRACKED_SOCKS {a} → {b}");
+    assert_eq!(st.map_bytes["EVENTS"], big.map_bytes["EVENTS"]);
+}

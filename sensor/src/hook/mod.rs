@@ -173,8 +173,30 @@ impl Hooks {
             wakeup_bytes: (cfg.ring.size / 4).min(128 << 10) as u32,
             cookie_key: random_u64(),
         };
+        let m = &cfg.maps;
+        // Filter maps hold what the agent puts in them (TRACE_TGIDS also the processes the
+        // listed ones fork, so it keeps its full size when used).
+        let small = |n: usize| (n.max(16) as u32).min(sensor_common::FILTER_MAP_ENTRIES);
+        let trace = if cfg.filter.only_pids.is_empty() {
+            16
+        } else {
+            sensor_common::FILTER_MAP_ENTRIES
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, cfg.ring.size as u32)
+            .map_max_entries(names::TRACKED_SOCKS, m.tracked_connections)
+            .map_max_entries(names::FRESH_CONNS, m.fresh_connections)
+            .map_max_entries(names::GPU_TGIDS, m.gpu_processes)
+            .map_max_entries(names::PENDING_NET, m.inflight_syscalls)
+            .map_max_entries(names::PENDING_IOCTL, m.inflight_syscalls)
+            .map_max_entries(names::PENDING_OPEN, m.inflight_syscalls)
+            .map_max_entries(names::IGNORE_TGIDS, small(cfg.filter.ignore_pids.len() + 1))
+            .map_max_entries(
+                names::IGNORE_CGROUPS,
+                small(cfg.filter.ignore_cgroup_ids.len()),
+            )
+            .map_max_entries(names::TRACE_TGIDS, trace)
+            .map_max_entries(names::GPU_DEVS, small(cfg.gpu.devices.len() + 64))
             .override_global(names::CONFIG, &prog_cfg, true)
             .load(EBPF_OBJECT)?;
 
@@ -346,6 +368,35 @@ pub fn sync_gpu_devs<T: std::borrow::BorrowMut<MapData>>(
             .map_err(|source| map_err(names::GPU_DEVS, source))?;
     }
     Ok(entries)
+}
+
+/// Memory the kernel charges for each BPF map this process holds (`memlock` in
+/// /proc/self/fdinfo; names from the map info), by map name.
+pub fn map_memory() -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let (Some(id), Some(bytes)) = (field("map_id:"), field("memlock:")) else {
+            continue;
+        };
+        let name = aya::maps::MapInfo::from_id(id as u32)
+            .ok()
+            .and_then(|i| i.name_as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("map-{id}"));
+        // The same map may be open on several fds: count it once.
+        out.insert(name, bytes);
+    }
+    out
 }
 
 /// A random per-run key (getrandom(2)) for connection ids.
