@@ -443,10 +443,7 @@ impl Drop for Sensor {
 /// Runs a program to completion and returns (pid, stdout). Test files pass helper binaries of
 /// this crate as `env!("CARGO_BIN_EXE_<name>")`.
 pub fn run_helper(path: &str, args: &[&str]) -> (u32, String) {
-    let child = Command::new(path)
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
+    let child = spawn_busy_retry(Command::new(path).args(args).stdout(Stdio::piped()))
         .unwrap_or_else(|e| panic!("spawning {path}: {e}"));
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
@@ -456,6 +453,22 @@ pub fn run_helper(path: &str, args: &[&str]) -> (u32, String) {
         out.status
     );
     (pid, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Spawns `c`, retrying while its executable is "busy" (ETXTBSY): a binary the test just copied
+/// can still be open for writing in a child that another test thread forked in the meantime,
+/// until that child execs (its copy of the descriptor is close-on-exec).
+pub fn spawn_busy_retry(c: &mut Command) -> std::io::Result<Child> {
+    let mut tries = 0;
+    loop {
+        match c.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Kills a child and its whole process group (autossh's ssh, ssh -f, sshd's children) when

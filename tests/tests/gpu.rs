@@ -133,16 +133,17 @@ fn h100_recordings_replayed_give_sessions_and_queries() {
     std::fs::copy(GPUREPLAY, &bin).unwrap();
     let bin_s = bin.to_str().unwrap().to_string();
     // A process that opened the GPU devices before the sensor started.
-    let mut early = std::process::Command::new(&bin)
-        .args([
-            "replay-after-line",
-            fx.join("training.jsonl.gz").to_str().unwrap(),
-            dir.0.to_str().unwrap(),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut early = sensor_tests::spawn_busy_retry(
+        std::process::Command::new(&bin)
+            .args([
+                "replay-after-line",
+                fx.join("training.jsonl.gz").to_str().unwrap(),
+                dir.0.to_str().unwrap(),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped()),
+    )
+    .unwrap();
     let mut ready = String::new();
     std::io::BufRead::read_line(
         &mut std::io::BufReader::new(early.stdout.as_mut().unwrap()),
