@@ -351,11 +351,11 @@ pub struct Incidents {
 const DEGRADED_KEY: &str = "sensor:degraded";
 
 /// Who an event belongs to.
-pub fn entity_of(ev: &Event, procs: &ProcTable, episode: Option<&str>) -> Entity {
-    let root = procs.tree_root(ev.pid);
-    let root_info = procs.info(root.0);
+/// The kind and key of the entity an event belongs to (cheap: no copies of the root's
+/// argv, and the tree is walked only for processes outside a pod or episode).
+fn entity_key(ev: &Event, procs: &ProcTable, episode: Option<&str>) -> (EntityKind, String) {
     let c = ev.container.as_ref();
-    let (kind, key) = if let Some(e) = episode {
+    if let Some(e) = episode {
         (EntityKind::Episode, format!("episode:{e}"))
     } else if let Some(uid) = c.and_then(|c| c.pod_uid.as_deref()) {
         (EntityKind::Pod, format!("pod:{uid}"))
@@ -365,11 +365,20 @@ pub fn entity_of(ev: &Event, procs: &ProcTable, episode: Option<&str>) -> Entity
             format!("container:{}", c.id.as_deref().unwrap_or(&c.cgroup)),
         )
     } else {
+        let root = procs.tree_root(ev.pid);
         (
             EntityKind::ProcessTree,
             format!("tree:{}@{}", root.0, root.1),
         )
-    };
+    }
+}
+
+/// Who an event belongs to, in full (when an incident opens).
+pub fn entity_of(ev: &Event, procs: &ProcTable, episode: Option<&str>) -> Entity {
+    let (kind, key) = entity_key(ev, procs, episode);
+    let root = procs.tree_root(ev.pid);
+    let (root_exe, root_argv) = procs.info(root.0);
+    let c = ev.container.as_ref();
     Entity {
         kind,
         key,
@@ -379,8 +388,8 @@ pub fn entity_of(ev: &Event, procs: &ProcTable, episode: Option<&str>) -> Entity
         container_id: c.and_then(|c| c.id.clone()),
         cgroup: c.map(|c| c.cgroup.clone()),
         root_pid: root.0,
-        root_exe: root_info.0,
-        root_argv: root_info.1,
+        root_exe,
+        root_argv,
     }
 }
 
@@ -621,7 +630,7 @@ impl Incidents {
     pub fn observe(&mut self, ev: &Event, procs: &ProcTable, episode: Option<&str>) {
         if let Body::GpuUsage(u) = &ev.body {
             // Profiles only for entities with an incident: samples are frequent.
-            let key = entity_of(ev, procs, episode).key;
+            let key = entity_key(ev, procs, episode).1;
             if let Some(i) = self.open.get_mut(&key) {
                 let p = match i
                     .gpu
@@ -656,7 +665,7 @@ impl Incidents {
             return;
         }
         let Some(what) = step_of(ev) else { return };
-        let key = entity_of(ev, procs, episode).key;
+        let key = entity_key(ev, procs, episode).1;
         self.push_step(&key, step(ev, what));
     }
 
@@ -669,8 +678,7 @@ impl Incidents {
         episode: Option<&str>,
     ) -> Option<Incident> {
         let ev = &a.event;
-        let entity = entity_of(ev, procs, episode);
-        let key = entity.key.clone();
+        let key = entity_key(ev, procs, episode).1;
         let threshold = self.cfg.threshold;
         if !self.open.contains_key(&key) {
             if self.open.len() >= self.cfg.max_open {
@@ -691,7 +699,7 @@ impl Incidents {
                     version: 0,
                     state: State::Open,
                     raised: false,
-                    entity,
+                    entity: entity_of(ev, procs, episode),
                     first_seen: a.ts.clone(),
                     last_seen: a.ts.clone(),
                     last_ns: ev.ts_ns,

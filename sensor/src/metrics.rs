@@ -506,16 +506,8 @@ impl Metrics {
                     let m = m.clone();
                     let token = token.clone();
                     async move {
-                        if let Some(t) = &token {
-                            if !bearer_ok(&headers, t) {
-                                m.http_unauthorized.inc();
-                                return (
-                                    StatusCode::UNAUTHORIZED,
-                                    [(header::WWW_AUTHENTICATE, "Bearer")],
-                                    "unauthorized\n",
-                                )
-                                    .into_response();
-                            }
+                        if let Some(r) = refuse(&m, token.as_deref(), &headers) {
+                            return r;
                         }
                         // Content negotiation: OpenMetrics when the scraper asks for it
                         // (Prometheus does), the classic text format otherwise.
@@ -541,16 +533,8 @@ impl Metrics {
                     let m = m2.clone();
                     let token = token2.clone();
                     async move {
-                        if let Some(t) = &token {
-                            if !bearer_ok(&headers, t) {
-                                m.http_unauthorized.inc();
-                                return (
-                                    StatusCode::UNAUTHORIZED,
-                                    [(header::WWW_AUTHENTICATE, "Bearer")],
-                                    "unauthorized\n",
-                                )
-                                    .into_response();
-                            }
+                        if let Some(r) = refuse(&m, token.as_deref(), &headers) {
+                            return r;
                         }
                         // Incidents name processes and pods: the same token as /metrics.
                         let body = {
@@ -777,6 +761,31 @@ fn tls_acceptor(
 }
 
 /// `Authorization: Bearer <token>`, compared in constant time.
+/// The 401 answer when a bearer token is configured and the request lacks it (counted).
+fn refuse(
+    m: &Metrics,
+    token: Option<&Vec<u8>>,
+    headers: &axum::http::HeaderMap,
+) -> Option<axum::response::Response> {
+    use axum::{
+        http::{header, StatusCode},
+        response::IntoResponse,
+    };
+    let t = token?;
+    if bearer_ok(headers, t) {
+        return None;
+    }
+    m.http_unauthorized.inc();
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "unauthorized\n",
+        )
+            .into_response(),
+    )
+}
+
 fn bearer_ok(headers: &axum::http::HeaderMap, token: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     headers
