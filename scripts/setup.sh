@@ -16,7 +16,7 @@ fi
 PKGS=(rustc-web cargo-web rust-web-src llvm-22-dev build-essential pkg-config ca-certificates
       openssh-server openssh-client autossh socat ncat dropbear-bin python3 iproute2 procps
       prometheus prometheus-alertmanager curl openssl python3-paramiko git
-      python3-torch python3-venv)
+      python3-torch python3-venv mmdebstrap podman runc uidmap)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,6 +26,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# `kubectl kustomize` renders the manifests for tests/tests/deploy.rs: Debian's
+# kubernetes-client, unless a kubectl is already there (another package's, such as
+# google-cloud-cli's, owns /usr/bin/kubectl, and dpkg refuses a second owner).
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "setup.sh: installing kubernetes-client (kubectl)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
 fi
 
 # The benign corpus (tests/tests/incidents.rs): Jupyter Lab and TensorBoard are not packaged
@@ -51,12 +61,19 @@ if ! bpf-linker --version 2>/dev/null | grep -q "0\.13\.0"; then
     --no-default-features --features llvm-22
 fi
 
+# Decodes the sensor's OTLP export in tests/tests/export.rs (the official protobuf classes).
+if ! python3 -c "import opentelemetry.proto.collector.logs.v1.logs_service_pb2" >/dev/null 2>&1; then
+  echo "setup.sh: installing opentelemetry-proto (PyPI)"
+  python3 -m pip install --quiet opentelemetry-proto 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages opentelemetry-proto
+fi
+
 # Validates the Kubernetes manifests in tests/tests/deploy.rs (schemas ship in the package).
 if ! python3 -m kubernetes_validate --version >/dev/null 2>&1; then
   echo "setup.sh: installing kubernetes-validate (PyPI)"
   python3 -m pip install --quiet kubernetes-validate 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages kubernetes-validate ||
-    echo "setup.sh: kubernetes-validate unavailable; the manifest schema test will be skipped" >&2
+    echo "setup.sh: kubernetes-validate unavailable; the manifest schema test will fail" >&2
 fi
 
 cargo build --release --package sensor

@@ -35,6 +35,8 @@ pub struct Config {
     pub maps: MapsConfig,
     pub workload: crate::context::workload::WorkloadConfig,
     pub incidents: crate::incidents::IncidentsConfig,
+    /// Export to the cluster's log pipeline (`[export.file]`, `[export.otlp]`).
+    pub export: crate::export::ExportConfig,
     /// Path of the kernel BTF used to resolve struct offsets.
     pub btf_path: PathBuf,
 }
@@ -54,6 +56,7 @@ impl Default for Config {
             maps: MapsConfig::default(),
             workload: Default::default(),
             incidents: Default::default(),
+            export: Default::default(),
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
         }
     }
@@ -313,7 +316,7 @@ impl Default for GpuConfig {
     }
 }
 
-fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub(crate) fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -435,6 +438,7 @@ impl Config {
         self.workload.check()?;
         self.maps.check()?;
         self.incidents.check()?;
+        self.export.check()?;
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 //! Data path, one module per step: [`hook`] (load + attach the eBPF programs) → [`ring`] (BPF
 //! ring buffer → bounded queue) → [`decode`] (records → typed [`event`]s; [`proto`] reads captured first bytes) → [`context`]
 //! (process table, containers, pods, workload) → [`pipeline`] (GPU sessions, [`rules`], [`incidents`]) → [`alerting`]
-//! (sinks), [`output`] (JSON lines), [`metrics`]. [`run`] starts them ([`live`] is the live loop) under [`health`]'s
+//! (sinks), [`output`] (JSON lines), [`export`] (rotating file, OTLP), [`metrics`]. [`run`] starts them ([`live`] is the live loop) under [`health`]'s
 //! supervision; [`config`] is the TOML configuration; [`replay`] runs recordings offline.
 
 pub mod alerting;
@@ -12,6 +12,7 @@ pub mod config;
 pub mod context;
 pub mod decode;
 pub mod event;
+pub mod export;
 pub mod gpu;
 pub mod health;
 pub mod hook;

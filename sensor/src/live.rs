@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::{
     config::StdoutClosed,
     decode::{decode, Clock},
+    export::RecordKind,
     gpu::session::UsageSample,
     hook,
     metrics::{AlertLabels, HookLabel, KindLabel, Metrics, ProbeErrorLabels, ResultLabel},
@@ -73,6 +74,8 @@ pub(crate) struct Sink<W: std::io::Write> {
     /// Stdout failed and the policy is to continue: nothing more is written there.
     pub(crate) stdout_closed: bool,
     pub(crate) record: Option<JsonLines<std::fs::File>>,
+    /// The log-pipeline exporters (`[export]`), fed without blocking.
+    pub(crate) export: crate::export::Exporters,
     pub(crate) metrics: Metrics,
     /// Per-kind event counters, resolved once (no label lookup per event).
     pub(crate) by_kind:
@@ -95,6 +98,8 @@ impl<W: std::io::Write> Sink<W> {
                     })
                     .inc();
                 self.print(e)?;
+                self.export
+                    .offer(RecordKind::Event, k, &e.ts, None, e.container.as_ref(), e);
                 if let Some(r) = &mut self.record {
                     r.write(e)?;
                 }
@@ -114,6 +119,14 @@ impl<W: std::io::Write> Sink<W> {
                         severity,
                     })
                     .inc();
+                self.export.offer(
+                    RecordKind::Alert,
+                    &a.rule,
+                    &a.ts,
+                    Some(a.severity),
+                    a.container.as_ref(),
+                    a,
+                );
                 self.print(a)
             }
             Out::Incident(i) => {
@@ -125,9 +138,31 @@ impl<W: std::io::Write> Sink<W> {
                 }
                 self.metrics.incident(i);
                 self.alerting.submit(i);
+                if self.export.wants(RecordKind::Incident) {
+                    let c = crate::event::Container {
+                        namespace: i.entity.namespace.clone(),
+                        pod: i.entity.pod.clone(),
+                        ..Default::default()
+                    };
+                    self.export.offer(
+                        RecordKind::Incident,
+                        &i.headline,
+                        &i.last_seen,
+                        Some(i.severity),
+                        Some(&c),
+                        i,
+                    );
+                }
                 self.print(i)
             }
         }
+    }
+
+    /// Prints a status record and exports it.
+    pub(crate) fn status(&mut self, s: &Status) -> std::io::Result<()> {
+        self.export
+            .offer(RecordKind::Status, s.name(), s.ts(), None, None, s);
+        self.print(s)
     }
 
     /// Writes one record to stdout, applying the stdout policy to a failure.
@@ -235,7 +270,7 @@ impl<W: std::io::Write> LiveLoop<W> {
             }
             Err(e) => {
                 self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
-                self.sink.print(&Status::DecodeError(DecodeFailure {
+                self.sink.status(&Status::DecodeError(DecodeFailure {
                     ts: self.clock.rfc3339(now_boot_ns()),
                     error: e.to_string(),
                     len: b.len(),
@@ -267,7 +302,7 @@ impl<W: std::io::Write> LiveLoop<W> {
                         })
                         .inc();
                     self.sink.metrics.rules_loaded.set(set.len() as i64);
-                    self.sink.print(&Status::RulesReload(RulesReload {
+                    self.sink.status(&Status::RulesReload(RulesReload {
                         ts,
                         ok: true,
                         trigger: why.into(),
@@ -287,7 +322,7 @@ impl<W: std::io::Write> LiveLoop<W> {
                             result: "error".into(),
                         })
                         .inc();
-                    self.sink.print(&Status::RulesReload(RulesReload {
+                    self.sink.status(&Status::RulesReload(RulesReload {
                         ts,
                         ok: false,
                         trigger: why.into(),
@@ -383,7 +418,7 @@ impl<W: std::io::Write> LiveLoop<W> {
             let mut printed = loss.clone();
             printed.ts = self.clock.rfc3339(now);
             printed.probe_errors = self.probe_errors_nonzero();
-            self.sink.print(&Status::Loss(printed.clone()))?;
+            self.sink.status(&Status::Loss(printed.clone()))?;
             let newly_lost = self.last_loss.as_ref().is_none_or(|l| {
                 l.kernel_dropped_total != loss.kernel_dropped_total
                     || l.user_dropped != loss.user_dropped

@@ -117,10 +117,18 @@ pub struct Metrics {
     pub incidents_open: Gauge,
     /// Memory the kernel locked for each BPF map (bytes, at start-up).
     pub bpf_map_bytes: Family<MapLabel, Gauge>,
+    /// Records handed to the exporters, by exporter and result (exported, dropped, failed).
+    pub exports: Family<ExportLabels, Counter>,
     /// The open raised incidents, latest version of each (`/incidents`).
     pub open_incidents:
         Arc<std::sync::Mutex<std::collections::BTreeMap<String, crate::incidents::Incident>>>,
     pub health: Health,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExportLabels {
+    pub exporter: String,
+    pub result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,6 +187,7 @@ impl Metrics {
             incidents_raised: Family::default(),
             incidents_open: Gauge::default(),
             bpf_map_bytes: Family::default(),
+            exports: Family::default(),
             open_incidents: Default::default(),
             health: Health::new(),
         };
@@ -316,6 +325,11 @@ impl Metrics {
             m.gpu_sessions_by.clone(),
         );
         r.register(
+            "export_records",
+            "Records handed to the exporters (file, otlp), by result: exported, dropped (queue full), failed (write error or given up)",
+            m.exports.clone(),
+        );
+        r.register(
             "last_event_timestamp_seconds",
             "Wall-clock time of the last kernel event (node blind when it stops moving)",
             m.last_event_ts.clone(),
@@ -324,6 +338,16 @@ impl Metrics {
             registry: Arc::new(r),
             ..m
         }
+    }
+
+    /// The counter of one exporter's outcome (created at zero).
+    pub fn export_counter(&self, exporter: &str, result: &str) -> Counter {
+        self.exports
+            .get_or_create(&ExportLabels {
+                exporter: exporter.into(),
+                result: result.into(),
+            })
+            .clone()
     }
 
     pub fn set_ready(&self) {

@@ -21,6 +21,25 @@ impl Status {
     /// The `kind` names of status records.
     pub const KINDS: &'static [&'static str] =
         &["sensor_start", "loss", "decode_error", "rules_reload"];
+
+    /// This record's `kind` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Status::SensorStart(_) => "sensor_start",
+            Status::Loss(_) => "loss",
+            Status::DecodeError(_) => "decode_error",
+            Status::RulesReload(_) => "rules_reload",
+        }
+    }
+
+    pub fn ts(&self) -> &str {
+        match self {
+            Status::SensorStart(s) => &s.ts,
+            Status::Loss(s) => &s.ts,
+            Status::DecodeError(s) => &s.ts,
+            Status::RulesReload(s) => &s.ts,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

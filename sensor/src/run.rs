@@ -182,6 +182,8 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     };
     let alerting = crate::alerting::Alerting::start(&cfg.alerting, metrics.clone())
         .context("starting alert delivery")?;
+    let export =
+        crate::export::Exporters::start(&cfg.export, cfg.context.node_name.clone(), &metrics);
     // Subscribe to SIGHUP and take the rule files' state now, before `sensor_start` is printed:
     // until a handler is installed SIGHUP's default action ends the process, and a change made
     // right after start must not be missed because the reloader task started late. The
@@ -194,7 +196,16 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     // must detach cleanly, not end the process by the default action.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    out.write(&Status::SensorStart(start))?;
+    let start = Status::SensorStart(start);
+    export.offer(
+        crate::export::RecordKind::Status,
+        start.name(),
+        start.ts(),
+        None,
+        None,
+        &start,
+    );
+    out.write(&start)?;
     out.flush()?;
     metrics.set_ready();
     tracing::info!(
@@ -265,6 +276,7 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
             stdout_policy: cfg.output.on_stdout_closed,
             stdout_closed: false,
             record,
+            export,
             metrics: metrics.clone(),
             by_kind: Default::default(),
         },

@@ -57,6 +57,12 @@ pub struct SinkConfig {
     /// PagerDuty: default `https://events.pagerduty.com/v2/enqueue`.
     #[serde(default)]
     pub url: Option<String>,
+    /// Alertmanager only, instead of `url`: every replica of an HA set. Alertmanager replicas
+    /// deduplicate among themselves, so clients must send to all of them (as Prometheus does);
+    /// each replica becomes its own sink `NAME-0`, `NAME-1`, … with its own durable spool, so a
+    /// replica that is down gets its alerts when it is back.
+    #[serde(default)]
+    pub urls: Vec<String>,
     /// Alerts below this severity are not sent to this sink.
     #[serde(default = "default_min_severity")]
     pub min_severity: Severity,
@@ -91,6 +97,14 @@ impl std::fmt::Debug for SinkConfig {
             .field(
                 "url",
                 &self.url.as_deref().map(|u| redact_url(self.kind, u)),
+            )
+            .field(
+                "urls",
+                &self
+                    .urls
+                    .iter()
+                    .map(|u| redact_url(self.kind, u))
+                    .collect::<Vec<_>>(),
             )
             .field("min_severity", &self.min_severity)
             .field("secret_env", &self.secret_env)
@@ -260,13 +274,43 @@ impl AlertingConfig {
     /// Every sink complete and bounded, names unique (`check-config` runs this).
     pub fn check(&self) -> Result<(), String> {
         let mut names = std::collections::HashSet::new();
-        for c in &self.sinks {
+        for c in self.expanded()? {
             c.check()?;
-            if !names.insert(&c.name) {
+            if !names.insert(c.name.clone()) {
                 return Err(format!("alerting.sinks: two sinks are named {:?}", c.name));
             }
         }
         Ok(())
+    }
+
+    /// The sinks with every `urls` list turned into one sink per URL (`NAME-0`, `NAME-1`, …).
+    pub fn expanded(&self) -> Result<Vec<SinkConfig>, String> {
+        let mut out = vec![];
+        for c in &self.sinks {
+            if c.urls.is_empty() {
+                out.push(c.clone());
+                continue;
+            }
+            let at = format!("alerting.sinks[{}].urls", c.name);
+            if c.kind != SinkKind::Alertmanager {
+                return Err(format!("{at}: only for an alertmanager sink (use url)"));
+            }
+            if c.url.is_some() {
+                return Err(format!("{at}: give url or urls, not both"));
+            }
+            if c.urls.len() > 16 {
+                return Err(format!("{at}: at most 16 replicas"));
+            }
+            for (i, u) in c.urls.iter().enumerate() {
+                out.push(SinkConfig {
+                    name: format!("{}-{i}", c.name),
+                    url: Some(u.clone()),
+                    urls: vec![],
+                    ..c.clone()
+                });
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -705,7 +749,11 @@ impl Alerting {
             sink: "*".into(),
             message,
         })?;
-        for c in &cfg.sinks {
+        let configured = cfg.expanded().map_err(|message| AlertingError::Config {
+            sink: "*".into(),
+            message,
+        })?;
+        for c in &configured {
             let secret = c
                 .resolve_secret()
                 .map_err(|message| AlertingError::Config {
@@ -817,6 +865,7 @@ mod tests {
             name: "t".into(),
             kind,
             url: Some("http://x".into()),
+            urls: vec![],
             min_severity: Severity::Info,
             secret_env: None,
             secret_file: None,
@@ -834,6 +883,45 @@ mod tests {
         let mut a = alert();
         inc.add(&mut a, &crate::context::process::ProcTable::default(), None)
             .expect("a strong alert raises an incident")
+    }
+
+    #[test]
+    fn alertmanager_replicas_become_one_sink_each() {
+        let mut c = cfg(SinkKind::Alertmanager);
+        c.name = "am".into();
+        c.url = None;
+        c.urls = vec!["http://am-0:9093".into(), "http://am-1:9093".into()];
+        let mut a = AlertingConfig {
+            sinks: vec![c.clone()],
+            ..Default::default()
+        };
+        a.check().unwrap();
+        let e = a.expanded().unwrap();
+        let got: Vec<(&str, Option<&str>)> = e
+            .iter()
+            .map(|s| (s.name.as_str(), s.url.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("am-0", Some("http://am-0:9093")),
+                ("am-1", Some("http://am-1:9093"))
+            ]
+        );
+        a.sinks[0].url = Some("http://am:9093".into());
+        assert!(a.check().unwrap_err().contains("not both"));
+        a.sinks[0].url = None;
+        a.sinks[0].kind = SinkKind::Webhook;
+        assert!(a.check().unwrap_err().contains("only for an alertmanager"));
+        a.sinks[0].kind = SinkKind::Alertmanager;
+        a.sinks[0].urls[1] = "am-1:9093".into();
+        assert!(a.check().unwrap_err().contains("http(s) URL"));
+        // An expanded name may not collide with another sink.
+        a.sinks[0].urls[1] = "http://am-1:9093".into();
+        let mut other = cfg(SinkKind::Webhook);
+        other.name = "am-1".into();
+        a.sinks.push(other);
+        assert!(a.check().unwrap_err().contains("two sinks"));
     }
 
     #[test]
