@@ -302,6 +302,10 @@ pub struct GpuConfig {
     pub refresh_secs: u64,
     /// Sample NVML when libnvidia-ml.so.1 is present.
     pub nvml: bool,
+    /// The NVML library dlopened: a name searched the usual way (the NVIDIA container toolkit
+    /// mounts it into the image's library directory) or a path (e.g. under the GPU operator's
+    /// `/run/nvidia/driver`).
+    pub nvml_library: PathBuf,
     pub nvml_interval_secs: u64,
 }
 
@@ -311,6 +315,7 @@ impl Default for GpuConfig {
             devices: vec![],
             refresh_secs: 30,
             nvml: true,
+            nvml_library: PathBuf::from("libnvidia-ml.so.1"),
             nvml_interval_secs: 5,
         }
     }

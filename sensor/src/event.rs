@@ -524,6 +524,9 @@ pub struct Ancestor {
 pub struct GpuSession {
     /// NVIDIA GPU minors (`/dev/nvidiaN`) the process used.
     pub gpu_minors: Vec<u32>,
+    /// Those GPUs' index, UUID, PCI bus id and model (from NVML; empty without it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<crate::gpu::inventory::GpuIdentity>,
     /// RM classes allocated, by name, in first-seen order.
     pub classes: Vec<String>,
     /// Which allocation started the session (absent for gpu_query).
@@ -550,6 +553,11 @@ pub struct GpuUsage {
     pub gpu_index: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_minor: Option<u32>,
+    /// The GPU's UUID and PCI bus id (NVML), as DCGM exporter labels them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_bus_id: Option<String>,
     /// Per-process SM and memory utilisation, % (nvmlDeviceGetProcessUtilization).
     pub sm_util: u32,
     pub mem_util: u32,

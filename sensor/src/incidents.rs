@@ -213,6 +213,10 @@ pub enum What {
 pub struct GpuProfile {
     pub pid: u32,
     pub gpu_index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_bus_id: Option<String>,
     pub samples: u64,
     pub sm_util_mean: f64,
     pub sm_util_max: u32,
@@ -642,6 +646,8 @@ impl Incidents {
                         i.gpu.push(GpuProfile {
                             pid: ev.pid,
                             gpu_index: u.gpu_index,
+                            gpu_uuid: u.gpu_uuid.clone(),
+                            pci_bus_id: u.pci_bus_id.clone(),
                             samples: 0,
                             sm_util_mean: 0.0,
                             sm_util_max: 0,

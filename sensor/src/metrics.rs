@@ -53,11 +53,67 @@ impl ProbeErrorLabels {
     }
 }
 
+/// GPU labels as DCGM exporter names them, so the two join (`on(UUID)`, `on(gpu, Hostname)`…):
+/// `gpu` = NVML index, `UUID`, `pci_bus_id`, `device` = `nvidia<minor>`, and the `minor`. Without
+/// NVML only `minor` and `device` are known (the others are empty).
+#[allow(non_snake_case)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GpuLabels {
+    pub gpu: String,
+    pub minor: String,
+    pub UUID: String,
+    pub pci_bus_id: String,
+    pub device: String,
+}
+
+impl GpuLabels {
+    pub fn of_minor(minor: u32, inv: &crate::gpu::inventory::Inventory) -> GpuLabels {
+        match inv.by_minor(minor) {
+            Some(g) => GpuLabels::of(&g),
+            None => GpuLabels {
+                minor: minor.to_string(),
+                device: format!("nvidia{minor}"),
+                ..Default::default()
+            },
+        }
+    }
+
+    pub fn of(g: &crate::gpu::inventory::GpuIdentity) -> GpuLabels {
+        GpuLabels {
+            gpu: g.index.to_string(),
+            minor: g.minor.to_string(),
+            UUID: g.uuid.clone(),
+            pci_bus_id: g.pci_bus_id.clone(),
+            device: format!("nvidia{}", g.minor),
+        }
+    }
+
+    fn other() -> GpuLabels {
+        GpuLabels {
+            gpu: "other".into(),
+            minor: "other".into(),
+            UUID: "other".into(),
+            pci_bus_id: "other".into(),
+            device: "other".into(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SessionLabels {
-    pub gpu: String,
+    #[prometheus(flatten)]
+    pub gpu: GpuLabels,
     pub namespace: String,
     pub pod: String,
+}
+
+/// `gpu_sensor_gpu_info`: one series per GPU NVML knows, value 1.
+#[allow(non_snake_case)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GpuInfoLabels {
+    #[prometheus(flatten)]
+    pub gpu: GpuLabels,
+    pub modelName: String,
 }
 
 /// Distinct (gpu, namespace, pod) series kept at most; the rest are summed under "other".
@@ -99,6 +155,10 @@ pub struct Metrics {
     pub rules_loaded: Gauge,
     pub gpu_sessions_active: Gauge,
     pub gpu_sessions_by: Family<SessionLabels, Gauge>,
+    /// The GPUs NVML names (index, UUID, PCI bus id, model), value 1.
+    pub gpu_info: Family<GpuInfoLabels, Gauge>,
+    /// GPU identities from NVML, shared with the sampler and the sessions.
+    pub inventory: crate::gpu::inventory::Inventory,
     pub last_event_ts: Gauge<f64, AtomicU64>,
     pub deliveries: Family<SinkResult, Counter>,
     pub spool_depth: Family<SinkLabel, Gauge>,
@@ -175,6 +235,8 @@ impl Metrics {
             rules_loaded: Gauge::default(),
             gpu_sessions_active: Gauge::default(),
             gpu_sessions_by: Family::default(),
+            gpu_info: Family::default(),
+            inventory: Default::default(),
             last_event_ts: Gauge::default(),
             deliveries: Family::default(),
             spool_depth: Family::default(),
@@ -321,8 +383,13 @@ impl Metrics {
         );
         r.register(
             "gpu_compute_sessions",
-            "Live GPU compute sessions by GPU minor, namespace and pod (bounded: excess series are summed under \"other\")",
+            "Live GPU compute sessions by GPU (DCGM labels: gpu index, UUID, pci_bus_id, device; and minor), namespace and pod (bounded: excess series are summed under \"other\")",
             m.gpu_sessions_by.clone(),
+        );
+        r.register(
+            "gpu_info",
+            "The node's GPUs as NVML names them (labels as DCGM exporter's: gpu index, UUID, pci_bus_id, device, modelName; and minor); value 1",
+            m.gpu_info.clone(),
         );
         r.register(
             "export_records",
@@ -414,11 +481,13 @@ impl Metrics {
                 crate::event::Body::GpuSessionStart(s) => s.gpu_minors.clone(),
                 _ => vec![],
             };
-            // A session on no known minor is counted with an empty `gpu` label.
-            let gpus: Vec<String> = if gpus.is_empty() {
-                vec![String::new()]
+            // A session on no known minor is counted with empty GPU labels.
+            let gpus: Vec<GpuLabels> = if gpus.is_empty() {
+                vec![GpuLabels::default()]
             } else {
-                gpus.iter().map(u32::to_string).collect()
+                gpus.iter()
+                    .map(|&m| GpuLabels::of_minor(m, &self.inventory))
+                    .collect()
             };
             for gpu in gpus {
                 let mut l = SessionLabels {
@@ -428,7 +497,7 @@ impl Metrics {
                 };
                 if by.len() >= MAX_SESSION_SERIES && !by.contains_key(&l) {
                     l = SessionLabels {
-                        gpu: "other".into(),
+                        gpu: GpuLabels::other(),
                         namespace: "other".into(),
                         pod: "other".into(),
                     };
@@ -439,6 +508,15 @@ impl Metrics {
         self.gpu_sessions_by.clear();
         for (l, n) in by {
             self.gpu_sessions_by.get_or_create(&l).set(n);
+        }
+        self.gpu_info.clear();
+        for g in self.inventory.all() {
+            self.gpu_info
+                .get_or_create(&GpuInfoLabels {
+                    gpu: GpuLabels::of(&g),
+                    modelName: g.name.clone(),
+                })
+                .set(1);
         }
     }
 

@@ -99,8 +99,10 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     if cfg.gpu.nvml {
         gpu::nvml::spawn(
             &health,
+            cfg.gpu.nvml_library.clone(),
             Duration::from_secs(cfg.gpu.nvml_interval_secs),
             usage_tx,
+            metrics.inventory.clone(),
         );
     } else {
         drop(usage_tx);
@@ -280,7 +282,12 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
             metrics: metrics.clone(),
             by_kind: Default::default(),
         },
-        proc: Processor::new(procs, Some(containers), engine).with_incidents(cfg.incidents.clone()),
+        proc: {
+            let mut p = Processor::new(procs, Some(containers), engine)
+                .with_incidents(cfg.incidents.clone());
+            p.sessions.set_inventory(metrics.inventory.clone());
+            p
+        },
         usage_rx,
         reload_rx,
         clock,

@@ -238,6 +238,11 @@ pub struct Sensor {
 impl Sensor {
     /// Starts `sensor run ARGS…` and waits for its `sensor_start` record.
     pub fn start(args: &[&str]) -> Sensor {
+        Sensor::start_env(args, &[])
+    }
+
+    /// [`Sensor::start`] with extra environment variables for the sensor.
+    pub fn start_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Sensor {
         // Parallel tests each run a sensor: let each pick a free metrics port.
         let metrics: &[&str] = if args.contains(&"--metrics-listen") {
             &[]
@@ -248,6 +253,7 @@ impl Sensor {
             .arg("run")
             .args(metrics)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -588,4 +594,44 @@ pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     false
+}
+
+/// Compiles the stand-in NVML (tests/fixtures/nvml-stub) into `dir/libnvidia-ml.so.1` and
+/// returns its path. Its data come from the file named by `NVML_STUB_CONFIG`.
+pub fn nvml_stub(dir: &std::path::Path) -> PathBuf {
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/nvml-stub/nvml_stub.c");
+    let out = dir.join("libnvidia-ml.so.1");
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("cc (build-essential, installed by scripts/setup.sh)");
+    assert!(st.success(), "compiling {}", src.display());
+    out
+}
+
+/// Fetches `path` from a plain HTTP server at `addr`; returns (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    let code = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = s
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }

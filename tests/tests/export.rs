@@ -5,10 +5,9 @@ use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
 };
 
-use sensor_tests::{free_port, require_root, wait_port, wait_until, Kill, Sensor};
+use sensor_tests::{free_port, http_get, require_root, wait_port, wait_until, Kill, Sensor};
 use serde_json::Value;
 
 const MARKERS: usize = 60;
@@ -215,20 +214,6 @@ records = ["event", "status"]
     assert!(m.contains("gpu_sensor_export_records_total{exporter=\"otlp\",result=\"dropped\"} 0"));
     s.stop();
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut s = String::new();
-    c.read_to_string(&mut s).unwrap();
-    s
 }
 
 #[test]

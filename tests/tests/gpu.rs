@@ -173,13 +173,13 @@ fn h100_recordings_replayed_give_sessions_and_queries() {
         .unwrap();
         seen.clear();
         std::io::Read::read_to_string(&mut c, &mut seen).unwrap();
-        if seen.contains("gpu_sensor_gpu_compute_sessions{gpu=\"0\",namespace=\"\",pod=\"\"} 1") {
+        if seen.contains("gpu_sensor_gpu_compute_sessions{gpu=\"\",minor=\"0\",UUID=\"\",pci_bus_id=\"\",device=\"nvidia0\",namespace=\"\",pod=\"\"} 1") {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
     assert!(
-        seen.contains("gpu_sensor_gpu_compute_sessions{gpu=\"0\",namespace=\"\",pod=\"\"} 1"),
+        seen.contains("gpu_sensor_gpu_compute_sessions{gpu=\"\",minor=\"0\",UUID=\"\",pci_bus_id=\"\",device=\"nvidia0\",namespace=\"\",pod=\"\"} 1"),
         "{seen}"
     );
     assert!(

@@ -3,5 +3,6 @@
 
 pub mod classes;
 pub mod devices;
+pub mod inventory;
 pub mod nvml;
 pub mod session;

@@ -11,7 +11,7 @@ use sensor_common::gpu;
 use crate::{
     context::process::ProcTable,
     event::{Body, Device, Event, GpuIoctl, GpuSession, GpuUsage},
-    gpu::classes,
+    gpu::{classes, inventory::Inventory},
 };
 
 /// `NV_MINOR_DEVICE_NUMBER_REGULAR_MAX` (nv-chardev-numbers.h): minors above are ctl/modeset.
@@ -43,9 +43,16 @@ pub struct UsageSample {
 #[derive(Debug, Default)]
 pub struct Sessions {
     procs: HashMap<u32, ProcGpu>,
+    /// GPU identities (NVML) to name the minors of a session.
+    inventory: Inventory,
 }
 
 impl Sessions {
+    /// Names sessions' GPUs from this inventory (the NVML sampler fills it).
+    pub fn set_inventory(&mut self, inv: Inventory) {
+        self.inventory = inv;
+    }
+
     /// Processes with a compute session now.
     pub fn active(&self) -> usize {
         self.procs
@@ -87,7 +94,8 @@ impl Sessions {
                     if let Some(t) = trigger {
                         p.started_ns = Some(ev.ts_ns);
                         p.trigger = Some(t);
-                        let body = Body::GpuSessionStart(session(p, ev.pid, procs, None));
+                        let body =
+                            Body::GpuSessionStart(session(p, ev.pid, procs, None, &self.inventory));
                         let start = Event { body, ..ev.clone() };
                         p.start = Some(start.clone());
                         return Some(start);
@@ -102,7 +110,7 @@ impl Sessions {
                 }
                 let started = p.started_ns;
                 let dur = started.map(|s| ev.ts_ns.saturating_sub(s) as f64 / 1e9);
-                let s = session(&p, ev.pid, procs, dur);
+                let s = session(&p, ev.pid, procs, dur, &self.inventory);
                 let body = if started.is_some() {
                     Body::GpuSessionEnd(s)
                 } else {
@@ -170,9 +178,20 @@ fn compute_trigger(g: &GpuIoctl, p: &mut ProcGpu) -> Option<String> {
     None
 }
 
-fn session(p: &ProcGpu, pid: u32, procs: &ProcTable, duration_s: Option<f64>) -> GpuSession {
+fn session(
+    p: &ProcGpu,
+    pid: u32,
+    procs: &ProcTable,
+    duration_s: Option<f64>,
+    inv: &Inventory,
+) -> GpuSession {
     GpuSession {
         gpu_minors: p.gpu_minors.iter().copied().collect(),
+        gpus: p
+            .gpu_minors
+            .iter()
+            .filter_map(|&m| inv.by_minor(m))
+            .collect(),
         classes: p.classes.iter().map(|&c| classes::class_name(c)).collect(),
         trigger: p.trigger.clone(),
         uvm_initialized: p.uvm,
