@@ -568,15 +568,22 @@ pub mod gpu {
     /// the first call of every UVM user.
     pub const UVM_INITIALIZE: u32 = 0x3000_0001;
 
+    /// UVM's raw request numbers (uvm_ioctl.h, 550.x: `UVM_IOCTL_BASE(i)` is `i`, all below
+    /// 2048) and `UVM_INITIALIZE`/`UVM_DEINITIALIZE` (0x3000_0001/2, uvm_linux_ioctl.h): no
+    /// `_IOC` encoding, so type 0.
+    pub const fn uvm_shape(cmd: u32) -> bool {
+        cmd < 0x1000 || cmd & !0xf == 0x3000_0000
+    }
+
     /// Whether an ioctl request has the shape of a GPU driver's: NVIDIA's `'F'` type, KFD's
-    /// `'K'`, DRM's `'d'`, or UVM_INITIALIZE. A process not yet known as a GPU user that issues
-    /// one gets the fd → device test: this covers GPU fds obtained without an `openat(2)` the
-    /// sensor saw (open(2), openat2(2), SCM_RIGHTS, pidfd_getfd(2), fds inherited across exec
-    /// from before the sensor started). Other drivers share these types (fbdev uses `'F'`): the
-    /// device test decides.
+    /// `'K'`, DRM's `'d'`, or UVM's raw numbers. Only such requests get the fd → device test,
+    /// for any process: every other ioctl on the node costs one context load and a compare.
+    /// This also covers GPU fds obtained without an `openat(2)` the sensor saw (open(2),
+    /// openat2(2), SCM_RIGHTS, pidfd_getfd(2), fds inherited from before the sensor started).
+    /// Other drivers share these shapes (fbdev uses `'F'`, FIBMAP is 1): the device test decides.
     pub const fn gpu_ioctl_shape(cmd: u32) -> bool {
         let t = ioc_type(cmd);
-        t == NV_IOCTL_MAGIC || t == KFD_MAGIC || t == DRM_MAGIC || cmd == UVM_INITIALIZE
+        t == NV_IOCTL_MAGIC || t == KFD_MAGIC || t == DRM_MAGIC || uvm_shape(cmd)
     }
 
     /// Operation codes carried in `GpuIoctlEvent::op`: the family in the high byte, the
@@ -957,6 +964,7 @@ pub mod names {
     pub const FRESH_CONNS: &str = "FRESH_CONNS";
     pub const PENDING_NET: &str = "PENDING_NET";
     pub const PENDING_IOCTL: &str = "PENDING_IOCTL";
+    pub const IOCTL_IN_FLIGHT: &str = "IOCTL_IN_FLIGHT";
     pub const PENDING_OPEN: &str = "PENDING_OPEN";
 }
 
@@ -964,6 +972,20 @@ pub mod names {
 pub const fn gpu_dev_key(major: u32, minor: u32) -> u64 {
     ((major as u64) << 32) | minor as u64
 }
+
+/// Offset of `args[1]` (ioctl's `cmd`) in a syscall-entry tracepoint record:
+/// `struct syscall_trace_enter { struct trace_entry ent; int nr; unsigned long args[]; }`
+/// (include/trace/syscall.h, unchanged since 2.6.33): 8-byte `trace_entry`, `nr` padded to 8,
+/// then 8 bytes per argument. `sys_enter_ioctl` reads it with a direct context load (a
+/// constant offset, no helper call); the agent checks it against the tracefs format at start-up
+/// (`tp_ioctl_cmd`) and refuses to load on a kernel where it differs.
+pub const TP_SYSCALL_ENTER_ARG1: u32 = 24;
+/// `args[2]` of a syscall-entry record (openat's `flags`); see [`TP_SYSCALL_ENTER_ARG1`].
+pub const TP_SYSCALL_ENTER_ARG2: u32 = 32;
+/// `ret` of a syscall-exit record: `struct syscall_trace_exit { struct trace_entry ent; int nr;
+/// long ret; }` (include/trace/syscall.h). Read with a direct context load; checked at start-up
+/// (`tp_exit_ret`).
+pub const TP_SYSCALL_EXIT_RET: u32 = 16;
 
 /// Largest capacity of the filter hash maps (the agent sizes them to what it puts in them, or
 /// to this for TRACE_TGIDS, which the kernel grows with forks).
@@ -1091,8 +1113,14 @@ mod tests {
         for cmd in [0xc030462b, 0xc0584b02, 0xc0186444, 0x30000001] {
             assert!(gpu_ioctl_shape(cmd), "{cmd:#x}");
         }
-        // TCGETS, FIONREAD, a UVM call other than INITIALIZE (a known GPU process only).
-        for cmd in [0x5401, 0x541b, 37] {
+        // Every UVM request of the H100 recordings.
+        for cmd in [
+            0x17, 0x19, 0x1b, 0x21, 0x22, 0x25, 0x27, 0x41, 0x44, 0x48, 0x49, 0x4b, 0x30000002,
+        ] {
+            assert!(gpu_ioctl_shape(cmd), "{cmd:#x}");
+        }
+        // TCGETS, FIONREAD, TIOCGWINSZ, SIOCGIFINDEX, FS_IOC_GETFLAGS, FICLONE.
+        for cmd in [0x5401, 0x541b, 0x5413, 0x8933, 0x80086601, 0x40049409] {
             assert!(!gpu_ioctl_shape(cmd), "{cmd:#x}");
         }
     }

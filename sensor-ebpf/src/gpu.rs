@@ -9,19 +9,20 @@ use aya_ebpf::{
         bpf_probe_read_user_str_bytes, generated as gen,
     },
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TracePointContext,
 };
 use sensor_common::{
     flags, gpu, gpu_dev_key, kind, record_size, GpuDev, GpuIoctlEvent, GpuOpenEvent, Hook,
-    ProbeError, FILTER_MAP_ENTRIES, GPU_ARG_LEN, GPU_NAME_LEN,
+    ProbeError, FILTER_MAP_ENTRIES, GPU_ARG_LEN, GPU_NAME_LEN, TP_SYSCALL_ENTER_ARG1,
+    TP_SYSCALL_ENTER_ARG2, TP_SYSCALL_EXIT_RET,
 };
 
 use crate::{
     config,
     emit::{count_error, emit, finish, or_count},
     filter::current_traced,
-    task::{ctx_field, field, file_of_fd, fill_header, read, record},
+    task::{ctx_at, field, file_of_fd, fill_header, read, record},
 };
 
 /// `MINORBITS` (include/linux/kdev_t.h): the kernel-internal dev_t is major << 20 | minor.
@@ -43,6 +44,31 @@ pub static GPU_TGIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(65536, 
 /// GPU ioctls between syscall entry and exit, by pid_tgid.
 #[map(name = "PENDING_IOCTL")]
 static PENDING_IOCTL: HashMap<u64, GpuIoctlEvent> = HashMap::with_max_entries(16384, 0);
+
+/// Entries in `PENDING_IOCTL` (added after an insert, taken away after the exit removes one):
+/// while it is zero, `sys_exit_ioctl` returns after one inlined array load, without a helper
+/// call or a hash lookup, which is the case for nearly every ioctl on the node.
+#[map(name = "IOCTL_IN_FLIGHT")]
+static IOCTL_IN_FLIGHT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Adds `d` to the in-flight count with an atomic add (`BPF_ATOMIC | BPF_ADD`, the
+/// instruction `__sync_fetch_and_add` compiles to): the entry and the exit of one ioctl may run
+/// on different CPUs. The BPF target offers no `AtomicU64::fetch_add`, so it is written out.
+#[inline(always)]
+fn in_flight_add(d: i64) {
+    if let Some(p) = IOCTL_IN_FLIGHT.get_ptr_mut(0) {
+        // SAFETY: `p` is the map's only value (8 bytes, aligned), alive as long as the map;
+        // the instruction is a locked add to it and touches nothing else.
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({p} + 0) += {d}",
+                p = in(reg) p,
+                d = in(reg) d,
+                options(nostack),
+            );
+        }
+    }
+}
 
 /// Opens of `/dev/nvidia*`, `/dev/kfd`, `/dev/dri/*` paths between entry and exit (so that a
 /// failed open is still reported).
@@ -84,21 +110,17 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_sys_enter_ioctl(ctx: &TracePointContext) -> Result<(), ProbeError> {
     const HOOK: Hook = Hook::SysEnterIoctl;
+    // Only a GPU-shaped request earns the device test: every other ioctl on the node costs one
+    // direct context load at a constant offset (checked against tracefs at start-up) and a
+    // compare, no helper call and no map lookup.
+    let cmd = ctx_at::<u64, TP_SYSCALL_ENTER_ARG1>(ctx) as u32;
+    if !gpu::gpu_ioctl_shape(cmd) {
+        return Ok(());
+    }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let o = &config().offsets;
     // SAFETY: hash lookup with an integer key; only presence is used.
     let known = unsafe { GPU_TGIDS.get(&tgid) }.is_some();
-    if !known {
-        // Not known as a GPU user: only a GPU-shaped request earns the device test (one field
-        // read for every other ioctl on the node).
-        // A direct context load would save the helper call, but the verifier takes only
-        // instruction-constant context offsets and LLVM folds any per-offset switch back into
-        // pointer arithmetic ("dereference of modified ctx ptr"): one helper read it is.
-        let cmd = ctx_field::<u64>(ctx, o.tp_ioctl_cmd)? as u32;
-        if !gpu::gpu_ioctl_shape(cmd) {
-            return Ok(());
-        }
-    }
     if !current_traced() {
         return Ok(());
     }
@@ -170,8 +192,10 @@ fn try_sys_enter_ioctl(ctx: &TracePointContext) -> Result<(), ProbeError> {
         (*ev).hdr.flags = fl;
         PENDING_IOCTL
             .insert(&bpf_get_current_pid_tgid(), &*ev, 0)
-            .map_err(|_| ProbeError::MapUpdate)
+            .map_err(|_| ProbeError::MapUpdate)?;
     }
+    in_flight_add(1);
+    Ok(())
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_ioctl")]
@@ -181,13 +205,16 @@ pub fn sys_exit_ioctl(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_sys_exit_ioctl(ctx: &TracePointContext) -> Result<(), ProbeError> {
+    // Nothing in flight anywhere: not a GPU ioctl (the common case), no helper call.
+    if IOCTL_IN_FLIGHT.get(0).is_none_or(|n| *n == 0) {
+        return Ok(());
+    }
     let id = bpf_get_current_pid_tgid();
     // The map value pointer is used only before the entry is removed below.
     let Some(p) = PENDING_IOCTL.get_ptr(&id) else {
         return Ok(());
     };
-    let o = &config().offsets;
-    let ret = or_count(Hook::SysExitIoctl, ctx_field::<i64>(ctx, o.tp_exit_ret), 0);
+    let ret = ctx_at::<i64, TP_SYSCALL_EXIT_RET>(ctx);
     let emitted = emit(kind::GPU_IOCTL, |ev: *mut GpuIoctlEvent| {
         // SAFETY: `p` points at a live map value of the right type; `ev` is a reservation of
         // the same size owned by this program.
@@ -197,7 +224,9 @@ fn try_sys_exit_ioctl(ctx: &TracePointContext) -> Result<(), ProbeError> {
         }
         Ok(())
     });
-    let _ = PENDING_IOCTL.remove(&id);
+    if PENDING_IOCTL.remove(&id).is_ok() {
+        in_flight_add(-1);
+    }
     emitted
 }
 
@@ -218,8 +247,7 @@ pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_sys_enter_openat(ctx: &TracePointContext) -> Result<(), ProbeError> {
     const HOOK: Hook = Hook::SysEnterOpenat;
-    let o = &config().offsets;
-    let fname = ctx_field::<u64>(ctx, o.tp_openat_filename)?;
+    let fname = ctx_at::<u64, TP_SYSCALL_ENTER_ARG1>(ctx);
     if fname == 0 {
         return Ok(()); // openat(NULL): EFAULT, nothing to read
     }
@@ -235,7 +263,7 @@ fn try_sys_enter_openat(ctx: &TracePointContext) -> Result<(), ProbeError> {
     unsafe {
         fill_header(&mut (*ev).hdr, kind::GPU_OPEN);
         (*ev).ret = 0;
-        (*ev).flags = or_count(HOOK, ctx_field::<u64>(ctx, o.tp_openat_flags), 0) as u32;
+        (*ev).flags = ctx_at::<u64, TP_SYSCALL_ENTER_ARG2>(ctx) as u32;
         (*ev).major = 0;
         (*ev).minor = 0;
         (*ev).dev_kind = 0;
@@ -289,7 +317,7 @@ fn try_sys_exit_openat(ctx: &TracePointContext) -> Result<(), ProbeError> {
 #[inline(always)]
 fn open_exit(ctx: &TracePointContext, hook: Hook) -> Result<(), ProbeError> {
     let o = &config().offsets;
-    let ret = or_count(hook, ctx_field::<i64>(ctx, o.tp_exit_ret), -1);
+    let ret = ctx_at::<i64, TP_SYSCALL_EXIT_RET>(ctx);
     let id = bpf_get_current_pid_tgid();
     // The map value pointer is used only before the entry is removed below.
     let pending = PENDING_OPEN.get_ptr(&id);

@@ -12,13 +12,13 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
     programs::TracePointContext,
 };
-use sensor_common::{flags, kind, record_size, Hook, NetEvent, ProbeError};
+use sensor_common::{flags, kind, record_size, Hook, NetEvent, ProbeError, TP_SYSCALL_EXIT_RET};
 
 use crate::{
     config,
     emit::{count_error, emit, finish, or_count},
     filter::current_traced,
-    task::{ctx_field, field, file_of_fd, fill_header, read, record, sock_of_file, AF_INET, AF_INET6},
+    task::{ctx_at, ctx_field, field, file_of_fd, fill_header, read, record, sock_of_file, AF_INET, AF_INET6},
 };
 /// TCP states (include/net/tcp_states.h).
 const TCP_SYN_SENT: i32 = 2;
@@ -153,7 +153,7 @@ fn exit(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> {
         return Ok(());
     }
     let o = &config().offsets;
-    let ret = or_count(hook, ctx_field::<i64>(ctx, o.tp_exit_ret), 0);
+    let ret = ctx_at::<i64, TP_SYSCALL_EXIT_RET>(ctx);
     let mut p = p;
     if k == kind::CONNECT && (ret == 0 || ret == -EINPROGRESS) && p.sk != 0 {
         // The local side, bound by now: what a firewall's log line shows for this connection.
@@ -183,7 +183,7 @@ fn exit(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> {
 /// 2 (the reverse-shell move of a program that may never exec afterwards).
 #[inline(always)]
 fn dup_exit(ctx: &TracePointContext) -> Result<(), ProbeError> {
-    let ret = ctx_field::<i64>(ctx, config().offsets.tp_exit_ret)?;
+    let ret = ctx_at::<i64, TP_SYSCALL_EXIT_RET>(ctx);
     if !(0..=2).contains(&ret) || !current_traced() {
         return Ok(());
     }

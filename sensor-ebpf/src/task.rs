@@ -185,6 +185,16 @@ pub(crate) fn field<const N: usize>(r: &[u8; N], off: u32, size: usize) -> Resul
     Ok(v)
 }
 
+/// A field of a syscall tracepoint record at a compile-time offset (`sensor_common::TP_SYSCALL_*`,
+/// which the agent checks against tracefs before loading): a direct context load, no helper.
+#[inline(always)]
+pub(crate) fn ctx_at<T: Copy, const OFF: u32>(ctx: &aya_ebpf::programs::TracePointContext) -> T {
+    use aya_ebpf::EbpfContext;
+    // SAFETY: a load inside the tracepoint record at a constant offset, which the verifier
+    // checks as a context access.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(OFF as usize) as *const T) }
+}
+
 /// A field of the tracepoint record read straight from the context at its format-file offset.
 #[inline(always)]
 pub(crate) fn ctx_field<T>(

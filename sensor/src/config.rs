@@ -37,6 +37,9 @@ pub struct Config {
     pub incidents: crate::incidents::IncidentsConfig,
     /// Export to the cluster's log pipeline (`[export.file]`, `[export.otlp]`).
     pub export: crate::export::ExportConfig,
+    /// Programs not to attach (`[hooks] disable`): to measure what each hook costs the node
+    /// (`cargo xtask bench`), or to run without one; what it would have seen is not seen.
+    pub hooks: HooksConfig,
     /// Path of the kernel BTF used to resolve struct offsets.
     pub btf_path: PathBuf,
 }
@@ -57,9 +60,18 @@ impl Default for Config {
             workload: Default::default(),
             incidents: Default::default(),
             export: Default::default(),
+            hooks: Default::default(),
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// Program names (`sensor_start.hooks` lists them as `tracepoint/syscalls/<name>`,
+    /// `raw_tp/<name>`, `cgroup_skb/egress`): e.g. `["sys_enter_ioctl", "sys_exit_ioctl"]`.
+    pub disable: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -444,6 +456,14 @@ impl Config {
         self.maps.check()?;
         self.incidents.check()?;
         self.export.check()?;
+        for h in &self.hooks.disable {
+            if !crate::hook::PROGRAMS.contains(&h.as_str()) {
+                return Err(format!(
+                    "hooks.disable: no program {h:?}; the programs are {}",
+                    crate::hook::PROGRAMS.join(", ")
+                ));
+            }
+        }
         Ok(())
     }
 }

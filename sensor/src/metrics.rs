@@ -448,7 +448,7 @@ impl Metrics {
                 result: result.into(),
             });
         }
-        for reason in ["dedup", "rate_limit"] {
+        for reason in ["dedup", "rate_limit", "queue_full"] {
             let _ = self.sink_suppressed.get_or_create(&SinkReason {
                 sink: sink.into(),
                 reason: reason.into(),

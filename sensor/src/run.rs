@@ -273,7 +273,7 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     let engine = Engine::new(set, cfg.rules.clone());
     let live = LiveLoop {
         sink: Sink {
-            alerting,
+            alerting: alerting.clone(),
             out,
             stdout_policy: cfg.output.on_stdout_closed,
             stdout_closed: false,
@@ -316,6 +316,10 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     let _ = stop_tx.send(true);
     let _ = reader.await;
     let _ = pipe.await;
+    // Incident versions the pipeline queued reach the spool before the exit (delivery
+    // resumes from there on the next start).
+    let a = alerting.clone();
+    let _ = tokio::task::spawn_blocking(move || a.wait_spooled(Duration::from_secs(10))).await;
     refresher.abort();
     reloader.abort();
     if let Some(t) = metrics_task {

@@ -198,7 +198,8 @@ records = ["event", "status"]
     let m = http_get(
         s.sensor_start().metrics_addr.as_deref().unwrap(),
         "/metrics",
-    );
+    )
+    .1;
     for (exp, res) in [("file", "exported"), ("otlp", "exported")] {
         let n: f64 = m
             .lines()

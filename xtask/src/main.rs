@@ -144,6 +144,21 @@ fn test(args: Vec<String>) -> Result<ExitCode> {
     let st = child.wait()?;
     let mut t = Totals::default();
     parse_totals(&out, &mut t);
+    // The benchmark as a smoke (whole runs only): every measurement once, briefly; the figures
+    // are printed, not judged (`cargo xtask bench` is the full run with targets). It failing to
+    // run at all is a failure.
+    if args.is_empty() {
+        println!("bench smoke (figures only; `cargo xtask bench` for the targets):");
+        let ok = Command::new(root().join("target/release/bench"))
+            .arg("smoke")
+            .env("SENSOR_BIN", &bin)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            println!("bench smoke: FAILED");
+            t.failed += 1;
+        }
+    }
     let skips: Vec<String> = std::fs::read_to_string(&skip_log)
         .unwrap_or_default()
         .lines()

@@ -11,7 +11,10 @@ pub mod spool;
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Condvar, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc, Condvar, Mutex,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -595,10 +598,25 @@ struct Sink {
     wake: Condvar,
 }
 
-/// The running sinks.
+/// Incident versions waiting for a sink's spooler thread; past it a version is counted
+/// (`gpu_sensor_alerts_suppressed_total{reason="queue_full"}`) and not sent.
+pub const SUBMIT_QUEUE: usize = 65536;
+
+/// The pipeline's side of one sink: a bounded queue to its spooler thread.
+#[derive(Clone)]
+struct SinkHandle {
+    sink: Arc<Sink>,
+    tx: mpsc::SyncSender<Arc<Incident>>,
+    /// Versions handed over and not yet spooled (or dropped by the sink's policy).
+    pending: Arc<AtomicUsize>,
+}
+
+/// The running sinks. [`Alerting::submit`] only queues: the severity filter, dedup, rate
+/// limit and the durable spool (fsync) run on one spooler thread per sink, delivery on another,
+/// so an alert storm or a slow disk never stalls the event path.
 #[derive(Clone)]
 pub struct Alerting {
-    sinks: Vec<Arc<Sink>>,
+    sinks: Vec<SinkHandle>,
     metrics: Metrics,
 }
 
@@ -782,46 +800,102 @@ impl Alerting {
                 &format!("sink/{}", c.name),
                 move || s2.run(&m2),
             );
-            sinks.push(s);
+            let (tx, rx) = mpsc::sync_channel::<Arc<Incident>>(SUBMIT_QUEUE);
+            let rx = Arc::new(Mutex::new(rx));
+            let pending = Arc::new(AtomicUsize::new(0));
+            let (s3, m3, p3) = (s.clone(), metrics.clone(), pending.clone());
+            crate::health::supervise_thread(
+                &metrics.health,
+                &format!("spool/{}", c.name),
+                move || {
+                    let rx = lock(&rx);
+                    while let Ok(i) = rx.recv() {
+                        s3.accept(&i, &m3);
+                        p3.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    Ok(crate::health::Exit::Done("the pipeline stopped".into()))
+                },
+            );
+            sinks.push(SinkHandle {
+                sink: s,
+                tx,
+                pending,
+            });
         }
         Ok(Alerting { sinks, metrics })
     }
 
-    /// Offers a version of an incident to every sink (severity filter, dedup of the same
-    /// version, rate limit per headline rule, then the spool).
-    pub fn submit(&self, i: &Incident) {
-        let version_key = format!("{}:{}", i.id, i.version);
-        for s in &self.sinks {
-            let closing = i.state == crate::incidents::State::Closed;
-            if i.severity < s.cfg.min_severity {
-                continue;
+    /// Waits until every queued version is spooled (or `timeout` passes); returns whether
+    /// nothing is left. Called at shutdown, so what was accepted survives the exit.
+    pub fn wait_spooled(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            let left: usize = self
+                .sinks
+                .iter()
+                .map(|h| h.pending.load(Ordering::Acquire))
+                .sum();
+            if left == 0 {
+                return true;
             }
-            let mut st = lock(&s.state);
-            let now = Instant::now();
-            if st.recent.contains_key(&version_key) {
-                self.metrics.suppressed(&s.cfg.name, "dedup");
-                continue;
+            if Instant::now() >= end {
+                tracing::warn!("{left} alert versions not spooled at exit");
+                return false;
             }
-            if st.recent.len() > 50_000 {
-                let win = Duration::from_secs(s.cfg.dedup_secs.max(1));
-                st.recent.retain(|_, t| now.duration_since(*t) < win);
-            }
-            st.recent.insert(version_key.clone(), now);
-            s.roll_windows(&mut st, &self.metrics);
-            let w = st
-                .windows
-                .entry(i.headline.clone())
-                .or_insert((now, 0, 0, i.severity));
-            w.3 = w.3.max(i.severity);
-            // A closing version always goes out: it ends what was paged.
-            if w.1 >= s.cfg.rate_limit && !closing {
-                w.2 += 1;
-                self.metrics.suppressed(&s.cfg.name, "rate_limit");
-                continue;
-            }
-            w.1 += 1;
-            s.enqueue(&mut st, &Payload::Incident(i), i.severity, &self.metrics);
+            std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Offers a version of an incident to every sink whose severity filter takes it; never
+    /// blocks (a full queue counts the version as `queue_full`).
+    pub fn submit(&self, i: &Incident) {
+        let mut shared: Option<Arc<Incident>> = None;
+        for h in &self.sinks {
+            if i.severity < h.sink.cfg.min_severity {
+                continue;
+            }
+            let a = shared.get_or_insert_with(|| Arc::new(i.clone())).clone();
+            h.pending.fetch_add(1, Ordering::AcqRel);
+            if h.tx.try_send(a).is_err() {
+                h.pending.fetch_sub(1, Ordering::AcqRel);
+                self.metrics.suppressed(&h.sink.cfg.name, "queue_full");
+                tracing::warn!(sink = %h.sink.cfg.name, incident = %i.id, "alert queue full: version {} not sent", i.version);
+            }
+        }
+    }
+}
+
+impl Sink {
+    /// The sink's policy for one incident version (dedup of the same version, rate limit per
+    /// headline rule), then the spool. Runs on the sink's spooler thread.
+    fn accept(&self, i: &Incident, m: &Metrics) {
+        let version_key = format!("{}:{}", i.id, i.version);
+        let closing = i.state == crate::incidents::State::Closed;
+        let mut st = lock(&self.state);
+        let now = Instant::now();
+        if st.recent.contains_key(&version_key) {
+            m.suppressed(&self.cfg.name, "dedup");
+            return;
+        }
+        if st.recent.len() > 50_000 {
+            let win = Duration::from_secs(self.cfg.dedup_secs.max(1));
+            st.recent.retain(|_, t| now.duration_since(*t) < win);
+        }
+        st.recent.insert(version_key, now);
+        self.roll_windows(&mut st, m);
+        let w = st
+            .windows
+            .entry(i.headline.clone())
+            .or_insert((now, 0, 0, i.severity));
+        w.3 = w.3.max(i.severity);
+        // A closing version always goes out: it ends what was paged.
+        if w.1 >= self.cfg.rate_limit && !closing {
+            w.2 += 1;
+            m.suppressed(&self.cfg.name, "rate_limit");
+            return;
+        }
+        w.1 += 1;
+        self.enqueue(&mut st, &Payload::Incident(i), i.severity, m);
     }
 }
 

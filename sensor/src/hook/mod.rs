@@ -144,6 +144,27 @@ const TPS: &[(&str, &str, &str)] = &[
 /// root (first data segment of new outbound TCP connections, DNS datagrams).
 const EGRESS_PROG: &str = "sock_egress";
 
+/// Every program name, as `hooks.disable` takes them.
+pub const PROGRAMS: &[&str] = &[
+    "sched_process_exec",
+    "sched_process_fork",
+    "sched_process_exit",
+    "sys_enter_connect",
+    "sys_exit_connect",
+    "sys_enter_bind",
+    "sys_exit_bind",
+    "inet_sock_set_state",
+    "sys_enter_ioctl",
+    "sys_exit_ioctl",
+    "sys_enter_openat",
+    "sys_exit_openat",
+    "sys_exit_dup2",
+    "sys_exit_dup3",
+    "sys_exit_open",
+    "sys_exit_openat2",
+    EGRESS_PROG,
+];
+
 /// Resolves every offset the programs use from BTF and tracefs formats (the table of
 /// [`Offsets::FIELDS`]), checking that every tracepoint field read fits its record.
 pub fn resolve_offsets(btf: &Btf) -> Result<Offsets, HookError> {
@@ -220,28 +241,35 @@ impl Hooks {
 
         let mut gpu: BpfHashMap<_, u64, GpuDev> = map_mut(&mut ebpf, names::GPU_DEVS)?;
         let entries = sync_gpu_devs(&mut gpu, &cfg.gpu.devices)?;
-        // Processes that opened GPU devices before we started: their ioctls must pass the
-        // kernel's per-process pre-filter.
+        // Processes that opened GPU devices before we started: known as GPU users (inherited
+        // by their children).
         let mut gpu_tgids: BpfHashMap<_, u32, u8> = map_mut(&mut ebpf, names::GPU_TGIDS)?;
         for pid in crate::gpu::devices::processes_with_gpu_fds(&entries) {
             let _ = gpu_tgids.insert(pid, 1, 0);
         }
 
         let mut attached = vec![];
+        let off = |n: &str| cfg.hooks.disable.iter().any(|d| d == n);
         for &name in RAW_TPS {
+            if off(name) {
+                continue;
+            }
             let prog: &mut RawTracePoint = program(&mut ebpf, name)?;
             prog.load().map_err(|source| prog_err(name, source))?;
             prog.attach(name).map_err(|source| prog_err(name, source))?;
             attached.push(format!("raw_tp/{name}"));
         }
         for &(name, cat, tp) in TPS {
+            if off(name) {
+                continue;
+            }
             let prog: &mut TracePoint = program(&mut ebpf, name)?;
             prog.load().map_err(|source| prog_err(name, source))?;
             prog.attach(cat, tp)
                 .map_err(|source| prog_err(name, source))?;
             attached.push(format!("tracepoint/{cat}/{tp}"));
         }
-        if cfg.net.first_payload {
+        if cfg.net.first_payload && !off(EGRESS_PROG) {
             // Not fatal: kernels before 6.10 refuse the current-task helpers in cgroup_skb
             // programs, and a node may lack a cgroup v2 mount. The sensor then runs without
             // first bytes and DNS (and says so), rather than not at all.
@@ -446,5 +474,24 @@ mod tests {
             ) + 1,
             sensor_common::PROBE_ERROR_ENTRIES
         );
+    }
+}
+
+#[cfg(test)]
+mod program_list_tests {
+    use super::*;
+
+    #[test]
+    fn every_program_is_listed_once() {
+        let mut all: Vec<&str> = RAW_TPS
+            .iter()
+            .copied()
+            .chain(TPS.iter().map(|t| t.0))
+            .chain([EGRESS_PROG])
+            .collect();
+        all.sort();
+        let mut listed = PROGRAMS.to_vec();
+        listed.sort();
+        assert_eq!(all, listed);
     }
 }

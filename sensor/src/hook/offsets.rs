@@ -58,6 +58,35 @@ where
         };
         *(f.slot)(&mut o) = v;
     }
+    // These are read with direct context loads at compile-time offsets.
+    for (name, got, want) in [
+        (
+            "sys_enter_ioctl cmd",
+            o.tp_ioctl_cmd,
+            sensor_common::TP_SYSCALL_ENTER_ARG1,
+        ),
+        (
+            "sys_enter_openat filename",
+            o.tp_openat_filename,
+            sensor_common::TP_SYSCALL_ENTER_ARG1,
+        ),
+        (
+            "sys_enter_openat flags",
+            o.tp_openat_flags,
+            sensor_common::TP_SYSCALL_ENTER_ARG2,
+        ),
+        (
+            "sys_exit_* ret",
+            o.tp_exit_ret,
+            sensor_common::TP_SYSCALL_EXIT_RET,
+        ),
+    ] {
+        if got != want {
+            return Err(HookError::Layout(format!(
+                "syscalls/{name} is at offset {got}, the programs read it at {want} (struct syscall_trace_enter/exit changed)"
+            )));
+        }
+    }
     Ok(o)
 }
 

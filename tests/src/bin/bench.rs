@@ -4,6 +4,9 @@
 //!
 //!   bench [SECS]          SECS: duration of the sustained-rate runs (default 30)
 //!   bench micro [ROUNDS]  per-call costs only, on/off interleaved, with their spread
+//!   bench storm [SECS]    event-path latency during an alert storm to a sink that is down
+//!   bench hooks [ROUNDS]  what each group of hooks costs every syscall of the node
+//!   bench smoke           one short round of everything, no targets (CI)
 use std::{
     io::Read,
     net::UdpSocket,
@@ -169,6 +172,21 @@ fn bulk_mbps(bytes: usize) -> f64 {
     sent as f64 / 1e6 / t.elapsed().as_secs_f64()
 }
 
+/// ns per openat(2)+close(2) of /dev/null (the open hooks' path test and device test; no
+/// event: not a GPU node path).
+fn openat_ns(n: u64) -> f64 {
+    let path = c"/dev/null";
+    let t = Instant::now();
+    for _ in 0..n {
+        // SAFETY: valid NUL-terminated path; the fd is closed at once.
+        unsafe {
+            let fd = libc::openat(libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY);
+            libc::close(fd);
+        }
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
 /// ns per UDP connect(2) to 127.0.0.1 (one connect event each with the sensor).
 fn connect_ns(n: u64) -> f64 {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -268,6 +286,166 @@ fn alert_latency(rate: u64, secs: f64) -> Vec<f64> {
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let _ = std::fs::remove_dir_all(&dir);
     lat
+}
+
+/// Event-path latency while an alert storm goes to a sink that is down: `per_min` processes a
+/// minute each make one connect a strong rule matches (each is its own process tree, so its
+/// own incident, so one spooled delivery each), while 2000 connects/s that no rule matches are
+/// timed from the syscall (kernel `ts_ns`) to their line on the sensor's stdout. Returns
+/// (sorted latencies in ms, incidents raised, spool files left, storm processes).
+fn storm(per_min: u64, secs: f64) -> (Vec<f64>, u64, usize, u64) {
+    let dir = std::env::temp_dir().join(format!("sensor-storm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    std::fs::write(
+        dir.join("rules/storm.yaml"),
+        "rules:\n  - id: bench-storm\n    description: the storm's connects\n    severity: high\n    \
+         condition: kind = \"connect\" and dst_port = 9\n    examples:\n      match:\n        \
+         - {kind: connect, family: inet, sock_type: dgram, dst_ip: 127.0.0.1, dst_port: 9, result: ok, via: syscall}\n",
+    )
+    .unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    std::fs::write(
+        dir.join("cfg.toml"),
+        format!(
+            "[rules]\nbuiltin = false\ndedup_secs = 0\ndirs = [\"{}\"]\n[alerting]\nspool_dir = \"{}\"\n\
+             [[alerting.sinks]]\nname = \"down\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{dead_port}/\"\n\
+             timeout_secs = 1\nrate_limit = 1000000\ndedup_secs = 0\nmax_spool = 100000\n",
+            dir.join("rules").display(),
+            dir.join("spool").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(sensor_bin())
+        .args(["run", "--ring-size", "64MiB", "--config"])
+        .arg(dir.join("cfg.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let me = std::process::id();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let (mut lat, mut incidents) = (vec![], 0u64);
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("\"sensor_start\"") {
+                let _ = tx.send(());
+                continue;
+            }
+            let now = boot_ns();
+            if line.starts_with("{\"kind\":\"incident\"") {
+                incidents += 1;
+                continue;
+            }
+            if !line.contains("\"kind\":\"connect\"") || !line.contains("\"dst_port\":10,") {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["pid"] == me {
+                if let Some(t) = v["ts_ns"].as_u64() {
+                    lat.push(now.saturating_sub(t) as f64 / 1e6);
+                }
+            }
+        }
+        (lat, incidents)
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("sensor start");
+    // The storm: one forked child per alert, each a separate process tree (its parent, this
+    // benchmark, is the sensor's parent, an ancestor of the sensor).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let st = stop.clone();
+    let stormer = std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while !st.load(std::sync::atomic::Ordering::Relaxed) {
+            let due = (start.elapsed().as_secs_f64() * per_min as f64 / 60.0) as u64;
+            while n < due {
+                // SAFETY: the child only makes async-signal-safe calls (socket, connect, _exit).
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    // SAFETY: plain syscalls on a fresh fd, then _exit.
+                    unsafe {
+                        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+                        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+                        sa.sin_family = libc::AF_INET as u16;
+                        sa.sin_port = 9u16.to_be();
+                        sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+                        libc::connect(
+                            fd,
+                            (&sa as *const libc::sockaddr_in).cast(),
+                            std::mem::size_of::<libc::sockaddr_in>() as u32,
+                        );
+                        libc::_exit(0);
+                    }
+                }
+                if pid > 0 {
+                    // SAFETY: reaping our own child.
+                    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+                }
+                n += 1;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        n
+    });
+    // The timed connects, 2000/s, which no rule matches.
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        let due = (start.elapsed().as_secs_f64() * 2000.0) as u64;
+        while sent < due {
+            s.connect(("127.0.0.1", 10)).unwrap();
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let storm_n = stormer.join().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+    let (mut lat, incidents) = reader.join().unwrap();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let spooled = std::fs::read_dir(dir.join("spool/down"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
+        .unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&dir);
+    (lat, incidents, spooled, storm_n)
+}
+
+/// `bench storm [SECS]`: prints the alert-storm row.
+fn storm_row(secs: f64) {
+    let (lat, incidents, spooled, n) = storm(10_000, secs);
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let p99 = pct(0.99);
+    row(
+        "event latency p99, storm 10k alerts/min, sink down",
+        format!("{p99:.2} ms (p50 {:.2}, n={})", pct(0.5), lat.len()),
+        "≤ 10 ms",
+        p99 <= 10.0,
+    );
+    row(
+        "  storm incidents raised / spooled",
+        format!("{n} sent, {incidents} raised, {spooled} spooled"),
+        "all",
+        incidents == n && spooled as u64 == n,
+    );
 }
 
 /// `sensor replay` throughput over a generated stream of `n` events (built-in rules, one core).
@@ -378,7 +556,138 @@ fn micro(rounds: usize) {
     }
 }
 
+/// A measured call: name, ns-per-call function, iterations.
+type Call = (&'static str, fn(u64) -> f64, u64);
+
+/// The syscall-tracepoint programs, by group, as `hooks.disable` names them.
+const SYSCALL_PROGS: &[&str] = &[
+    "sys_enter_connect",
+    "sys_exit_connect",
+    "sys_enter_bind",
+    "sys_exit_bind",
+    "sys_enter_ioctl",
+    "sys_exit_ioctl",
+    "sys_enter_openat",
+    "sys_exit_openat",
+    "sys_exit_dup2",
+    "sys_exit_dup3",
+    "sys_exit_open",
+    "sys_exit_openat2",
+];
+
+/// `bench hooks`: per-call costs with the default hooks, with no syscall tracepoint at all
+/// (exec/fork/exit raw tracepoints, inet_sock_set_state and the egress program stay), and with
+/// the ioctl pair as the only syscall tracepoints: what the tracing slow path costs every
+/// syscall of the node, apart from what the programs do.
+fn hooks(rounds: usize) {
+    let dir = std::env::temp_dir().join(format!("bench-hooks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write_cfg = |name: &str, disable: Vec<&str>| {
+        let p = dir.join(format!("{name}.toml"));
+        let list: Vec<String> = disable.iter().map(|d| format!("{d:?}")).collect();
+        std::fs::write(&p, format!("[hooks]\ndisable = [{}]\n", list.join(", "))).unwrap();
+        p
+    };
+    let configs: Vec<(&str, Option<std::path::PathBuf>)> = vec![
+        ("default hooks", None),
+        (
+            "no syscall tracepoint",
+            Some(write_cfg("none", SYSCALL_PROGS.to_vec())),
+        ),
+        (
+            "ioctl pair only",
+            Some(write_cfg(
+                "ioctl",
+                SYSCALL_PROGS
+                    .iter()
+                    .copied()
+                    .filter(|p| !p.contains("ioctl"))
+                    .collect(),
+            )),
+        ),
+    ];
+    let calls: [Call; 5] = [
+        ("getppid", getppid_ns, 1_000_000),
+        ("write 1 B /dev/null", write_ns, 1_000_000),
+        ("ioctl TCGETS (non-GPU)", ioctl_ns, 1_000_000),
+        ("openat+close /dev/null", openat_ns, 300_000),
+        ("UDP connect (event)", connect_ns, 200_000),
+    ];
+    let measure = || -> Vec<f64> {
+        calls
+            .iter()
+            .map(|(_, f, n)| median((0..3).map(|_| f(*n)).collect()))
+            .collect()
+    };
+    // ratios[config][call] over rounds
+    let mut ratios = vec![vec![vec![]; calls.len()]; configs.len()];
+    let mut base_ns = vec![vec![]; calls.len()];
+    for _ in 0..rounds {
+        let off = measure();
+        for (i, v) in off.iter().enumerate() {
+            base_ns[i].push(*v);
+        }
+        for (c, (_, cfg)) in configs.iter().enumerate() {
+            let mut args = vec!["--ring-size", "64MiB"];
+            if let Some(p) = cfg {
+                args.extend(["--config", p.to_str().unwrap()]);
+            }
+            let s = Sensor::start(&args);
+            let on = measure();
+            s.stop();
+            for i in 0..calls.len() {
+                ratios[c][i].push(on[i] / off[i]);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    print!("| call (off, ns) |");
+    for (n, _) in &configs {
+        print!(" {n} (min / median / max) |");
+    }
+    println!();
+    println!("|---|{}", "---|".repeat(configs.len()));
+    for (i, (name, _, _)) in calls.iter().enumerate() {
+        print!("| {name} ({:.0}) |", median(base_ns[i].clone()));
+        for r in ratios.iter_mut() {
+            let v = &mut r[i];
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            print!(
+                " {:.2}x / {:.2}x / {:.2}x |",
+                v[0],
+                v[v.len() / 2],
+                v[v.len() - 1]
+            );
+        }
+        println!();
+    }
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("hooks") {
+        let rounds = std::env::args()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3);
+        hooks(rounds);
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("smoke") {
+        // CI: every measurement once, briefly; prints, asserts nothing about the figures.
+        hooks(1);
+        storm_row(3.0);
+        let (r, detail) = replay_rate(100_000);
+        println!("replay: {r:.0} events/s ({detail})");
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("storm") {
+        let secs = std::env::args()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20.0);
+        storm_row(secs);
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("micro") {
         let rounds = std::env::args()
             .nth(2)
