@@ -563,6 +563,9 @@ pub mod gpu {
     pub const KFD_ALLOC_MEMORY_OF_GPU: u32 = 0x16;
     /// `DRM_IOCTL_BASE` 'd', `DRM_COMMAND_BASE` 0x40, `DRM_AMDGPU_CS` 0x04.
     pub const DRM_MAGIC: u32 = 0x64;
+    /// `NVKMS_IOCTL_MAGIC` 'm' (src/nvidia-modeset/interface/nvkms-ioctl.h, 550.x): requests on
+    /// /dev/nvidia-modeset.
+    pub const NVKMS_MAGIC: u32 = 0x6d;
     pub const DRM_AMDGPU_CS: u32 = 0x44;
     /// `UVM_INITIALIZE` (kernel-open/nvidia-uvm/uvm_linux_ioctl.h, 550.x): a raw request number,
     /// the first call of every UVM user.
@@ -575,15 +578,21 @@ pub mod gpu {
         cmd < 0x1000 || cmd & !0xf == 0x3000_0000
     }
 
-    /// Whether an ioctl request has the shape of a GPU driver's: NVIDIA's `'F'` type, KFD's
-    /// `'K'`, DRM's `'d'`, or UVM's raw numbers. Only such requests get the fd → device test,
-    /// for any process: every other ioctl on the node costs one context load and a compare.
+    /// Whether an ioctl request has the shape of a GPU driver's: NVIDIA's `'F'` type, NVKMS's
+    /// `'m'`, KFD's `'K'`, DRM's `'d'`, or UVM's raw numbers. Only such requests get the fd →
+    /// device test, for any process: every other ioctl on the node costs one context load and
+    /// a compare (so a request of another shape on a GPU fd, e.g. TCGETS from an isatty(3)
+    /// check, is not reported).
     /// This also covers GPU fds obtained without an `openat(2)` the sensor saw (open(2),
     /// openat2(2), SCM_RIGHTS, pidfd_getfd(2), fds inherited from before the sensor started).
     /// Other drivers share these shapes (fbdev uses `'F'`, FIBMAP is 1): the device test decides.
     pub const fn gpu_ioctl_shape(cmd: u32) -> bool {
         let t = ioc_type(cmd);
-        t == NV_IOCTL_MAGIC || t == KFD_MAGIC || t == DRM_MAGIC || uvm_shape(cmd)
+        t == NV_IOCTL_MAGIC
+            || t == NVKMS_MAGIC
+            || t == KFD_MAGIC
+            || t == DRM_MAGIC
+            || uvm_shape(cmd)
     }
 
     /// Operation codes carried in `GpuIoctlEvent::op`: the family in the high byte, the
@@ -936,6 +945,10 @@ pub struct ProgConfig {
     /// ring; below it records are submitted with BPF_RB_NO_WAKEUP and the agent picks them up
     /// on its poll timer. Saves an irq_work + epoll wakeup per event under load.
     pub wakeup_bytes: u32,
+    /// 1 when `IGNORE_CGROUPS` has entries: with it 0 the programs skip the cgroup-id helper
+    /// and the lookup.
+    pub ignore_cgroups: u32,
+    pub _pad: u32,
     /// Random per run; see `NetEvent::cookie`.
     pub cookie_key: u64,
 }
@@ -945,6 +958,8 @@ impl ProgConfig {
         offsets: Offsets::UNSET,
         only_listed: 0,
         wakeup_bytes: 0,
+        ignore_cgroups: 0,
+        _pad: 0,
         cookie_key: 0,
     };
 }
@@ -986,6 +1001,8 @@ pub const TP_SYSCALL_ENTER_ARG2: u32 = 32;
 /// long ret; }` (include/trace/syscall.h). Read with a direct context load; checked at start-up
 /// (`tp_exit_ret`).
 pub const TP_SYSCALL_EXIT_RET: u32 = 16;
+/// `args[0]` of a syscall-entry record (connect/bind's `fd`); see [`TP_SYSCALL_ENTER_ARG1`].
+pub const TP_SYSCALL_ENTER_ARG0: u32 = 16;
 
 /// Largest capacity of the filter hash maps (the agent sizes them to what it puts in them, or
 /// to this for TRACE_TGIDS, which the kernel grows with forks).
@@ -1043,8 +1060,8 @@ const _: () = assert!(offset_of!(NetEvent, family) == 72);
 const _: () = assert!(offset_of!(NetEvent, addr) == 80);
 const _: () = assert!(size_of::<Offsets>() == 55 * 4);
 const _: () = assert!(Offsets::FIELDS.len() * 4 == size_of::<Offsets>());
-const _: () = assert!(size_of::<ProgConfig>() == 55 * 4 + 20);
-const _: () = assert!(offset_of!(ProgConfig, cookie_key) == 55 * 4 + 12);
+const _: () = assert!(size_of::<ProgConfig>() == 55 * 4 + 28);
+const _: () = assert!(offset_of!(ProgConfig, cookie_key) == 55 * 4 + 20);
 const _: () = assert!(size_of::<NetPayloadEvent>() == 64 + 16 + 16 + 8 + PAYLOAD_LEN);
 const _: () = assert!(offset_of!(NetPayloadEvent, data) == 104);
 const _: () = assert!(size_of::<GpuIoctlEvent>() == 64 + 48 + GPU_ARG_LEN);

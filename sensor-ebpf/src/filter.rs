@@ -19,10 +19,13 @@ pub(crate) fn tgid_traced(tgid: u32) -> bool {
         if IGNORE_TGIDS.get(&tgid).is_some() {
             return false;
         }
-        // SAFETY: helper without arguments.
-        let cg = bpf_get_current_cgroup_id();
-        if IGNORE_CGROUPS.get(&cg).is_some() {
-            return false;
+        // The cgroup id only when there are cgroups to ignore (a helper call saved per event).
+        if config().ignore_cgroups != 0 {
+            // SAFETY: helper without arguments.
+            let cg = bpf_get_current_cgroup_id();
+            if IGNORE_CGROUPS.get(&cg).is_some() {
+                return false;
+            }
         }
         if config().only_listed != 0 && TRACE_TGIDS.get(&tgid).is_none() {
             return false;

@@ -51,6 +51,10 @@ static PENDING_IOCTL: HashMap<u64, GpuIoctlEvent> = HashMap::with_max_entries(16
 #[map(name = "IOCTL_IN_FLIGHT")]
 static IOCTL_IN_FLIGHT: Array<u64> = Array::with_max_entries(1, 0);
 
+/// Map update flags (include/uapi/linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
+const BPF_EXIST: u64 = 2;
+
 /// Adds `d` to the in-flight count with an atomic add (`BPF_ATOMIC | BPF_ADD`, the
 /// instruction `__sync_fetch_and_add` compiles to): the entry and the exit of one ioctl may run
 /// on different CPUs. The BPF target offers no `AtomicU64::fetch_add`, so it is written out.
@@ -190,11 +194,18 @@ fn try_sys_enter_ioctl(ctx: &TracePointContext) -> Result<(), ProbeError> {
         (*ev).op = op;
         (*ev).object = object;
         (*ev).hdr.flags = fl;
-        PENDING_IOCTL
-            .insert(&bpf_get_current_pid_tgid(), &*ev, 0)
-            .map_err(|_| ProbeError::MapUpdate)?;
+        // A new entry counts as in flight; an entry left by an ioctl whose exit was not seen
+        // (one that entered before the exit program was attached) is overwritten, not counted
+        // twice. BPF_NOEXIST / BPF_EXIST: include/uapi/linux/bpf.h.
+        let id = bpf_get_current_pid_tgid();
+        if PENDING_IOCTL.insert(&id, &*ev, BPF_NOEXIST).is_ok() {
+            in_flight_add(1);
+        } else {
+            PENDING_IOCTL
+                .insert(&id, &*ev, BPF_EXIST)
+                .map_err(|_| ProbeError::MapUpdate)?;
+        }
     }
-    in_flight_add(1);
     Ok(())
 }
 

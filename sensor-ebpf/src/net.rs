@@ -12,12 +12,15 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
     programs::TracePointContext,
 };
-use sensor_common::{flags, kind, record_size, Hook, NetEvent, ProbeError, TP_SYSCALL_EXIT_RET};
+use sensor_common::{
+    flags, kind, record_size, Hook, NetEvent, ProbeError, TP_SYSCALL_ENTER_ARG0,
+    TP_SYSCALL_ENTER_ARG1, TP_SYSCALL_ENTER_ARG2, TP_SYSCALL_EXIT_RET,
+};
 
 use crate::{
     config,
     emit::{count_error, emit, finish, or_count},
-    filter::current_traced,
+    filter::{current_traced, tgid_traced},
     task::{ctx_at, ctx_field, field, file_of_fd, fill_header, read, record, sock_of_file, AF_INET, AF_INET6},
 };
 /// TCP states (include/net/tcp_states.h).
@@ -70,18 +73,24 @@ fn read_sockaddr(ptr: u64, len: u64, p: &mut Pending) -> Result<bool, ProbeError
     if ptr == 0 || len < 2 {
         return Ok(false);
     }
-    // SAFETY: bpf_probe_read_user handles faults and returns an error for bad user pointers.
-    let family =
-        unsafe { bpf_probe_read_user(ptr as *const u16) }.map_err(|_| ProbeError::UserRead)?;
+    // One read covers family, port and an IPv4 address; a shorter sockaddr (AF_UNIX with a
+    // short path) gets a 2-byte read.
+    let head = if len >= 8 {
+        // SAFETY: bpf_probe_read_user handles faults and returns an error for bad user pointers.
+        unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }.map_err(|_| ProbeError::UserRead)?
+    } else {
+        // SAFETY: as above.
+        let f = unsafe { bpf_probe_read_user(ptr as *const [u8; 2]) }
+            .map_err(|_| ProbeError::UserRead)?;
+        [f[0], f[1], 0, 0, 0, 0, 0, 0]
+    };
+    let family = u16::from_ne_bytes([head[0], head[1]]);
     p.family = family;
     match family {
         AF_INET if len >= 8 => {
-            // SAFETY: as above.
-            let raw = unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }
-                .map_err(|_| ProbeError::UserRead)?;
-            p.port = u16::from_be_bytes([raw[2], raw[3]]);
+            p.port = u16::from_be_bytes([head[2], head[3]]);
             p.addr = [0; 16];
-            p.addr[..4].copy_from_slice(&raw[4..8]);
+            p.addr[..4].copy_from_slice(&head[4..8]);
             Ok(true)
         }
         AF_INET6 if len >= 24 => {
@@ -99,15 +108,15 @@ fn read_sockaddr(ptr: u64, len: u64, p: &mut Pending) -> Result<bool, ProbeError
 /// sys_enter_connect / sys_enter_bind: remember the destination until the syscall returns.
 #[inline(always)]
 fn enter(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> {
-    if !current_traced() {
+    let id = bpf_get_current_pid_tgid();
+    if !tgid_traced((id >> 32) as u32) {
         return Ok(());
     }
     let o = &config().offsets;
-    // Fields at the offsets of the tracepoint's format file, from one copy of the record.
-    let r = record::<{ record_size::SYS_ENTER_SOCKADDR }>(ctx)?;
-    let fd = field(&r, o.tp_sockaddr_fd, 8)?;
-    let ptr = field(&r, o.tp_sockaddr_ptr, 8)?;
-    let len = field(&r, o.tp_sockaddr_len, 8)?;
+    // Direct context loads at the syscall record's fixed offsets (checked at start-up).
+    let fd = ctx_at::<u64, TP_SYSCALL_ENTER_ARG0>(ctx);
+    let ptr = ctx_at::<u64, TP_SYSCALL_ENTER_ARG1>(ctx);
+    let len = ctx_at::<u64, TP_SYSCALL_ENTER_ARG2>(ctx);
     let mut p = Pending {
         kind: k,
         fd: fd as i32,
@@ -117,7 +126,7 @@ fn enter(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> 
         protocol: 0,
         addr: [0; 16],
         sk: 0,
-        owner: (bpf_get_current_pid_tgid() >> 32) as u32,
+        owner: (id >> 32) as u32,
         local_port: 0,
         _pad: 0,
         local_addr: [0; 16],
@@ -136,7 +145,7 @@ fn enter(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> 
         }
     }
     PENDING_NET
-        .insert(&bpf_get_current_pid_tgid(), &p, 0)
+        .insert(&id, &p, 0)
         .map_err(|_| ProbeError::MapUpdate)
 }
 

@@ -463,6 +463,21 @@ impl Config {
                     crate::hook::PROGRAMS.join(", ")
                 ));
             }
+            // An entry without its exit fills the pending map (entries are removed at exit).
+            if let Some(call) = h
+                .strip_prefix("sys_exit_")
+                .or_else(|| h.strip_prefix("sys_enter_"))
+            {
+                let pair = [format!("sys_enter_{call}"), format!("sys_exit_{call}")];
+                if crate::hook::PROGRAMS.contains(&pair[0].as_str())
+                    && !pair.iter().all(|p| self.hooks.disable.contains(p))
+                {
+                    return Err(format!(
+                        "hooks.disable: {h:?} without its pair: disable both {} and {}",
+                        pair[0], pair[1]
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -490,6 +505,19 @@ mod tests {
     #[test]
     fn empty_file_is_all_defaults() {
         assert_eq!(Config::from_toml("c", "").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn hooks_disable_takes_known_programs_and_whole_pairs() {
+        let c = |s: &str| Config::from_toml("c", &format!("[hooks]\ndisable = [{s}]\n"));
+        c("\"sys_enter_ioctl\", \"sys_exit_ioctl\", \"sys_exit_dup2\", \"sock_egress\"").unwrap();
+        let e = c("\"sys_enter_ioctll\"").unwrap_err().to_string();
+        assert!(
+            e.contains("no program") && e.contains("sys_enter_ioctl,"),
+            "{e}"
+        );
+        let e = c("\"sys_exit_connect\"").unwrap_err().to_string();
+        assert!(e.contains("without its pair"), "{e}");
     }
 
     #[test]

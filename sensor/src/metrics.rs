@@ -159,6 +159,9 @@ pub struct Metrics {
     pub gpu_info: Family<GpuInfoLabels, Gauge>,
     /// GPU identities from NVML, shared with the sampler and the sessions.
     pub inventory: crate::gpu::inventory::Inventory,
+    /// The label sets last published in `gpu_sessions_by` and `gpu_info`: a refresh removes
+    /// only the ones that went away (a clear-then-fill would let a scrape see no series).
+    published: Arc<std::sync::Mutex<(Vec<SessionLabels>, Vec<GpuInfoLabels>)>>,
     pub last_event_ts: Gauge<f64, AtomicU64>,
     pub deliveries: Family<SinkResult, Counter>,
     pub spool_depth: Family<SinkLabel, Gauge>,
@@ -179,10 +182,18 @@ pub struct Metrics {
     pub bpf_map_bytes: Family<MapLabel, Gauge>,
     /// Records handed to the exporters, by exporter and result (exported, dropped, failed).
     pub exports: Family<ExportLabels, Counter>,
+    /// Time spent in each BPF program and its runs (kernel.bpf_stats_enabled=1; else 0).
+    pub prog_run_ns: Family<ProgramLabel, Counter>,
+    pub prog_runs: Family<ProgramLabel, Counter>,
     /// The open raised incidents, latest version of each (`/incidents`).
     pub open_incidents:
         Arc<std::sync::Mutex<std::collections::BTreeMap<String, crate::incidents::Incident>>>,
     pub health: Health,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabel {
+    pub program: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -237,6 +248,7 @@ impl Metrics {
             gpu_sessions_by: Family::default(),
             gpu_info: Family::default(),
             inventory: Default::default(),
+            published: Default::default(),
             last_event_ts: Gauge::default(),
             deliveries: Family::default(),
             spool_depth: Family::default(),
@@ -250,6 +262,8 @@ impl Metrics {
             incidents_open: Gauge::default(),
             bpf_map_bytes: Family::default(),
             exports: Family::default(),
+            prog_run_ns: Family::default(),
+            prog_runs: Family::default(),
             open_incidents: Default::default(),
             health: Health::new(),
         };
@@ -392,6 +406,16 @@ impl Metrics {
             m.gpu_info.clone(),
         );
         r.register(
+            "bpf_program_run_time_nanoseconds",
+            "Time the kernel spent running each BPF program (counted only while the sysctl kernel.bpf_stats_enabled is 1)",
+            m.prog_run_ns.clone(),
+        );
+        r.register(
+            "bpf_program_runs",
+            "Runs of each BPF program (counted only while kernel.bpf_stats_enabled is 1)",
+            m.prog_runs.clone(),
+        );
+        r.register(
             "export_records",
             "Records handed to the exporters (file, otlp), by result: exported, dropped (queue full), failed (write error or given up)",
             m.exports.clone(),
@@ -404,6 +428,15 @@ impl Metrics {
         Metrics {
             registry: Arc::new(r),
             ..m
+        }
+    }
+
+    /// Copies the kernel's per-program run time and count ([`crate::hook::program_stats`]).
+    pub fn sync_programs(&self) {
+        for (name, (ns, cnt)) in crate::hook::program_stats() {
+            let l = ProgramLabel { program: name };
+            Metrics::sync_counter(&self.prog_run_ns.get_or_create(&l), ns);
+            Metrics::sync_counter(&self.prog_runs.get_or_create(&l), cnt);
         }
     }
 
@@ -505,19 +538,29 @@ impl Metrics {
                 *by.entry(l).or_default() += 1;
             }
         }
-        self.gpu_sessions_by.clear();
-        for (l, n) in by {
-            self.gpu_sessions_by.get_or_create(&l).set(n);
+        let info: Vec<GpuInfoLabels> = self
+            .inventory
+            .all()
+            .into_iter()
+            .map(|g| GpuInfoLabels {
+                gpu: GpuLabels::of(&g),
+                modelName: g.name.clone(),
+            })
+            .collect();
+        let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        for (l, n) in &by {
+            self.gpu_sessions_by.get_or_create(l).set(*n);
         }
-        self.gpu_info.clear();
-        for g in self.inventory.all() {
-            self.gpu_info
-                .get_or_create(&GpuInfoLabels {
-                    gpu: GpuLabels::of(&g),
-                    modelName: g.name.clone(),
-                })
-                .set(1);
+        for l in published.0.iter().filter(|l| !by.contains_key(l)) {
+            self.gpu_sessions_by.remove(l);
         }
+        for l in &info {
+            self.gpu_info.get_or_create(l).set(1);
+        }
+        for l in published.1.iter().filter(|l| !info.contains(l)) {
+            self.gpu_info.remove(l);
+        }
+        *published = (by.into_keys().collect(), info);
     }
 
     /// Sets a counter to a cumulative value read elsewhere (kernel map, atomics).
@@ -611,6 +654,9 @@ impl Metrics {
                         if let Some(r) = refuse(&m, token.as_deref(), &headers) {
                             return r;
                         }
+                        // Per-program BPF run time, read from fdinfo at scrape time.
+                        let m2 = m.clone();
+                        let _ = tokio::task::spawn_blocking(move || m2.sync_programs()).await;
                         // Content negotiation: OpenMetrics when the scraper asks for it
                         // (Prometheus does), the classic text format otherwise.
                         let om = headers

@@ -278,7 +278,7 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
             stdout_policy: cfg.output.on_stdout_closed,
             stdout_closed: false,
             record,
-            export,
+            export: export.clone(),
             metrics: metrics.clone(),
             by_kind: Default::default(),
         },
@@ -319,7 +319,12 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     // Incident versions the pipeline queued reach the spool before the exit (delivery
     // resumes from there on the next start).
     let a = alerting.clone();
-    let _ = tokio::task::spawn_blocking(move || a.wait_spooled(Duration::from_secs(10))).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        a.wait_spooled(Duration::from_secs(10));
+        // The exporters' last records (the final `loss` among them).
+        export.wait_idle(Duration::from_secs(5));
+    })
+    .await;
     refresher.abort();
     reloader.abort();
     if let Some(t) = metrics_task {

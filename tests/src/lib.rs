@@ -617,11 +617,8 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::Read;
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    // HTTP/1.0: the body is never chunked (Prometheus' API chunks larger 1.1 responses).
     let mut s = String::new();
     c.read_to_string(&mut s).unwrap();
     let code = s

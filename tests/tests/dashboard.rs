@@ -33,6 +33,18 @@ fn mknod(path: &Path, major: u32, minor: u32) {
     assert_eq!(rc, 0, "mknod {}", path.display());
 }
 
+/// Removes these paths when the test ends, passed or not.
+struct Cleanup(Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -164,6 +176,7 @@ path = "{export}"
     std::fs::create_dir_all(&bin_dir).unwrap();
     let bin = bin_dir.join(format!("sensor-test-dash-gpureplay-{}", std::process::id()));
     std::fs::copy(GPUREPLAY, &bin).unwrap();
+    let _cleanup = Cleanup(vec![bin.clone(), dir.clone()]);
     let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/nvidia-h100/training.jsonl.gz");
     let mut work = Kill(
         sensor_tests::spawn_busy_retry(
@@ -181,8 +194,11 @@ path = "{export}"
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
-    // NVML reports the process on GPU 0.
-    std::fs::write(&nvml_conf, format!("{device_line}process 0 {pid} 96 40\n")).unwrap();
+    // NVML reports the process on GPU 0 (written aside and renamed: the stub re-reads the file
+    // on every call and must never see it half-written).
+    let tmp = dir.join("nvml.conf.tmp");
+    std::fs::write(&tmp, format!("{device_line}process 0 {pid} 96 40\n")).unwrap();
+    std::fs::rename(&tmp, &nvml_conf).unwrap();
     work.0.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     line.clear();
     out.read_line(&mut line).unwrap();
@@ -286,8 +302,6 @@ path = "{export}"
     work.0.stdin.as_mut().unwrap().write_all(b"done\n").unwrap();
     let _ = work.0.wait();
     s.stop();
-    let _ = std::fs::remove_file(&bin);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -147,7 +147,12 @@ fn test(args: Vec<String>) -> Result<ExitCode> {
     // The benchmark as a smoke (whole runs only): every measurement once, briefly; the figures
     // are printed, not judged (`cargo xtask bench` is the full run with targets). It failing to
     // run at all is a failure.
-    if args.is_empty() {
+    // SAFETY: no preconditions.
+    let root_user = unsafe { libc::geteuid() } == 0;
+    if args.is_empty() && !root_user {
+        println!("bench smoke: not run (needs root to load the eBPF programs)");
+    }
+    if args.is_empty() && root_user {
         println!("bench smoke (figures only; `cargo xtask bench` for the targets):");
         let ok = Command::new(root().join("target/release/bench"))
             .arg("smoke")

@@ -598,9 +598,22 @@ struct Sink {
     wake: Condvar,
 }
 
-/// Incident versions waiting for a sink's spooler thread; past it a version is counted
-/// (`gpu_sensor_alerts_suppressed_total{reason="queue_full"}`) and not sent.
-pub const SUBMIT_QUEUE: usize = 65536;
+/// Incident versions waiting for a sink's spooler thread, at most (also at most the sink's
+/// `max_spool`): an incident is a few to tens of KiB, so this bounds the memory a storm can take
+/// while the disk is slow. Past it a version is counted
+/// (`gpu_sensor_alerts_suppressed_total{reason="queue_full"}`) and not sent, except a closing
+/// version, which waits for room (it resolves what was paged).
+pub const SUBMIT_QUEUE: usize = 4096;
+
+/// Decrements a sink's pending count when dropped, so an item taken by a spooler that then
+/// panics is still accounted for (and counted as lost).
+struct Taken<'a>(&'a AtomicUsize);
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// The pipeline's side of one sink: a bounded queue to its spooler thread.
 #[derive(Clone)]
@@ -800,7 +813,8 @@ impl Alerting {
                 &format!("sink/{}", c.name),
                 move || s2.run(&m2),
             );
-            let (tx, rx) = mpsc::sync_channel::<Arc<Incident>>(SUBMIT_QUEUE);
+            let (tx, rx) =
+                mpsc::sync_channel::<Arc<Incident>>(SUBMIT_QUEUE.min(c.max_spool.max(1)));
             let rx = Arc::new(Mutex::new(rx));
             let pending = Arc::new(AtomicUsize::new(0));
             let (s3, m3, p3) = (s.clone(), metrics.clone(), pending.clone());
@@ -810,8 +824,8 @@ impl Alerting {
                 move || {
                     let rx = lock(&rx);
                     while let Ok(i) = rx.recv() {
+                        let _taken = Taken(&p3);
                         s3.accept(&i, &m3);
-                        p3.fetch_sub(1, Ordering::AcqRel);
                     }
                     Ok(crate::health::Exit::Done("the pipeline stopped".into()))
                 },
@@ -856,10 +870,18 @@ impl Alerting {
             }
             let a = shared.get_or_insert_with(|| Arc::new(i.clone())).clone();
             h.pending.fetch_add(1, Ordering::AcqRel);
-            if h.tx.try_send(a).is_err() {
+            let sent = match h.tx.try_send(a) {
+                Ok(()) => true,
+                // A closing version resolves a page: it waits for room (closings are rare).
+                Err(mpsc::TrySendError::Full(a)) if i.state == crate::incidents::State::Closed => {
+                    h.tx.send(a).is_ok()
+                }
+                Err(_) => false,
+            };
+            if !sent {
                 h.pending.fetch_sub(1, Ordering::AcqRel);
                 self.metrics.suppressed(&h.sink.cfg.name, "queue_full");
-                tracing::warn!(sink = %h.sink.cfg.name, incident = %i.id, "alert queue full: version {} not sent", i.version);
+                tracing::warn!(sink = %h.sink.cfg.name, incident = %i.id, "alert queue full (or its spooler stopped): version {} not sent", i.version);
             }
         }
     }

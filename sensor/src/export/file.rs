@@ -11,8 +11,12 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{self, BufWriter, Write},
     path::{Path, PathBuf},
-    sync::{mpsc::Receiver, Arc, Mutex},
-    time::{Duration, Instant},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc::Receiver,
+        Arc, Mutex,
+    },
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -100,13 +104,20 @@ impl RotatingFile {
         if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir)?;
         }
-        let f = open_append(&cfg.path)?;
-        let size = f.metadata()?.len();
-        Ok(RotatingFile {
+        let mut me = RotatingFile {
+            w: BufWriter::with_capacity(1 << 16, open_append(&cfg.path)?),
+            size: 0,
             cfg,
-            w: BufWriter::with_capacity(1 << 16, f),
-            size,
-        })
+        };
+        me.repair()?;
+        me.size = me.w.get_ref().metadata()?.len();
+        // A line cut by a crash: the next record starts on its own line.
+        if me.size > 0 && !ends_with_newline(&me.cfg.path)? {
+            me.w.write_all(b"\n")?;
+            me.w.flush()?;
+            me.size += 1;
+        }
+        Ok(me)
     }
 
     /// Appends one line (a newline is added), rotating first when it would not fit.
@@ -115,14 +126,52 @@ impl RotatingFile {
         if self.size > 0 && self.size + n > self.cfg.max_bytes {
             self.rotate()?;
         }
-        self.w.write_all(line)?;
-        self.w.write_all(b"\n")?;
+        // One write of the line with its newline: the buffer is never flushed between them.
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+        self.w.write_all(&buf)?;
         self.size += n;
         Ok(())
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
         self.w.flush()
+    }
+
+    /// Finishes a rotation a crash interrupted: a leftover `PATH.1.gz.tmp` is removed and a
+    /// plain `PATH.1` (renamed, not yet compressed) is compressed into the backup chain.
+    fn repair(&mut self) -> io::Result<()> {
+        if !self.cfg.compress || self.cfg.backups == 0 {
+            return Ok(());
+        }
+        let mut plain = self.cfg.path.clone().into_os_string();
+        plain.push(".1");
+        let plain = PathBuf::from(plain);
+        let gz = self.backup(1);
+        let mut tmp = gz.clone().into_os_string();
+        tmp.push(".tmp");
+        remove_if_exists(Path::new(&tmp))?;
+        if plain.exists() {
+            if gz.exists() {
+                self.shift()?;
+            }
+            gzip(&plain, &gz)?;
+            fs::remove_file(&plain)?;
+        }
+        Ok(())
+    }
+
+    /// Moves every backup up one place (the one past `backups` is removed).
+    fn shift(&self) -> io::Result<()> {
+        remove_if_exists(&self.backup(self.cfg.backups))?;
+        for i in (1..self.cfg.backups).rev() {
+            let from = self.backup(i);
+            if from.exists() {
+                fs::rename(&from, self.backup(i + 1))?;
+            }
+        }
+        Ok(())
     }
 
     fn backup(&self, i: u32) -> PathBuf {
@@ -141,13 +190,7 @@ impl RotatingFile {
         if self.cfg.backups == 0 {
             fs::remove_file(&path)?;
         } else {
-            remove_if_exists(&self.backup(self.cfg.backups))?;
-            for i in (1..self.cfg.backups).rev() {
-                let from = self.backup(i);
-                if from.exists() {
-                    fs::rename(&from, self.backup(i + 1))?;
-                }
-            }
+            self.shift()?;
             if self.cfg.compress {
                 // Rename first: a shipper still reading the old inode keeps reading it.
                 let mut plain = path.clone().into_os_string();
@@ -166,8 +209,27 @@ impl RotatingFile {
     }
 }
 
+/// Records carry command lines: the file is 0640 (the shipper reads it as root or as the
+/// group).
 fn open_append(p: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(p)
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(p)
+}
+
+fn ends_with_newline(p: &Path) -> io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(p)?;
+    if f.metadata()?.len() == 0 {
+        return Ok(true);
+    }
+    f.seek(SeekFrom::End(-1))?;
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b)?;
+    Ok(b[0] == b'\n')
 }
 
 fn remove_if_exists(p: &Path) -> io::Result<()> {
@@ -192,8 +254,14 @@ fn gzip(from: &Path, to: &Path) -> io::Result<()> {
     fs::rename(&tmp, to)
 }
 
-/// The writer thread (supervised; restarted after a failure with the queue kept).
-pub fn spawn(cfg: FileConfig, rx: Arc<Mutex<Receiver<Arc<Record>>>>, metrics: &Metrics) {
+/// The writer thread (supervised; restarted after a failure with the queue kept). `pending`
+/// counts records queued and not yet flushed (see [`super::Exporters::wait_idle`]).
+pub fn spawn(
+    cfg: FileConfig,
+    rx: Arc<Mutex<Receiver<Arc<Record>>>>,
+    pending: Arc<AtomicUsize>,
+    metrics: &Metrics,
+) {
     use crate::health::Exit;
     let written = metrics.export_counter("file", "exported");
     let failed = metrics.export_counter("file", "failed");
@@ -202,18 +270,20 @@ pub fn spawn(cfg: FileConfig, rx: Arc<Mutex<Receiver<Arc<Record>>>>, metrics: &M
         let mut f = RotatingFile::open(cfg.clone())
             .map_err(|e| anyhow::anyhow!("opening export.file.path {}: {e}", cfg.path.display()))?;
         tracing::info!(path = %cfg.path.display(), "exporting to a rotating JSON-lines file");
-        let mut last_flush = Instant::now();
         loop {
-            let r = match rx.recv_timeout(Duration::from_millis(500)) {
-                Ok(r) => Some(r),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            let first = match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(r) => r,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    f.flush()?;
                     return Ok(Exit::Done("the pipeline stopped".into()));
                 }
             };
-            if let Some(r) = &r {
-                if let Err(e) = f.write_line(r.json.as_bytes()) {
+            // One burst: what is queued now (bounded, so a flush comes at least every 4096
+            // records), then a flush. Taken records leave `pending` whatever happens to them.
+            let mut taken = Taken(&pending, 1);
+            let mut r = Some(first);
+            while let Some(rec) = r.take() {
+                if let Err(e) = f.write_line(rec.json.as_bytes()) {
                     failed.inc();
                     // The supervisor logs it, waits and reopens the file.
                     return Err(anyhow::anyhow!(
@@ -222,15 +292,25 @@ pub fn spawn(cfg: FileConfig, rx: Arc<Mutex<Receiver<Arc<Record>>>>, metrics: &M
                     ));
                 }
                 written.inc();
+                if taken.1 < 4096 {
+                    if let Ok(next) = rx.try_recv() {
+                        taken.1 += 1;
+                        r = Some(next);
+                    }
+                }
             }
-            // Flush when the queue is idle, and at least twice a second under load, so a
-            // shipper sees records within a second.
-            if r.is_none() || last_flush.elapsed() >= Duration::from_millis(500) {
-                f.flush()?;
-                last_flush = Instant::now();
-            }
+            f.flush()?;
         }
     });
+}
+
+/// Takes `.1` records off `.0` when dropped (flushed, or lost with an error).
+struct Taken<'a>(&'a AtomicUsize, usize);
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::AcqRel);
+    }
 }
 
 #[cfg(test)]
@@ -314,6 +394,41 @@ mod tests {
             "y".repeat(200) + "\n"
         );
         let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_rotation_cut_by_a_crash_is_finished_at_open() {
+        let d = tmpdir("crash");
+        // The state between the rename and the gzip: a plain .1, a half-written .1.gz.tmp, an
+        // older .1.gz, and a live file cut mid-line.
+        fs::write(d.join("events.jsonl.1"), "{\"n\":2}\n").unwrap();
+        fs::write(d.join("events.jsonl.1.gz.tmp"), "garbage").unwrap();
+        gzip_str(&d.join("events.jsonl.1.gz"), "{\"n\":1}\n");
+        fs::write(d.join("events.jsonl"), "{\"n\":3}\n{\"n\":").unwrap();
+        let mut f = RotatingFile::open(cfg(&d, 1 << 20, 3, true)).unwrap();
+        f.write_line(b"{\"n\":4}").unwrap();
+        f.flush().unwrap();
+        let mut names: Vec<String> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["events.jsonl", "events.jsonl.1.gz", "events.jsonl.2.gz"]
+        );
+        assert_eq!(gunzip(&d.join("events.jsonl.1.gz")), "{\"n\":2}\n");
+        assert_eq!(gunzip(&d.join("events.jsonl.2.gz")), "{\"n\":1}\n");
+        let cur = fs::read_to_string(d.join("events.jsonl")).unwrap();
+        assert_eq!(cur.lines().last(), Some("{\"n\":4}"), "{cur}");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    fn gzip_str(p: &Path, s: &str) {
+        let mut e =
+            flate2::write::GzEncoder::new(File::create(p).unwrap(), flate2::Compression::default());
+        e.write_all(s.as_bytes()).unwrap();
+        e.finish().unwrap();
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod otlp;
 
 use std::{
     sync::{
+        atomic::{AtomicUsize, Ordering},
         mpsc::{self, SyncSender, TrySendError},
         Arc, Mutex,
     },
@@ -130,15 +131,18 @@ pub const MAX_QUEUE: usize = 1 << 20;
 pub const RESULTS: [&str; 3] = ["exported", "dropped", "failed"];
 
 /// The pipeline's handle on the exporters.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Exporters {
     queues: Vec<Queue>,
 }
 
+#[derive(Clone)]
 struct Queue {
     kinds: Vec<RecordKind>,
     tx: SyncSender<Arc<Record>>,
     dropped: Counter,
+    /// Records queued and not yet written out (flushed, or sent or given up).
+    pending: Arc<AtomicUsize>,
 }
 
 impl Exporters {
@@ -152,21 +156,25 @@ impl Exporters {
         }
         if let Some(f) = &cfg.file {
             let (tx, rx) = mpsc::sync_channel(f.queue);
+            let pending = Arc::new(AtomicUsize::new(0));
             queues.push(Queue {
                 kinds: f.records.clone(),
                 tx,
                 dropped: metrics.export_counter("file", "dropped"),
+                pending: pending.clone(),
             });
-            file::spawn(f.clone(), Arc::new(Mutex::new(rx)), metrics);
+            file::spawn(f.clone(), Arc::new(Mutex::new(rx)), pending, metrics);
         }
         if let Some(o) = &cfg.otlp {
             let (tx, rx) = mpsc::sync_channel(o.queue);
+            let pending = Arc::new(AtomicUsize::new(0));
             queues.push(Queue {
                 kinds: o.records.clone(),
                 tx,
                 dropped: metrics.export_counter("otlp", "dropped"),
+                pending: pending.clone(),
             });
-            otlp::spawn(o.clone(), node, Arc::new(Mutex::new(rx)), metrics);
+            otlp::spawn(o.clone(), node, Arc::new(Mutex::new(rx)), pending, metrics);
         }
         Exporters { queues }
     }
@@ -202,12 +210,36 @@ impl Exporters {
             if !q.kinds.contains(&r.kind) {
                 continue;
             }
+            q.pending.fetch_add(1, Ordering::AcqRel);
             match q.tx.try_send(r.clone()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    q.pending.fetch_sub(1, Ordering::AcqRel);
                     q.dropped.inc();
                 }
             }
+        }
+    }
+
+    /// Waits until every queued record is written out (or `timeout` passes): called at
+    /// shutdown, so the last records (the final `loss` among them) reach the file and the
+    /// collector. Returns whether nothing is left.
+    pub fn wait_idle(&self, timeout: std::time::Duration) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            let left: usize = self
+                .queues
+                .iter()
+                .map(|q| q.pending.load(Ordering::Acquire))
+                .sum();
+            if left == 0 {
+                return true;
+            }
+            if std::time::Instant::now() >= end {
+                tracing::warn!("export: {left} records not written out at exit");
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 }
@@ -262,6 +294,7 @@ mod tests {
                 kinds: vec![RecordKind::Alert],
                 tx,
                 dropped: dropped.clone(),
+                pending: Default::default(),
             }],
         };
         let rec = |kind| Record {

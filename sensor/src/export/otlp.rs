@@ -88,9 +88,14 @@ impl OtlpConfig {
         range("timeout_secs", self.timeout_secs, 1, 300)?;
         range("retry_secs", self.retry_secs, 0, 86_400)?;
         range("queue", self.queue as u64, 1, MAX_QUEUE as u64)?;
-        for k in self.headers.keys() {
+        for (k, v) in &self.headers {
             if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
                 return Err(format!("export.otlp.headers: bad header name {k:?}"));
+            }
+            if v.bytes().any(|b| b.is_ascii_control()) {
+                return Err(format!(
+                    "export.otlp.headers.{k}: control characters are not allowed in a header value"
+                ));
             }
         }
         check_kinds("export.otlp", &self.records)
@@ -279,11 +284,26 @@ fn classify(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Outcome
     }
 }
 
-/// The sender thread (supervised).
+/// The bearer token, read from its file for each batch (projected tokens rotate).
+fn token(cfg: &OtlpConfig) -> anyhow::Result<Option<String>> {
+    match &cfg.bearer_token_file {
+        Some(p) => Ok(Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("export.otlp.bearer_token_file {}: {e}", p.display()))?
+                .trim()
+                .to_string(),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The sender thread (supervised). `pending` counts records queued and not yet sent or given
+/// up (see [`super::Exporters::wait_idle`]).
 pub fn spawn(
     cfg: OtlpConfig,
     node: Option<String>,
     rx: Arc<Mutex<Receiver<Arc<Record>>>>,
+    pending: Arc<std::sync::atomic::AtomicUsize>,
     metrics: &Metrics,
 ) {
     use crate::health::Exit;
@@ -291,17 +311,7 @@ pub fn spawn(
     let failed = metrics.export_counter("otlp", "failed");
     crate::health::supervise_thread(&metrics.health, "export-otlp", move || {
         let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-        let token = match &cfg.bearer_token_file {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .map_err(|e| {
-                        anyhow::anyhow!("export.otlp.bearer_token_file {}: {e}", p.display())
-                    })?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        };
+        token(&cfg)?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(cfg.timeout_secs)))
             .http_status_as_error(false)
@@ -323,6 +333,19 @@ pub fn spawn(
                 continue;
             }
             if !batch.is_empty() {
+                // However the batch ends (sent, refused, given up, a panic), it leaves `pending`.
+                struct Done<'a>(&'a std::sync::atomic::AtomicUsize, usize);
+                impl Drop for Done<'_> {
+                    fn drop(&mut self) {
+                        self.0
+                            .fetch_sub(self.1, std::sync::atomic::Ordering::AcqRel);
+                    }
+                }
+                let _done = Done(&pending, batch.len());
+                let token = token(&cfg).unwrap_or_else(|e| {
+                    tracing::warn!("{e}: sending without a token");
+                    None
+                });
                 let body = encode(&batch, node.as_deref(), SystemTime::now());
                 let give_up = Instant::now() + Duration::from_secs(cfg.retry_secs);
                 let mut backoff = Duration::from_millis(500);
@@ -350,7 +373,8 @@ pub fn spawn(
                             break;
                         }
                         Outcome::Retry(after) => {
-                            let pause = after.unwrap_or(backoff);
+                            // Retry-After is honoured, never below the backoff (a 0 would spin).
+                            let pause = after.map_or(backoff, |a| a.max(backoff));
                             if Instant::now() + pause > give_up {
                                 tracing::warn!(
                                     "OTLP export: no success within {} s: {} records given up",

@@ -125,16 +125,18 @@ const RAW_TPS: &[&str] = &[
     "sched_process_exit",
 ];
 /// Classic tracepoints: (program, category, name).
+/// Each exit is attached before its entry: an entry seen without its exit would leave its
+/// pending entry (and, for ioctl, the in-flight count) behind.
 const TPS: &[(&str, &str, &str)] = &[
-    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
     ("sys_exit_connect", "syscalls", "sys_exit_connect"),
-    ("sys_enter_bind", "syscalls", "sys_enter_bind"),
+    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
     ("sys_exit_bind", "syscalls", "sys_exit_bind"),
+    ("sys_enter_bind", "syscalls", "sys_enter_bind"),
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
-    ("sys_enter_ioctl", "syscalls", "sys_enter_ioctl"),
     ("sys_exit_ioctl", "syscalls", "sys_exit_ioctl"),
-    ("sys_enter_openat", "syscalls", "sys_enter_openat"),
+    ("sys_enter_ioctl", "syscalls", "sys_enter_ioctl"),
     ("sys_exit_openat", "syscalls", "sys_exit_openat"),
+    ("sys_enter_openat", "syscalls", "sys_enter_openat"),
     ("sys_exit_dup2", "syscalls", "sys_exit_dup2"),
     ("sys_exit_dup3", "syscalls", "sys_exit_dup3"),
     ("sys_exit_open", "syscalls", "sys_exit_open"),
@@ -189,6 +191,8 @@ impl Hooks {
         let prog_cfg = ProgConfig {
             offsets,
             only_listed: u32::from(!cfg.filter.only_pids.is_empty()),
+            ignore_cgroups: u32::from(!cfg.filter.ignore_cgroup_ids.is_empty()),
+            _pad: 0,
             // Wake the reader early when a quarter of the ring (at most 128 KiB) is waiting;
             // otherwise its poll timer (ring.poll_interval_ms) collects the records.
             wakeup_bytes: (cfg.ring.size / 4).min(128 << 10) as u32,
@@ -280,6 +284,11 @@ impl Hooks {
                 ),
             }
         }
+        let ids = PROGRAMS
+            .iter()
+            .filter_map(|&n| Some((ebpf.program(n)?.info().ok()?.id(), n)))
+            .collect();
+        let _ = PROGRAM_IDS.set(ids);
         Ok(Hooks {
             ebpf,
             tracefs_mounted,
@@ -423,6 +432,42 @@ pub fn map_memory() -> std::collections::BTreeMap<String, u64> {
             .unwrap_or_else(|| format!("map-{id}"));
         // The same map may be open on several fds: count it once.
         out.insert(name, bytes);
+    }
+    out
+}
+
+/// The attached programs' kernel ids → names (the kernel keeps only 15 characters of a name, so
+/// `sys_exit_openat` and `sys_exit_openat2` look alike there).
+static PROGRAM_IDS: std::sync::OnceLock<std::collections::HashMap<u32, &'static str>> =
+    std::sync::OnceLock::new();
+
+/// Run time (ns) and run count of each attached program, from `/proc/self/fdinfo` (the kernel
+/// counts them while `kernel.bpf_stats_enabled` is 1; both stay 0 otherwise).
+pub fn program_stats() -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return out;
+    };
+    let Some(names) = PROGRAM_IDS.get() else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let (Some(id), Some(ns), Some(cnt)) =
+            (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
+        else {
+            continue;
+        };
+        if let Some(name) = names.get(&(id as u32)) {
+            out.insert(name.to_string(), (ns, cnt));
+        }
     }
     out
 }

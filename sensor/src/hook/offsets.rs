@@ -80,6 +80,21 @@ where
             o.tp_exit_ret,
             sensor_common::TP_SYSCALL_EXIT_RET,
         ),
+        (
+            "sys_enter_connect/bind fd",
+            o.tp_sockaddr_fd,
+            sensor_common::TP_SYSCALL_ENTER_ARG0,
+        ),
+        (
+            "sys_enter_connect/bind sockaddr",
+            o.tp_sockaddr_ptr,
+            sensor_common::TP_SYSCALL_ENTER_ARG1,
+        ),
+        (
+            "sys_enter_connect/bind addrlen",
+            o.tp_sockaddr_len,
+            sensor_common::TP_SYSCALL_ENTER_ARG2,
+        ),
     ] {
         if got != want {
             return Err(HookError::Layout(format!(

@@ -78,6 +78,7 @@ impl Sensor {
         self.child.id()
     }
 
+
     /// Stops the sensor; returns (lines printed, final loss record).
     fn stop(mut self) -> (u64, serde_json::Value) {
         // SAFETY: signalling our own child.
@@ -88,6 +89,16 @@ impl Sensor {
             n,
             serde_json::from_str(&loss).unwrap_or(serde_json::Value::Null),
         )
+    }
+}
+
+impl Drop for Sensor {
+    /// A benchmark that panics must not leave a sensor attached.
+    fn drop(&mut self) {
+        if self.reader.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -663,6 +674,123 @@ fn hooks(rounds: usize) {
     }
 }
 
+/// `gpu_sensor_bpf_program_*` of a running sensor: program → (ns, runs).
+fn program_counters(addr: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    let mut out: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for l in s.lines() {
+        for (metric, slot) in [
+            (
+                "gpu_sensor_bpf_program_run_time_nanoseconds_total{program=\"",
+                0,
+            ),
+            ("gpu_sensor_bpf_program_runs_total{program=\"", 1),
+        ] {
+            if let Some(rest) = l.strip_prefix(metric) {
+                let (name, v) = rest.split_once("\"} ").unwrap_or(("", "0"));
+                let v: f64 = v.trim().parse().unwrap_or(0.0);
+                let e = out.entry(name.to_string()).or_default();
+                if slot == 0 {
+                    e.0 = v;
+                } else {
+                    e.1 = v;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Per-program cost, from the kernel's own accounting (sysctl kernel.bpf_stats_enabled=1 for
+/// the measurement, restored after): for each call, the programs that ran and the ns per call
+/// they added. What the tracepoint slow path itself costs is the rest of the ratio.
+fn program_costs() {
+    /// Puts the sysctl back however this ends (stats slow every BPF program of the node).
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", self.0.trim());
+        }
+    }
+    let _restore = Restore(
+        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .unwrap_or_else(|_| "0".into()),
+    );
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let mut child = Command::new(sensor_bin())
+        .args([
+            "run",
+            "--ring-size",
+            "64MiB",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut sent = false;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if !sent && line.contains("\"sensor_start\"") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let _ = tx.send(v["metrics_addr"].as_str().unwrap_or("").to_string());
+                sent = true;
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("sensor start");
+    let calls: [Call; 4] = [
+        ("ioctl TCGETS (non-GPU)", ioctl_ns, 1_000_000),
+        ("openat+close /dev/null", openat_ns, 300_000),
+        ("UDP connect (event)", connect_ns, 200_000),
+        ("getppid", getppid_ns, 1_000_000),
+    ];
+    println!("\n| call | programs that ran: ns per call (runs per call) |\n|---|---|");
+    for (name, f, n) in calls {
+        let before = program_counters(&addr);
+        f(n);
+        let after = program_counters(&addr);
+        let mut parts = vec![];
+        for (p, (ns, runs)) in &after {
+            let (ns0, runs0) = before.get(p).copied().unwrap_or_default();
+            let (dn, dr) = (ns - ns0, runs - runs0);
+            // Programs that ran about once or more per call (others are background noise).
+            if dr >= 0.5 * n as f64 {
+                parts.push(format!(
+                    "{p} {:.0} ns ({:.1})",
+                    dn / n as f64,
+                    dr / n as f64
+                ));
+            }
+        }
+        println!(
+            "| {name} | {} |",
+            if parts.is_empty() {
+                "none".to_string()
+            } else {
+                parts.join(", ")
+            }
+        );
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+}
+
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("hooks") {
         let rounds = std::env::args()
@@ -670,11 +798,13 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(3);
         hooks(rounds);
+        program_costs();
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("smoke") {
         // CI: every measurement once, briefly; prints, asserts nothing about the figures.
         hooks(1);
+        program_costs();
         storm_row(3.0);
         let (r, detail) = replay_rate(100_000);
         println!("replay: {r:.0} events/s ({detail})");
