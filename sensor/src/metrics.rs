@@ -183,7 +183,7 @@ pub struct Metrics {
     /// Records handed to the exporters, by exporter and result (exported, dropped, failed).
     pub exports: Family<ExportLabels, Counter>,
     /// Time spent in each BPF program and its runs (kernel.bpf_stats_enabled=1; else 0).
-    pub prog_run_ns: Family<ProgramLabel, Counter>,
+    pub prog_run_seconds: Family<ProgramLabel, Counter<f64, AtomicU64>>,
     pub prog_runs: Family<ProgramLabel, Counter>,
     /// The open raised incidents, latest version of each (`/incidents`).
     pub open_incidents:
@@ -262,7 +262,7 @@ impl Metrics {
             incidents_open: Gauge::default(),
             bpf_map_bytes: Family::default(),
             exports: Family::default(),
-            prog_run_ns: Family::default(),
+            prog_run_seconds: Family::default(),
             prog_runs: Family::default(),
             open_incidents: Default::default(),
             health: Health::new(),
@@ -406,9 +406,9 @@ impl Metrics {
             m.gpu_info.clone(),
         );
         r.register(
-            "bpf_program_run_time_nanoseconds",
+            "bpf_program_run_time_seconds",
             "Time the kernel spent running each BPF program (counted only while the sysctl kernel.bpf_stats_enabled is 1)",
-            m.prog_run_ns.clone(),
+            m.prog_run_seconds.clone(),
         );
         r.register(
             "bpf_program_runs",
@@ -435,7 +435,11 @@ impl Metrics {
     pub fn sync_programs(&self) {
         for (name, (ns, cnt)) in crate::hook::program_stats() {
             let l = ProgramLabel { program: name };
-            Metrics::sync_counter(&self.prog_run_ns.get_or_create(&l), ns);
+            let c = self.prog_run_seconds.get_or_create(&l);
+            let total = ns as f64 / 1e9;
+            if total > c.get() {
+                c.inc_by(total - c.get());
+            }
             Metrics::sync_counter(&self.prog_runs.get_or_create(&l), cnt);
         }
     }

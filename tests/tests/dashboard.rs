@@ -258,18 +258,21 @@ path = "{export}"
     );
     wait_port(pport);
     let api = format!("127.0.0.1:{pport}");
-    let query = |e: &str| -> Value {
+    let try_query = |e: &str| -> Result<Value, String> {
         let (code, body) = http_get(&api, &format!("/api/v1/query?query={}", urlencode(e)));
         let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        assert!(
-            code == 200 && v["status"] == "success",
-            "{e}: {code} {body}"
-        );
-        v["data"]["result"].clone()
+        if code == 200 && v["status"] == "success" {
+            Ok(v["data"]["result"].clone())
+        } else {
+            Err(format!("{e}: {code} {body}"))
+        }
     };
-    // Enough scrapes for rate() and increase() over 30 s.
+    let query = |e: &str| -> Value { try_query(e).unwrap_or_else(|err| panic!("{err}")) };
+    // Enough scrapes for rate() and increase() over 30 s (Prometheus answers 503 while its
+    // storage starts).
     assert!(
-        wait_until(60, || query("count_over_time(up{job=\"gpu-sensor\"}[1m])")
+        wait_until(60, || try_query("count_over_time(up{job=\"gpu-sensor\"}[1m])")
+            .unwrap_or(Value::Null)
             .get(0)
             .and_then(|r| r["value"][1].as_str()?.parse::<f64>().ok())
             .is_some_and(|n| n >= 5.0)),

@@ -689,7 +689,7 @@ fn program_counters(addr: &str) -> std::collections::BTreeMap<String, (f64, f64)
     for l in s.lines() {
         for (metric, slot) in [
             (
-                "gpu_sensor_bpf_program_run_time_nanoseconds_total{program=\"",
+                "gpu_sensor_bpf_program_run_time_seconds_total{program=\"",
                 0,
             ),
             ("gpu_sensor_bpf_program_runs_total{program=\"", 1),
@@ -699,7 +699,7 @@ fn program_counters(addr: &str) -> std::collections::BTreeMap<String, (f64, f64)
                 let v: f64 = v.trim().parse().unwrap_or(0.0);
                 let e = out.entry(name.to_string()).or_default();
                 if slot == 0 {
-                    e.0 = v;
+                    e.0 = v * 1e9;
                 } else {
                     e.1 = v;
                 }
