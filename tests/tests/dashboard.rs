@@ -271,11 +271,13 @@ path = "{export}"
     // Enough scrapes for rate() and increase() over 30 s (Prometheus answers 503 while its
     // storage starts).
     assert!(
-        wait_until(60, || try_query("count_over_time(up{job=\"gpu-sensor\"}[1m])")
-            .unwrap_or(Value::Null)
-            .get(0)
-            .and_then(|r| r["value"][1].as_str()?.parse::<f64>().ok())
-            .is_some_and(|n| n >= 5.0)),
+        wait_until(60, || try_query(
+            "count_over_time(up{job=\"gpu-sensor\"}[1m])"
+        )
+        .unwrap_or(Value::Null)
+        .get(0)
+        .and_then(|r| r["value"][1].as_str()?.parse::<f64>().ok())
+        .is_some_and(|n| n >= 5.0)),
         "Prometheus never scraped the sensor 5 times"
     );
     let mut empty = vec![];

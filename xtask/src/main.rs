@@ -41,6 +41,9 @@ enum Cmd {
         /// Seconds for the sustained-rate measurement.
         #[arg(long, default_value_t = 30)]
         secs: u64,
+        /// A part only: `micro [ROUNDS]`, `hooks [ROUNDS]`, `storm [SECS]`, `smoke`.
+        #[arg(trailing_var_arg = true)]
+        part: Vec<String>,
     },
 }
 
@@ -255,10 +258,15 @@ fn confusion() -> Result<ExitCode> {
     })
 }
 
-fn bench(secs: u64) -> Result<()> {
+fn bench(secs: u64, part: Vec<String>) -> Result<()> {
     let bin = build(false)?;
     let mut c = Command::new(root().join("target/release/bench"));
-    c.env("SENSOR_BIN", &bin).arg(secs.to_string());
+    c.env("SENSOR_BIN", &bin);
+    if part.is_empty() {
+        c.arg(secs.to_string());
+    } else {
+        c.args(part);
+    }
     run(c)
 }
 
@@ -270,7 +278,7 @@ fn main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Test { args } => test(args),
-        Cmd::Bench { secs } => bench(secs).map(|()| ExitCode::SUCCESS),
+        Cmd::Bench { secs, part } => bench(secs, part).map(|()| ExitCode::SUCCESS),
         Cmd::Confusion => confusion(),
         Cmd::Recall => {
             let bin = build(false)?;

@@ -78,7 +78,6 @@ impl Sensor {
         self.child.id()
     }
 
-
     /// Stops the sensor; returns (lines printed, final loss record).
     fn stop(mut self) -> (u64, serde_json::Value) {
         // SAFETY: signalling our own child.
