@@ -38,18 +38,22 @@ fn exported_lines(path: &Path) -> (Vec<String>, Vec<String>) {
         .map(|(_, p)| p.file_name().unwrap().to_str().unwrap().to_string())
         .collect();
     // Other tests' sensors keep the machine busy, so the file may rotate while this reads: a
-    // backup that moved away is skipped (the caller polls), and the live file's last line may
-    // still be partial (skipped too).
+    // backup that moved away between the listing and its read is skipped (the caller polls; a
+    // new one of the same name may already be there), and the live file's last line may still
+    // be partial (skipped too). Any other gzip failure is a broken backup.
     let mut lines = vec![];
     for (_, p) in backups.iter().rev() {
         let o = Command::new("gzip").arg("-dc").arg(p).output().unwrap();
-        if !o.status.success() && !p.exists() {
+        if !o.status.success()
+            && String::from_utf8_lossy(&o.stderr).contains("No such file or directory")
+        {
             continue;
         }
         assert!(
             o.status.success(),
-            "{} is not a whole gzip file",
-            p.display()
+            "{} is not a whole gzip file: {}",
+            p.display(),
+            String::from_utf8_lossy(&o.stderr)
         );
         lines.extend(
             String::from_utf8(o.stdout)
@@ -121,32 +125,43 @@ records = ["event", "status"]
             .unwrap();
     }
 
-    // The file: every marker exec, across the live file and its gzipped backups.
+    // The file: every marker exec, across the live file and its gzipped backups. Other tests
+    // keep the file rotating, so one read may fall between a rename and the next: the checks
+    // are made on one snapshot, retried until a snapshot passes them all.
     let want: BTreeSet<usize> = (0..MARKERS).collect();
-    let in_file = || -> BTreeSet<usize> {
-        exported_lines(&file)
-            .1
+    let check = || -> Result<(), String> {
+        let (backups, lines) = exported_lines(&file);
+        let got: BTreeSet<usize> = lines
             .iter()
             .filter_map(|l| {
                 let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
                 (v["kind"] == "exec").then(|| marker_of(&v["argv"], &tag))?
             })
-            .collect()
+            .collect();
+        if got != want {
+            return Err(format!("markers in the exported file: {got:?}"));
+        }
+        if backups.len() < 2 {
+            return Err(format!("16KiB files must have rotated: {backups:?}"));
+        }
+        for (i, n) in backups.iter().enumerate() {
+            if n != &format!("events.jsonl.{}.gz", i + 1) {
+                return Err(format!("backup names out of order: {backups:?}"));
+            }
+        }
+        if !lines.iter().any(|l| l.contains("\"sensor_start\"")) {
+            return Err("status records are exported by default: no sensor_start".into());
+        }
+        Ok(())
     };
-    wait_until(30, || in_file() == want);
-    assert_eq!(in_file(), want, "markers in the exported file");
-    let (backups, lines) = exported_lines(&file);
-    assert!(
-        backups.len() >= 2,
-        "16KiB files must have rotated: {backups:?}"
-    );
-    for (i, n) in backups.iter().enumerate() {
-        assert_eq!(n, &format!("events.jsonl.{}.gz", i + 1), "{backups:?}");
+    let mut last = Ok(());
+    wait_until(30, || {
+        last = check();
+        last.is_ok()
+    });
+    if let Err(e) = last {
+        panic!("{e}");
     }
-    assert!(
-        lines.iter().any(|l| l.contains("\"sensor_start\"")),
-        "status records are exported by default"
-    );
 
     // OTLP: every marker exec as a LogRecord, after the first POST was refused with 503.
     let otlp = || -> Vec<Value> {
