@@ -389,6 +389,73 @@ fn thread_name(name: &str) -> String {
     name.chars().take(15).collect()
 }
 
+/// Work handed to a background part and not yet done (alert versions not yet spooled,
+/// exported records not yet written out), so that shutdown can wait for it. Cheap to clone.
+#[derive(Clone, Default, Debug)]
+pub struct Backlog(Arc<std::sync::atomic::AtomicUsize>);
+
+/// Takes its count off the backlog when dropped: done, or lost to an error or a panic.
+pub struct Taken<'a>(&'a Backlog, usize);
+
+impl Taken<'_> {
+    /// One more item in this batch.
+    pub fn add(&mut self) {
+        self.1 += 1;
+    }
+
+    pub fn count(&self) -> usize {
+        self.1
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.0
+             .0
+            .fetch_sub(self.1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl Backlog {
+    /// One item handed over.
+    pub fn add(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// A hand-over that did not happen after all.
+    pub fn undo(&self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// `n` items taken up by the worker; they leave the backlog when the guard drops.
+    pub fn take(&self, n: usize) -> Taken<'_> {
+        Taken(self, n)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until every backlog is empty or `timeout` passes; returns what is left.
+    pub fn wait_all<'a>(
+        all: impl Iterator<Item = &'a Backlog> + Clone,
+        timeout: Duration,
+    ) -> usize {
+        let end = Instant::now() + timeout;
+        loop {
+            let left: usize = all.clone().map(Backlog::len).sum();
+            if left == 0 || Instant::now() >= end {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

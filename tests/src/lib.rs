@@ -632,3 +632,59 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (code, body)
 }
+
+/// Creates a character device node `path` (major, minor) (root; the tests' stand-in devices).
+pub fn mknod(path: &std::path::Path, major: u32, minor: u32) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid NUL-terminated path; a character device node in the test's own directory.
+    let rc = unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            libc::S_IFCHR | 0o600,
+            libc::makedev(major, minor),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "mknod {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Stand-ins for the GPU nodes the H100 recordings used: devices no other process here touches
+/// (misc autofs 10:235 and btrfs-control 10:234, whose ioctl handlers refuse other ioctl types
+/// with ENOTTY; full 1:7) registered as nvidiactl (minor 255), nvidia0 and nvidia-uvm, under
+/// names the open hook does not watch. [`standin_gpu_nodes`] makes the nodes.
+pub const STANDIN_GPU_DEVICES: &str = r#"
+[[gpu.devices]]
+major = 10
+minor = 235
+kind = "nvidia"
+gpu_minor = 255
+emulated = true
+[[gpu.devices]]
+major = 10
+minor = 234
+kind = "nvidia"
+gpu_minor = 0
+emulated = true
+[[gpu.devices]]
+major = 1
+minor = 7
+kind = "nvidia-uvm"
+emulated = true
+"#;
+
+/// Creates `dir` with the nodes of [`STANDIN_GPU_DEVICES`] as nvidiactl, nvidia0, nvidia-uvm.
+pub fn standin_gpu_nodes(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (n, maj, min) in [
+        ("nvidiactl", 10, 235),
+        ("nvidia0", 10, 234),
+        ("nvidia-uvm", 1, 7),
+    ] {
+        mknod(&dir.join(n), maj, min);
+    }
+}

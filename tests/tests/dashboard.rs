@@ -12,26 +12,13 @@ use std::{
 
 use sensor::event::Kind;
 use sensor_tests::{
-    free_port, http_get, is, nvml_stub, require_root, wait_port, wait_until, EventExt, Kill,
-    Sensor, WAIT,
+    free_port, http_get, is, nvml_stub, require_root, standin_gpu_nodes, wait_port, wait_until,
+    EventExt, Kill, Sensor, STANDIN_GPU_DEVICES, WAIT,
 };
 use serde_json::Value;
 
 const GPUREPLAY: &str = env!("CARGO_BIN_EXE_gpureplay");
 const UUID: &str = "GPU-5d3c6a2e-0c1b-4f7e-9a51-2b8e3f0d4c11";
-
-fn mknod(path: &Path, major: u32, minor: u32) {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: valid path; a character device node in our own temp dir (root).
-    let rc = unsafe {
-        libc::mknod(
-            c.as_ptr(),
-            libc::S_IFCHR | 0o600,
-            libc::makedev(major, minor),
-        )
-    };
-    assert_eq!(rc, 0, "mknod {}", path.display());
-}
 
 /// Removes these paths when the test ends, passed or not.
 struct Cleanup(Vec<PathBuf>);
@@ -108,14 +95,7 @@ fn every_dashboard_panel_returns_series_from_a_real_prometheus() {
     assert!(panels.len() >= 12, "{} panels", panels.len());
     let dir = std::env::temp_dir().join(format!("sensor-dash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("dev")).unwrap();
-    for (n, maj, min) in [
-        ("nvidiactl", 10, 235),
-        ("nvidia0", 10, 234),
-        ("nvidia-uvm", 1, 7),
-    ] {
-        mknod(&dir.join("dev").join(n), maj, min);
-    }
+    standin_gpu_nodes(&dir.join("dev"));
     let lib = nvml_stub(&dir);
     let nvml_conf = dir.join("nvml.conf");
     let device_line =
@@ -130,23 +110,7 @@ fn every_dashboard_panel_returns_series_from_a_real_prometheus() {
 [gpu]
 nvml_library = "{lib}"
 nvml_interval_secs = 1
-[[gpu.devices]]
-major = 10
-minor = 235
-kind = "nvidia"
-gpu_minor = 255
-emulated = true
-[[gpu.devices]]
-major = 10
-minor = 234
-kind = "nvidia"
-gpu_minor = 0
-emulated = true
-[[gpu.devices]]
-major = 1
-minor = 7
-kind = "nvidia-uvm"
-emulated = true
+{STANDIN_GPU_DEVICES}
 
 [alerting]
 spool_dir = "{spool}"

@@ -1,13 +1,10 @@
 //! GPU telemetry: the three real H100 recordings replayed through real ioctl(2) calls on stand-in
 //! device nodes registered as GPU devices; O_PATH fds; non-GPU ioctl storms.
 
-use std::{
-    ffi::CString,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use sensor::event::{Device, Event, Kind, Outcome};
-use sensor_tests::{is, require_root, run_helper, EventExt, Sensor, WAIT};
+use sensor_tests::{is, mknod, require_root, run_helper, EventExt, Sensor, WAIT};
 
 const GPUREPLAY: &str = env!("CARGO_BIN_EXE_gpureplay");
 
@@ -23,25 +20,6 @@ fn fixtures() -> PathBuf {
         p.display()
     );
     p
-}
-
-fn mknod(path: &Path, major: u32, minor: u32) {
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: valid path; creating a character device node in our own temp dir (root).
-    let rc = unsafe {
-        libc::mknod(
-            c.as_ptr(),
-            libc::S_IFCHR | 0o600,
-            libc::makedev(major, minor),
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "mknod {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
 }
 
 struct TempDir(PathBuf);

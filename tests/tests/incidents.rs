@@ -372,59 +372,17 @@ fn benign_gpu_cluster_work_raises_nothing() {
     assert!(bad.is_empty(), "benign work paged: {bad:#?}");
 }
 
-/// Stand-ins for the GPU nodes the H100 recordings used: devices no other process here touches
-/// (misc autofs 10:235 and btrfs-control 10:234, whose ioctl handlers refuse other ioctl types
-/// with ENOTTY; full 1:7) registered as nvidiactl (minor 255), nvidia0 and nvidia-uvm, under
-/// names the open hook does not watch.
-const STANDIN: &str = r#"
-[gpu]
-nvml = false
-[[gpu.devices]]
-major = 10
-minor = 235
-kind = "nvidia"
-gpu_minor = 255
-emulated = true
-[[gpu.devices]]
-major = 10
-minor = 234
-kind = "nvidia"
-gpu_minor = 0
-emulated = true
-[[gpu.devices]]
-major = 1
-minor = 7
-kind = "nvidia-uvm"
-emulated = true
-"#;
-
-fn mknod(path: &Path, major: u32, minor: u32) {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: valid path; a character device node in our own temp dir (root).
-    let rc = unsafe {
-        libc::mknod(
-            c.as_ptr(),
-            libc::S_IFCHR | 0o600,
-            libc::makedev(major, minor),
-        )
-    };
-    assert_eq!(rc, 0, "mknod {}", path.display());
-}
-
 /// Records, through a live sensor, the events of one H100 recording re-issued on the stand-ins
 /// (exec, opens, decoded ioctls); returns them as JSON objects with the replayer's pid.
 fn record_gpu_work(dir: &Path, name: &str) -> (u32, Vec<serde_json::Value>) {
     let nodes = dir.join(format!("dev-{name}"));
-    std::fs::create_dir_all(&nodes).unwrap();
-    for (n, maj, min) in [
-        ("nvidiactl", 10, 235),
-        ("nvidia0", 10, 234),
-        ("nvidia-uvm", 1, 7),
-    ] {
-        mknod(&nodes.join(n), maj, min);
-    }
+    sensor_tests::standin_gpu_nodes(&nodes);
     let cfg = dir.join(format!("standin-{name}.toml"));
-    std::fs::write(&cfg, STANDIN).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[gpu]\nnvml = false\n{}", sensor_tests::STANDIN_GPU_DEVICES),
+    )
+    .unwrap();
     let rec = dir.join(format!("{name}.rec.jsonl"));
     let s = Sensor::start(&[
         "--config",

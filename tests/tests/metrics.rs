@@ -2,36 +2,14 @@
 //! answer, and a real Prometheus server scrapes the sensor and sees its series.
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     net::TcpStream,
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use sensor_tests::{require_root, skip, Sensor};
-
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut s = String::new();
-    c.read_to_string(&mut s).unwrap();
-    let code = s
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = s
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
-}
+use sensor_tests::{http_get, require_root, skip, Sensor};
 
 #[test]
 fn metrics_endpoint_is_scraped_by_a_real_prometheus() {

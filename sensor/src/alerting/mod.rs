@@ -11,10 +11,7 @@ pub mod spool;
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        mpsc, Arc, Condvar, Mutex,
-    },
+    sync::{mpsc, Arc, Condvar, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -605,23 +602,13 @@ struct Sink {
 /// version, which waits for room (it resolves what was paged).
 pub const SUBMIT_QUEUE: usize = 4096;
 
-/// Decrements a sink's pending count when dropped, so an item taken by a spooler that then
-/// panics is still accounted for (and counted as lost).
-struct Taken<'a>(&'a AtomicUsize);
-
-impl Drop for Taken<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// The pipeline's side of one sink: a bounded queue to its spooler thread.
 #[derive(Clone)]
 struct SinkHandle {
     sink: Arc<Sink>,
     tx: mpsc::SyncSender<Arc<Incident>>,
     /// Versions handed over and not yet spooled (or dropped by the sink's policy).
-    pending: Arc<AtomicUsize>,
+    pending: crate::health::Backlog,
 }
 
 /// The running sinks. [`Alerting::submit`] only queues: the severity filter, dedup, rate
@@ -816,7 +803,7 @@ impl Alerting {
             let (tx, rx) =
                 mpsc::sync_channel::<Arc<Incident>>(SUBMIT_QUEUE.min(c.max_spool.max(1)));
             let rx = Arc::new(Mutex::new(rx));
-            let pending = Arc::new(AtomicUsize::new(0));
+            let pending = crate::health::Backlog::default();
             let (s3, m3, p3) = (s.clone(), metrics.clone(), pending.clone());
             crate::health::supervise_thread(
                 &metrics.health,
@@ -824,7 +811,8 @@ impl Alerting {
                 move || {
                     let rx = lock(&rx);
                     while let Ok(i) = rx.recv() {
-                        let _taken = Taken(&p3);
+                        // Leaves the backlog however `accept` ends (a panic included).
+                        let _taken = p3.take(1);
                         s3.accept(&i, &m3);
                     }
                     Ok(crate::health::Exit::Done("the pipeline stopped".into()))
@@ -842,22 +830,11 @@ impl Alerting {
     /// Waits until every queued version is spooled (or `timeout` passes); returns whether
     /// nothing is left. Called at shutdown, so what was accepted survives the exit.
     pub fn wait_spooled(&self, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        loop {
-            let left: usize = self
-                .sinks
-                .iter()
-                .map(|h| h.pending.load(Ordering::Acquire))
-                .sum();
-            if left == 0 {
-                return true;
-            }
-            if Instant::now() >= end {
-                tracing::warn!("{left} alert versions not spooled at exit");
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        let left = crate::health::Backlog::wait_all(self.sinks.iter().map(|h| &h.pending), timeout);
+        if left > 0 {
+            tracing::warn!("{left} alert versions not spooled at exit");
         }
+        left == 0
     }
 
     /// Offers a version of an incident to every sink whose severity filter takes it; never
@@ -869,7 +846,7 @@ impl Alerting {
                 continue;
             }
             let a = shared.get_or_insert_with(|| Arc::new(i.clone())).clone();
-            h.pending.fetch_add(1, Ordering::AcqRel);
+            h.pending.add();
             let sent = match h.tx.try_send(a) {
                 Ok(()) => true,
                 // A closing version resolves a page: it waits for room (closings are rare).
@@ -879,7 +856,7 @@ impl Alerting {
                 Err(_) => false,
             };
             if !sent {
-                h.pending.fetch_sub(1, Ordering::AcqRel);
+                h.pending.undo();
                 self.metrics.suppressed(&h.sink.cfg.name, "queue_full");
                 tracing::warn!(sink = %h.sink.cfg.name, incident = %i.id, "alert queue full (or its spooler stopped): version {} not sent", i.version);
             }

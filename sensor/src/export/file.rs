@@ -11,11 +11,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{self, BufWriter, Write},
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        mpsc::Receiver,
-        Arc, Mutex,
-    },
+    sync::{mpsc::Receiver, Arc, Mutex},
     time::Duration,
 };
 
@@ -259,7 +255,7 @@ fn gzip(from: &Path, to: &Path) -> io::Result<()> {
 pub fn spawn(
     cfg: FileConfig,
     rx: Arc<Mutex<Receiver<Arc<Record>>>>,
-    pending: Arc<AtomicUsize>,
+    pending: crate::health::Backlog,
     metrics: &Metrics,
 ) {
     use crate::health::Exit;
@@ -280,7 +276,7 @@ pub fn spawn(
             };
             // One burst: what is queued now (bounded, so a flush comes at least every 4096
             // records), then a flush. Taken records leave `pending` whatever happens to them.
-            let mut taken = Taken(&pending, 1);
+            let mut taken = pending.take(1);
             let mut r = Some(first);
             while let Some(rec) = r.take() {
                 if let Err(e) = f.write_line(rec.json.as_bytes()) {
@@ -292,9 +288,9 @@ pub fn spawn(
                     ));
                 }
                 written.inc();
-                if taken.1 < 4096 {
+                if taken.count() < 4096 {
                     if let Ok(next) = rx.try_recv() {
-                        taken.1 += 1;
+                        taken.add();
                         r = Some(next);
                     }
                 }
@@ -302,15 +298,6 @@ pub fn spawn(
             f.flush()?;
         }
     });
-}
-
-/// Takes `.1` records off `.0` when dropped (flushed, or lost with an error).
-struct Taken<'a>(&'a AtomicUsize, usize);
-
-impl Drop for Taken<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(self.1, Ordering::AcqRel);
-    }
 }
 
 #[cfg(test)]

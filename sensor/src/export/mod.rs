@@ -14,7 +14,6 @@ pub mod otlp;
 
 use std::{
     sync::{
-        atomic::{AtomicUsize, Ordering},
         mpsc::{self, SyncSender, TrySendError},
         Arc, Mutex,
     },
@@ -24,7 +23,7 @@ use std::{
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
-use crate::{event::Container, metrics::Metrics, rules::Severity};
+use crate::{event::Container, health::Backlog, metrics::Metrics, rules::Severity};
 
 /// What an exporter takes (config `records`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -142,7 +141,7 @@ struct Queue {
     tx: SyncSender<Arc<Record>>,
     dropped: Counter,
     /// Records queued and not yet written out (flushed, or sent or given up).
-    pending: Arc<AtomicUsize>,
+    pending: Backlog,
 }
 
 impl Exporters {
@@ -154,27 +153,25 @@ impl Exporters {
                 let _ = metrics.export_counter(name, r);
             }
         }
-        if let Some(f) = &cfg.file {
-            let (tx, rx) = mpsc::sync_channel(f.queue);
-            let pending = Arc::new(AtomicUsize::new(0));
+        // One bounded queue per exporter; the receiver goes to its thread.
+        let mut queue = |name: &str, kinds: &[RecordKind], cap: usize| {
+            let (tx, rx) = mpsc::sync_channel(cap);
+            let pending = Backlog::default();
             queues.push(Queue {
-                kinds: f.records.clone(),
+                kinds: kinds.to_vec(),
                 tx,
-                dropped: metrics.export_counter("file", "dropped"),
+                dropped: metrics.export_counter(name, "dropped"),
                 pending: pending.clone(),
             });
-            file::spawn(f.clone(), Arc::new(Mutex::new(rx)), pending, metrics);
+            (Arc::new(Mutex::new(rx)), pending)
+        };
+        if let Some(f) = &cfg.file {
+            let (rx, pending) = queue("file", &f.records, f.queue);
+            file::spawn(f.clone(), rx, pending, metrics);
         }
         if let Some(o) = &cfg.otlp {
-            let (tx, rx) = mpsc::sync_channel(o.queue);
-            let pending = Arc::new(AtomicUsize::new(0));
-            queues.push(Queue {
-                kinds: o.records.clone(),
-                tx,
-                dropped: metrics.export_counter("otlp", "dropped"),
-                pending: pending.clone(),
-            });
-            otlp::spawn(o.clone(), node, Arc::new(Mutex::new(rx)), pending, metrics);
+            let (rx, pending) = queue("otlp", &o.records, o.queue);
+            otlp::spawn(o.clone(), node, rx, pending, metrics);
         }
         Exporters { queues }
     }
@@ -210,11 +207,11 @@ impl Exporters {
             if !q.kinds.contains(&r.kind) {
                 continue;
             }
-            q.pending.fetch_add(1, Ordering::AcqRel);
+            q.pending.add();
             match q.tx.try_send(r.clone()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    q.pending.fetch_sub(1, Ordering::AcqRel);
+                    q.pending.undo();
                     q.dropped.inc();
                 }
             }
@@ -225,22 +222,11 @@ impl Exporters {
     /// shutdown, so the last records (the final `loss` among them) reach the file and the
     /// collector. Returns whether nothing is left.
     pub fn wait_idle(&self, timeout: std::time::Duration) -> bool {
-        let end = std::time::Instant::now() + timeout;
-        loop {
-            let left: usize = self
-                .queues
-                .iter()
-                .map(|q| q.pending.load(Ordering::Acquire))
-                .sum();
-            if left == 0 {
-                return true;
-            }
-            if std::time::Instant::now() >= end {
-                tracing::warn!("export: {left} records not written out at exit");
-                return false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        let left = Backlog::wait_all(self.queues.iter().map(|q| &q.pending), timeout);
+        if left > 0 {
+            tracing::warn!("export: {left} records not written out at exit");
         }
+        left == 0
     }
 }
 

@@ -303,7 +303,7 @@ pub fn spawn(
     cfg: OtlpConfig,
     node: Option<String>,
     rx: Arc<Mutex<Receiver<Arc<Record>>>>,
-    pending: Arc<std::sync::atomic::AtomicUsize>,
+    pending: crate::health::Backlog,
     metrics: &Metrics,
 ) {
     use crate::health::Exit;
@@ -334,14 +334,7 @@ pub fn spawn(
             }
             if !batch.is_empty() {
                 // However the batch ends (sent, refused, given up, a panic), it leaves `pending`.
-                struct Done<'a>(&'a std::sync::atomic::AtomicUsize, usize);
-                impl Drop for Done<'_> {
-                    fn drop(&mut self) {
-                        self.0
-                            .fetch_sub(self.1, std::sync::atomic::Ordering::AcqRel);
-                    }
-                }
-                let _done = Done(&pending, batch.len());
+                let _done = pending.take(batch.len());
                 let token = token(&cfg).unwrap_or_else(|e| {
                     tracing::warn!("{e}: sending without a token");
                     None
