@@ -1004,6 +1004,18 @@ pub const TP_SYSCALL_EXIT_RET: u32 = 16;
 /// `args[0]` of a syscall-entry record (connect/bind's `fd`); see [`TP_SYSCALL_ENTER_ARG1`].
 pub const TP_SYSCALL_ENTER_ARG0: u32 = 16;
 
+/// x86-64 `struct pt_regs` (arch/x86/include/asm/ptrace.h, unchanged since 2.6.25): the
+/// syscall arguments 0, 1 and 2 (`di`, `si`, `dx`) and the syscall number (`orig_ax`). The
+/// raw-syscall-tracepoint ioctl programs (`[hooks] ioctl_attach`) read them at these constant
+/// offsets (a `tp_btf` load must have one); the agent checks them against the kernel's BTF at
+/// start-up and refuses those attach modes where they differ (another architecture).
+pub const PT_REGS_DI: usize = 112;
+pub const PT_REGS_SI: usize = 104;
+pub const PT_REGS_DX: usize = 96;
+pub const PT_REGS_ORIG_AX: usize = 120;
+/// ioctl's syscall number on x86-64 (arch/x86/entry/syscalls/syscall_64.tbl: `16 common ioctl`).
+pub const NR_IOCTL: i64 = 16;
+
 /// Largest capacity of the filter hash maps (the agent sizes them to what it puts in them, or
 /// to this for TRACE_TGIDS, which the kernel grows with forks).
 pub const FILTER_MAP_ENTRIES: u32 = 4096;

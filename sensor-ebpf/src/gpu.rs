@@ -5,16 +5,18 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_user,
         bpf_probe_read_user_str_bytes, generated as gen,
     },
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use sensor_common::{
     flags, gpu, gpu_dev_key, kind, record_size, GpuDev, GpuIoctlEvent, GpuOpenEvent, Hook,
-    ProbeError, FILTER_MAP_ENTRIES, GPU_ARG_LEN, GPU_NAME_LEN, TP_SYSCALL_ENTER_ARG1,
+    ProbeError, FILTER_MAP_ENTRIES, GPU_ARG_LEN, GPU_NAME_LEN, NR_IOCTL, PT_REGS_DI, PT_REGS_DX,
+    PT_REGS_ORIG_AX, PT_REGS_SI, TP_SYSCALL_ENTER_ARG0, TP_SYSCALL_ENTER_ARG1,
     TP_SYSCALL_ENTER_ARG2, TP_SYSCALL_EXIT_RET,
 };
 
@@ -113,7 +115,6 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_sys_enter_ioctl(ctx: &TracePointContext) -> Result<(), ProbeError> {
-    const HOOK: Hook = Hook::SysEnterIoctl;
     // Only a GPU-shaped request earns the device test: every other ioctl on the node costs one
     // direct context load at a constant offset (checked against tracefs at start-up) and a
     // compare, no helper call and no map lookup.
@@ -121,17 +122,24 @@ fn try_sys_enter_ioctl(ctx: &TracePointContext) -> Result<(), ProbeError> {
     if !gpu::gpu_ioctl_shape(cmd) {
         return Ok(());
     }
+    ioctl_enter(
+        ctx_at::<u64, TP_SYSCALL_ENTER_ARG0>(ctx),
+        cmd,
+        ctx_at::<u64, TP_SYSCALL_ENTER_ARG2>(ctx),
+    )
+}
+
+/// The entry of a GPU-shaped ioctl, whichever program saw it: the device test, then the
+/// record kept until the exit.
+#[inline(always)]
+fn ioctl_enter(fd: u64, cmd: u32, arg: u64) -> Result<(), ProbeError> {
+    const HOOK: Hook = Hook::SysEnterIoctl;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let o = &config().offsets;
     // SAFETY: hash lookup with an integer key; only presence is used.
     let known = unsafe { GPU_TGIDS.get(&tgid) }.is_some();
     if !current_traced() {
         return Ok(());
     }
-    let r = record::<{ record_size::SYS_ENTER_IOCTL }>(ctx)?;
-    let fd = field(&r, o.tp_ioctl_fd, 8)?;
-    let cmd = field(&r, o.tp_ioctl_cmd, 8)? as u32;
-    let arg = field(&r, o.tp_ioctl_arg, 8)?;
     let Some((dev, major, minor)) = gpu_dev_of_file(file_of_fd(fd & 0xffff_ffff)?)? else {
         return Ok(());
     };
@@ -217,15 +225,26 @@ pub fn sys_exit_ioctl(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_sys_exit_ioctl(ctx: &TracePointContext) -> Result<(), ProbeError> {
     // Nothing in flight anywhere: not a GPU ioctl (the common case), no helper call.
-    if IOCTL_IN_FLIGHT.get(0).is_none_or(|n| *n == 0) {
+    if !ioctl_in_flight() {
         return Ok(());
     }
+    ioctl_exit(ctx_at::<i64, TP_SYSCALL_EXIT_RET>(ctx))
+}
+
+/// Whether any GPU ioctl is between its entry and its exit (one inlined array load).
+#[inline(always)]
+fn ioctl_in_flight() -> bool {
+    IOCTL_IN_FLIGHT.get(0).is_some_and(|n| *n != 0)
+}
+
+/// The exit of an ioctl whose entry may have been kept: report it with its result.
+#[inline(always)]
+fn ioctl_exit(ret: i64) -> Result<(), ProbeError> {
     let id = bpf_get_current_pid_tgid();
     // The map value pointer is used only before the entry is removed below.
     let Some(p) = PENDING_IOCTL.get_ptr(&id) else {
         return Ok(());
     };
-    let ret = ctx_at::<i64, TP_SYSCALL_EXIT_RET>(ctx);
     let emitted = emit(kind::GPU_IOCTL, |ev: *mut GpuIoctlEvent| {
         // SAFETY: `p` points at a live map value of the right type; `ev` is a reservation of
         // the same size owned by this program.
@@ -239,6 +258,79 @@ fn try_sys_exit_ioctl(ctx: &TracePointContext) -> Result<(), ProbeError> {
         in_flight_add(-1);
     }
     emitted
+}
+
+/// The ioctl pair on the raw syscall tracepoints (`[hooks] ioctl_attach`): `sys_enter(regs,
+/// id)` and `sys_exit(regs, ret)` run for every syscall of every task, without the perf-trace
+/// record that a `syscalls/sys_*_ioctl` tracepoint builds before its program runs. `tp_btf`
+/// reads the registers with direct loads from the typed `struct pt_regs *`; `raw_tp` with
+/// kernel reads. The register offsets and syscall number are x86-64's, checked against BTF at
+/// start-up (see sensor-common [`PT_REGS_DI`]).
+#[btf_tracepoint(function = "sys_enter")]
+pub fn ioctl_enter_btf(ctx: BtfTracePointContext) -> i32 {
+    if ctx.arg::<i64>(1) != NR_IOCTL {
+        return 0;
+    }
+    let regs: *const u8 = ctx.arg(0);
+    // SAFETY: `regs` is the tracepoint's typed `struct pt_regs *`; the verifier checks each
+    // constant-offset load against its BTF members (si, di, dx) and guards it against faults.
+    let reg = |off: usize| unsafe { core::ptr::read_volatile(regs.add(off) as *const u64) };
+    let cmd = reg(PT_REGS_SI) as u32;
+    if !gpu::gpu_ioctl_shape(cmd) {
+        return 0;
+    }
+    finish(
+        Hook::SysEnterIoctl,
+        ioctl_enter(reg(PT_REGS_DI), cmd, reg(PT_REGS_DX)),
+    ) as i32
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn ioctl_exit_btf(ctx: BtfTracePointContext) -> i32 {
+    if !ioctl_in_flight() {
+        return 0;
+    }
+    let regs: *const u8 = ctx.arg(0);
+    // SAFETY: as in ioctl_enter_btf (member orig_ax).
+    let nr = unsafe { core::ptr::read_volatile(regs.add(PT_REGS_ORIG_AX) as *const i64) };
+    if nr != NR_IOCTL {
+        return 0;
+    }
+    finish(Hook::SysExitIoctl, ioctl_exit(ctx.arg::<i64>(1))) as i32
+}
+
+/// A register of the raw tracepoint's `struct pt_regs *` (kernel read; 0 when it faults).
+#[inline(always)]
+fn raw_reg(regs: u64, off: usize) -> u64 {
+    // SAFETY: fault-tolerant kernel read.
+    unsafe { bpf_probe_read_kernel((regs as usize + off) as *const u64) }.unwrap_or(0)
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn ioctl_enter_raw(ctx: RawTracePointContext) -> i32 {
+    if ctx.arg::<i64>(1) != NR_IOCTL {
+        return 0;
+    }
+    let regs: u64 = ctx.arg(0);
+    let cmd = raw_reg(regs, PT_REGS_SI) as u32;
+    if !gpu::gpu_ioctl_shape(cmd) {
+        return 0;
+    }
+    finish(
+        Hook::SysEnterIoctl,
+        ioctl_enter(raw_reg(regs, PT_REGS_DI), cmd, raw_reg(regs, PT_REGS_DX)),
+    ) as i32
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn ioctl_exit_raw(ctx: RawTracePointContext) -> i32 {
+    if !ioctl_in_flight() {
+        return 0;
+    }
+    if raw_reg(ctx.arg(0), PT_REGS_ORIG_AX) as i64 != NR_IOCTL {
+        return 0;
+    }
+    finish(Hook::SysExitIoctl, ioctl_exit(ctx.arg::<i64>(1))) as i32
 }
 
 /// Whether a user path names a GPU device node by its standard location.

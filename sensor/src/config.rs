@@ -72,6 +72,34 @@ pub struct HooksConfig {
     /// Program names (`sensor_start.hooks` lists them as `tracepoint/syscalls/<name>`,
     /// `raw_tp/<name>`, `cgroup_skb/egress`): e.g. `["sys_enter_ioctl", "sys_exit_ioctl"]`.
     pub disable: Vec<String>,
+    /// Where the ioctl pair attaches (README, Performance: the measured cost of each).
+    pub ioctl_attach: IoctlAttach,
+}
+
+/// The attach point of the GPU-ioctl programs.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IoctlAttach {
+    /// `syscalls/sys_enter_ioctl` + `sys_exit_ioctl`: programs run for ioctls only, each
+    /// behind the perf-trace record the syscall tracepoint builds.
+    #[default]
+    SyscallTracepoint,
+    /// `tp_btf/sys_enter` + `sys_exit`: programs run for every syscall, read the typed
+    /// registers directly, no perf-trace record (x86-64 only).
+    TpBtf,
+    /// `raw_tp/sys_enter` + `sys_exit`: as `tp_btf`, with kernel reads of the registers.
+    RawTracepoint,
+}
+
+impl IoctlAttach {
+    /// The (exit, entry) program names, exit first (the order they are attached in).
+    pub fn programs(self) -> [&'static str; 2] {
+        match self {
+            IoctlAttach::SyscallTracepoint => ["sys_exit_ioctl", "sys_enter_ioctl"],
+            IoctlAttach::TpBtf => ["ioctl_exit_btf", "ioctl_enter_btf"],
+            IoctlAttach::RawTracepoint => ["ioctl_exit_raw", "ioctl_enter_raw"],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -464,11 +492,17 @@ impl Config {
                 ));
             }
             // An entry without its exit fills the pending map (entries are removed at exit).
-            if let Some(call) = h
+            let pair = if let Some(call) = h
                 .strip_prefix("sys_exit_")
                 .or_else(|| h.strip_prefix("sys_enter_"))
             {
-                let pair = [format!("sys_enter_{call}"), format!("sys_exit_{call}")];
+                Some([format!("sys_enter_{call}"), format!("sys_exit_{call}")])
+            } else {
+                h.strip_prefix("ioctl_exit_")
+                    .or_else(|| h.strip_prefix("ioctl_enter_"))
+                    .map(|v| [format!("ioctl_enter_{v}"), format!("ioctl_exit_{v}")])
+            };
+            if let Some(pair) = pair {
                 if crate::hook::PROGRAMS.contains(&pair[0].as_str())
                     && !pair.iter().all(|p| self.hooks.disable.contains(p))
                 {

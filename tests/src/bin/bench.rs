@@ -598,6 +598,11 @@ fn hooks(rounds: usize) {
         std::fs::write(&p, format!("[hooks]\ndisable = [{}]\n", list.join(", "))).unwrap();
         p
     };
+    let attach_cfg = |mode: &str| {
+        let p = dir.join(format!("{mode}.toml"));
+        std::fs::write(&p, format!("[hooks]\nioctl_attach = {mode:?}\n")).unwrap();
+        p
+    };
     let configs: Vec<(&str, Option<std::path::PathBuf>)> = vec![
         ("default hooks", None),
         (
@@ -615,6 +620,8 @@ fn hooks(rounds: usize) {
                     .collect(),
             )),
         ),
+        ("ioctl on tp_btf sys_enter/exit", Some(attach_cfg("tp_btf"))),
+        ("ioctl on raw_tp sys_enter/exit", Some(attach_cfg("raw_tracepoint"))),
     ];
     let calls: [Call; 5] = [
         ("getppid", getppid_ns, 1_000_000),
@@ -711,7 +718,10 @@ fn program_counters(addr: &str) -> std::collections::BTreeMap<String, (f64, f64)
 /// Per-program cost, from the kernel's own accounting (sysctl kernel.bpf_stats_enabled=1 for
 /// the measurement, restored after): for each call, the programs that ran and the ns per call
 /// they added. What the tracepoint slow path itself costs is the rest of the ratio.
-fn program_costs() {
+/// The `[hooks] ioctl_attach` modes.
+const IOCTL_ATTACH: [&str; 3] = ["syscall_tracepoint", "tp_btf", "raw_tracepoint"];
+
+fn program_costs(ioctl_attach: &str) {
     /// Puts the sysctl back however this ends (stats slow every BPF program of the node).
     struct Restore(String);
     impl Drop for Restore {
@@ -724,6 +734,8 @@ fn program_costs() {
             .unwrap_or_else(|_| "0".into()),
     );
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let cfg = std::env::temp_dir().join(format!("bench-costs-{}.toml", std::process::id()));
+    std::fs::write(&cfg, format!("[hooks]\nioctl_attach = {ioctl_attach:?}\n")).unwrap();
     let mut child = Command::new(sensor_bin())
         .args([
             "run",
@@ -731,7 +743,9 @@ fn program_costs() {
             "64MiB",
             "--metrics-listen",
             "127.0.0.1:0",
+            "--config",
         ])
+        .arg(&cfg)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -758,7 +772,10 @@ fn program_costs() {
         ("UDP connect (event)", connect_ns, 200_000),
         ("getppid", getppid_ns, 1_000_000),
     ];
-    println!("\n| call | programs that ran: ns per call (runs per call) |\n|---|---|");
+    let _ = std::fs::remove_file(&cfg);
+    println!(
+        "\nioctl_attach = {ioctl_attach:?}\n| call | programs that ran: ns per call (runs per call) |\n|---|---|"
+    );
     for (name, f, n) in calls {
         let before = program_counters(&addr);
         f(n);
@@ -797,13 +814,17 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(3);
         hooks(rounds);
-        program_costs();
+        for mode in IOCTL_ATTACH {
+            program_costs(mode);
+        }
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("smoke") {
         // CI: every measurement once, briefly; prints, asserts nothing about the figures.
         hooks(1);
-        program_costs();
+        for mode in IOCTL_ATTACH {
+            program_costs(mode);
+        }
         storm_row(3.0);
         let (r, detail) = replay_rate(100_000);
         println!("replay: {r:.0} events/s ({detail})");
