@@ -223,22 +223,18 @@ numbered! {
     SchedProcessExec = 0, "sched_process_exec";
     SchedProcessFork = 1, "sched_process_fork";
     SchedProcessExit = 2, "sched_process_exit";
-    SysEnterConnect = 3, "sys_enter_connect";
-    SysExitConnect = 4, "sys_exit_connect";
-    SysEnterBind = 5, "sys_enter_bind";
-    SysExitBind = 6, "sys_exit_bind";
-    InetSockSetState = 7, "inet_sock_set_state";
-    SysEnterIoctl = 8, "sys_enter_ioctl";
-    SysExitIoctl = 9, "sys_exit_ioctl";
-    SysEnterOpenat = 10, "sys_enter_openat";
-    SysExitOpenat = 11, "sys_exit_openat";
+    SysExitConnect = 3, "sys_exit_connect";
+    SysExitBind = 4, "sys_exit_bind";
+    InetSockSetState = 5, "inet_sock_set_state";
+    SysExitIoctl = 6, "sys_exit_ioctl";
+    SysExitOpenat = 7, "sys_exit_openat";
     /// `cgroup_skb/egress` on the cgroup v2 root: first data of new TCP connections, DNS.
-    SockEgress = 12, "sock_egress";
-    SysExitDup2 = 13, "sys_exit_dup2";
-    SysExitDup3 = 14, "sys_exit_dup3";
+    SockEgress = 8, "sock_egress";
+    SysExitDup2 = 9, "sys_exit_dup2";
+    SysExitDup3 = 10, "sys_exit_dup3";
     /// open(2) and openat2(2) exits: the same device test as `sys_exit_openat`.
-    SysExitOpen = 15, "sys_exit_open";
-    SysExitOpenat2 = 16, "sys_exit_openat2";
+    SysExitOpen = 11, "sys_exit_open";
+    SysExitOpenat2 = 12, "sys_exit_openat2";
 }
 
 impl Hook {
@@ -266,7 +262,7 @@ pub enum Attach {
 }
 
 const _: () = assert!(ProbeError::COUNT == 6);
-const _: () = assert!(Hook::COUNT == 17);
+const _: () = assert!(Hook::COUNT == 13);
 
 /// Entries of the `PROBE_ERRORS` map: one counter per (hook, error).
 pub const PROBE_ERROR_ENTRIES: u32 = (Hook::COUNT * ProbeError::COUNT) as u32;
@@ -684,10 +680,6 @@ pub mod gpu {
 /// lies inside it (and inside the record described by the tracefs format), see
 /// [`OffsetSource`].
 pub mod record_size {
-    /// `syscalls/sys_enter_{connect,bind}`: fd, sockaddr pointer, addrlen.
-    pub const SYS_ENTER_SOCKADDR: usize = 48;
-    /// `syscalls/sys_enter_ioctl`: fd, cmd, arg.
-    pub const SYS_ENTER_IOCTL: usize = 48;
     /// `sock/inet_sock_set_state` for SYN_SENT and LISTEN: up to `daddr_v6`.
     pub const INET_SOCK_SET_STATE: usize = 72;
     /// `sock/inet_sock_set_state` at TCP_CLOSE: `skaddr` only.
@@ -779,16 +771,6 @@ macro_rules! offsets {
     };
 }
 
-/// A syscall argument read out of a copied `sys_enter_*` record of `$copy` bytes.
-macro_rules! arg8 {
-    ($copy:expr) => {
-        TpRead {
-            size: 8,
-            copies: &[$copy],
-        }
-    };
-}
-
 /// A field of `inet_sock_set_state` read out of the SYN_SENT/LISTEN copy.
 const ISS_READ2: TpRead = TpRead {
     size: 2,
@@ -811,10 +793,6 @@ const CTX_READ8: TpRead = TpRead {
     size: 8,
     copies: &[],
 };
-const IOCTL_READ: TpRead = arg8!(record_size::SYS_ENTER_IOCTL);
-const SYSCALLS: &str = "syscalls";
-const IOCTL: &str = "sys_enter_ioctl";
-const OPENAT: &str = "sys_enter_openat";
 const ISS: &str = "inet_sock_set_state";
 
 offsets! {
@@ -826,6 +804,17 @@ offsets! {
     task_nsproxy = OffsetSource::Btf("task_struct", "nsproxy");
     task_files = OffsetSource::Btf("task_struct", "files");
     task_exit_code = OffsetSource::Btf("task_struct", "exit_code");
+    /// `task->comm` (char[16]), `task->cred` (its `uid`, `gid`) and `task->cgroups->dfl_cgrp
+    /// ->kn->id` (the cgroup v2 id): the event header is read with plain loads, where the
+    /// helpers (`bpf_get_current_comm`, `_uid_gid`, `_cgroup_id`) cost a call each.
+    task_comm = OffsetSource::Btf("task_struct", "comm");
+    task_cred = OffsetSource::Btf("task_struct", "cred");
+    cred_uid = OffsetSource::Btf("cred", "uid");
+    cred_gid = OffsetSource::Btf("cred", "gid");
+    task_cgroups = OffsetSource::Btf("task_struct", "cgroups");
+    css_set_dfl_cgrp = OffsetSource::Btf("css_set", "dfl_cgrp");
+    cgroup_kn = OffsetSource::Btf("cgroup", "kn");
+    kernfs_node_id = OffsetSource::Btf("kernfs_node", "id");
     // struct mm_struct
     mm_arg_start = OffsetSource::Btf("mm_struct", "arg_start");
     mm_arg_end = OffsetSource::Btf("mm_struct", "arg_end");
@@ -867,25 +856,15 @@ offsets! {
     dentry_parent = OffsetSource::Btf("dentry", "d_parent");
     /// 1 when `sched_process_exit` passes `bool group_dead` as its second argument.
     exit_has_group_dead = OffsetSource::RawTpArgs("sched_process_exit", 2);
-    // sys_enter_connect / sys_enter_bind: fd, sockaddr pointer, addrlen
-    tp_sockaddr_fd = OffsetSource::Shared(
-        &[("syscalls", "sys_enter_connect", "fd"), ("syscalls", "sys_enter_bind", "fd")],
-        arg8!(record_size::SYS_ENTER_SOCKADDR),
-    );
-    tp_sockaddr_ptr = OffsetSource::Shared(
-        &[
-            ("syscalls", "sys_enter_connect", "uservaddr"),
-            ("syscalls", "sys_enter_bind", "umyaddr"),
-        ],
-        arg8!(record_size::SYS_ENTER_SOCKADDR),
-    );
-    tp_sockaddr_len = OffsetSource::Shared(
-        &[
-            ("syscalls", "sys_enter_connect", "addrlen"),
-            ("syscalls", "sys_enter_bind", "addrlen"),
-        ],
-        arg8!(record_size::SYS_ENTER_SOCKADDR),
-    );
+    /// The registers a task saved at syscall entry (`struct pt_regs`, x86-64 names;
+    /// arch/x86/include/asm/ptrace.h): arguments 0, 1, 2 and the syscall number. The syscall
+    /// exit programs read a call's arguments there (`bpf_task_pt_regs`) instead of keeping them
+    /// from an entry program. Another architecture has other member names: the sensor then
+    /// refuses to load, naming the member.
+    regs_arg0 = OffsetSource::Btf("pt_regs", "di");
+    regs_arg1 = OffsetSource::Btf("pt_regs", "si");
+    regs_arg2 = OffsetSource::Btf("pt_regs", "dx");
+    regs_nr = OffsetSource::Btf("pt_regs", "orig_ax");
     /// sys_exit_*: `long ret` (one offset serves every sys_exit_* program; read from the context)
     tp_exit_ret = OffsetSource::Shared(
         &[
@@ -922,15 +901,6 @@ offsets! {
     tp_iss_daddr = OffsetSource::Tracefs(("sock", ISS, "daddr"), ISS_READ4);
     tp_iss_saddr_v6 = OffsetSource::Tracefs(("sock", ISS, "saddr_v6"), ISS_READ16);
     tp_iss_daddr_v6 = OffsetSource::Tracefs(("sock", ISS, "daddr_v6"), ISS_READ16);
-    // sys_enter_ioctl: fd, cmd, arg
-    tp_ioctl_fd = OffsetSource::Tracefs((SYSCALLS, IOCTL, "fd"), IOCTL_READ);
-    tp_ioctl_cmd = OffsetSource::Tracefs((SYSCALLS, IOCTL, "cmd"), IOCTL_READ);
-    tp_ioctl_arg = OffsetSource::Tracefs((SYSCALLS, IOCTL, "arg"), IOCTL_READ);
-    // sys_enter_openat: filename, flags (read from the context)
-    tp_openat_filename = OffsetSource::Tracefs((SYSCALLS, OPENAT, "filename"), CTX_READ8);
-    tp_openat_flags = OffsetSource::Tracefs((SYSCALLS, OPENAT, "flags"), CTX_READ8);
-    /// Explicit padding: keeps `ProgConfig` free of implicit padding bytes.
-    _pad = OffsetSource::Pad;
 }
 
 /// Run-time settings of the programs (a read-only global set at load time).
@@ -977,10 +947,6 @@ pub mod names {
     pub const GPU_TGIDS: &str = "GPU_TGIDS";
     pub const TRACKED_SOCKS: &str = "TRACKED_SOCKS";
     pub const FRESH_CONNS: &str = "FRESH_CONNS";
-    pub const PENDING_NET: &str = "PENDING_NET";
-    pub const PENDING_IOCTL: &str = "PENDING_IOCTL";
-    pub const IOCTL_IN_FLIGHT: &str = "IOCTL_IN_FLIGHT";
-    pub const PENDING_OPEN: &str = "PENDING_OPEN";
 }
 
 /// Key of the GPU device map: `major << 32 | minor`; minor `u32::MAX` matches every minor.
@@ -988,33 +954,16 @@ pub const fn gpu_dev_key(major: u32, minor: u32) -> u64 {
     ((major as u64) << 32) | minor as u64
 }
 
-/// Offset of `args[1]` (ioctl's `cmd`) in a syscall-entry tracepoint record:
-/// `struct syscall_trace_enter { struct trace_entry ent; int nr; unsigned long args[]; }`
-/// (include/trace/syscall.h, unchanged since 2.6.33): 8-byte `trace_entry`, `nr` padded to 8,
-/// then 8 bytes per argument. `sys_enter_ioctl` reads it with a direct context load (a
-/// constant offset, no helper call); the agent checks it against the tracefs format at start-up
-/// (`tp_ioctl_cmd`) and refuses to load on a kernel where it differs.
-pub const TP_SYSCALL_ENTER_ARG1: u32 = 24;
-/// `args[2]` of a syscall-entry record (openat's `flags`); see [`TP_SYSCALL_ENTER_ARG1`].
-pub const TP_SYSCALL_ENTER_ARG2: u32 = 32;
 /// `ret` of a syscall-exit record: `struct syscall_trace_exit { struct trace_entry ent; int nr;
 /// long ret; }` (include/trace/syscall.h). Read with a direct context load; checked at start-up
 /// (`tp_exit_ret`).
 pub const TP_SYSCALL_EXIT_RET: u32 = 16;
-/// `args[0]` of a syscall-entry record (connect/bind's `fd`); see [`TP_SYSCALL_ENTER_ARG1`].
-pub const TP_SYSCALL_ENTER_ARG0: u32 = 16;
 
-/// x86-64 `struct pt_regs` (arch/x86/include/asm/ptrace.h, unchanged since 2.6.25): the
-/// syscall arguments 0, 1 and 2 (`di`, `si`, `dx`) and the syscall number (`orig_ax`). The
-/// raw-syscall-tracepoint ioctl programs (`[hooks] ioctl_attach`) read them at these constant
-/// offsets (a `tp_btf` load must have one); the agent checks them against the kernel's BTF at
-/// start-up and refuses those attach modes where they differ (another architecture).
-pub const PT_REGS_DI: usize = 112;
-pub const PT_REGS_SI: usize = 104;
-pub const PT_REGS_DX: usize = 96;
-pub const PT_REGS_ORIG_AX: usize = 120;
-/// ioctl's syscall number on x86-64 (arch/x86/entry/syscalls/syscall_64.tbl: `16 common ioctl`).
-pub const NR_IOCTL: i64 = 16;
+/// connect(2)'s syscall number on x86-64 (arch/x86/entry/syscalls/syscall_64.tbl:
+/// `42 common connect`): `inet_sock_set_state` compares it with the current task's
+/// `regs_nr` to tell a SYN_SENT inside connect(2) (reported by `sys_exit_connect` with its
+/// result) from one outside it (io_uring).
+pub const NR_CONNECT: u64 = 42;
 
 /// Largest capacity of the filter hash maps (the agent sizes them to what it puts in them, or
 /// to this for TRACE_TGIDS, which the kernel grows with forks).
@@ -1070,10 +1019,10 @@ const _: () = assert!(offset_of!(NetEvent, cookie) == 96);
 const _: () = assert!(offset_of!(NetEvent, ret) == 64);
 const _: () = assert!(offset_of!(NetEvent, family) == 72);
 const _: () = assert!(offset_of!(NetEvent, addr) == 80);
-const _: () = assert!(size_of::<Offsets>() == 55 * 4);
+const _: () = assert!(size_of::<Offsets>() == 58 * 4);
 const _: () = assert!(Offsets::FIELDS.len() * 4 == size_of::<Offsets>());
-const _: () = assert!(size_of::<ProgConfig>() == 55 * 4 + 28);
-const _: () = assert!(offset_of!(ProgConfig, cookie_key) == 55 * 4 + 20);
+const _: () = assert!(size_of::<ProgConfig>() == 58 * 4 + 24);
+const _: () = assert!(offset_of!(ProgConfig, cookie_key) == 58 * 4 + 16);
 const _: () = assert!(size_of::<NetPayloadEvent>() == 64 + 16 + 16 + 8 + PAYLOAD_LEN);
 const _: () = assert!(offset_of!(NetPayloadEvent, data) == 104);
 const _: () = assert!(size_of::<GpuIoctlEvent>() == 64 + 48 + GPU_ARG_LEN);

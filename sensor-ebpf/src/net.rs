@@ -1,4 +1,5 @@
-//! connect(2) and bind(2) (syscall enter/exit tracepoints), TCP state changes
+//! connect(2) and bind(2) (syscall exit tracepoints; the arguments come from the registers the
+//! task saved at syscall entry, the peer of a connected socket from the socket), TCP state changes
 //! (`sock/inet_sock_set_state`) for connects that bypass connect(2) (io_uring) and for listeners,
 //! and dup2/dup3 of an IP socket onto stdio (syscall exit tracepoints). First bytes of new
 //! connections are taken at the socket level (`sock.rs`), not here.
@@ -9,19 +10,19 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap},
+    maps::LruHashMap,
     programs::TracePointContext,
 };
-use sensor_common::{
-    flags, kind, record_size, Hook, NetEvent, ProbeError, TP_SYSCALL_ENTER_ARG0,
-    TP_SYSCALL_ENTER_ARG1, TP_SYSCALL_ENTER_ARG2, TP_SYSCALL_EXIT_RET,
-};
+use sensor_common::{flags, kind, record_size, Hook, NetEvent, ProbeError, NR_CONNECT, TP_SYSCALL_EXIT_RET};
 
 use crate::{
     config,
     emit::{count_error, emit, finish, or_count},
     filter::{current_traced, tgid_traced},
-    task::{ctx_at, ctx_field, field, file_of_fd, fill_header, read, record, sock_of_file, AF_INET, AF_INET6},
+    task::{
+        ctx_at, ctx_field, field, file_of_fd, fill_header, load, read, record, sk_ends,
+        sock_of_file, socket_type_sk, syscall_arg, syscall_regs, AF_INET, AF_INET6,
+    },
 };
 /// TCP states (include/net/tcp_states.h).
 const TCP_SYN_SENT: i32 = 2;
@@ -29,7 +30,7 @@ const TCP_LISTEN: i32 = 10;
 /// SOCK_STREAM (include/linux/net.h, enum sock_type).
 const SOCK_STREAM: u16 = 1;
 
-/// A connect/bind seen at syscall entry, completed at exit.
+/// A connect/bind, or a followed TCP connection.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Pending {
@@ -59,10 +60,6 @@ const TCP_CLOSE: i32 = 7;
 
 /// EINPROGRESS (include/uapi/asm-generic/errno.h).
 const EINPROGRESS: i64 = 115;
-
-/// In-flight connect/bind syscalls by pid_tgid (a thread is in at most one syscall).
-#[map(name = "PENDING_NET")]
-static PENDING_NET: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
 
 /// Reads a user `struct sockaddr` (include/uapi/linux/in.h `sockaddr_in`: family@0, port@2 (be),
 /// addr@4; include/uapi/linux/in6.h `sockaddr_in6`: family@0, port@2, flowinfo@4, addr@8).
@@ -105,18 +102,19 @@ fn read_sockaddr(ptr: u64, len: u64, p: &mut Pending) -> Result<bool, ProbeError
     }
 }
 
-/// sys_enter_connect / sys_enter_bind: remember the destination until the syscall returns.
+/// sys_exit_connect / sys_exit_bind: report with the result; follow TCP connects. The
+/// arguments (fd, sockaddr, length) are read from the saved registers. A connected socket's
+/// peer (a bound socket's local address) is taken from the socket itself, not from the
+/// caller's buffer, which another thread may have rewritten while the call ran.
 #[inline(always)]
-fn enter(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> {
+fn exit(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> {
     let id = bpf_get_current_pid_tgid();
     if !tgid_traced((id >> 32) as u32) {
         return Ok(());
     }
     let o = &config().offsets;
-    // Direct context loads at the syscall record's fixed offsets (checked at start-up).
-    let fd = ctx_at::<u64, TP_SYSCALL_ENTER_ARG0>(ctx);
-    let ptr = ctx_at::<u64, TP_SYSCALL_ENTER_ARG1>(ctx);
-    let len = ctx_at::<u64, TP_SYSCALL_ENTER_ARG2>(ctx);
+    let regs = syscall_regs();
+    let fd = syscall_arg::<0>(regs);
     let mut p = Pending {
         kind: k,
         fd: fd as i32,
@@ -131,56 +129,36 @@ fn enter(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> 
         _pad: 0,
         local_addr: [0; 16],
     };
-    if !read_sockaddr(ptr, len, &mut p)? {
+    if !read_sockaddr(syscall_arg::<1>(regs), syscall_arg::<2>(regs), &mut p)? {
         return Ok(());
     }
-    // A bad fd has no file (0): the syscall fails with EBADF and the event says so.
+    // A bad fd has no file (0): the syscall failed with EBADF and the event says so.
     let file = or_count(hook, file_of_fd(fd & 0xffff_ffff), 0);
     if file != 0 {
         // A file that is not a socket may have no private data (ENOTSOCK): not an error.
         let sock = or_count(hook, read::<u64>(file, o.file_private_data), 0);
         if sock != 0 {
-            p.sock_type = or_count(hook, read::<u16>(sock, o.socket_type), 0);
-            p.sk = or_count(hook, read::<u64>(sock, o.socket_sk), 0);
+            (p.sock_type, p.sk) = or_count(hook, socket_type_sk(sock), (0, 0));
         }
     }
-    PENDING_NET
-        .insert(&id, &p, 0)
-        .map_err(|_| ProbeError::MapUpdate)
-}
-
-/// sys_exit_connect / sys_exit_bind: report with the result; follow TCP connects.
-#[inline(always)]
-fn exit(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> {
-    let id = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(p) = (unsafe { PENDING_NET.get(&id) }).copied() else {
-        return Ok(());
-    };
-    let _ = PENDING_NET.remove(&id);
-    if p.kind != k {
-        return Ok(());
-    }
-    let o = &config().offsets;
     let ret = ctx_at::<i64, TP_SYSCALL_EXIT_RET>(ctx);
-    let mut p = p;
-    if k == kind::CONNECT && (ret == 0 || ret == -EINPROGRESS) && p.sk != 0 {
-        // The local side, bound by now: what a firewall's log line shows for this connection.
-        p.local_port = or_count(hook, read::<u16>(p.sk, o.skc_num), 0);
-        if p.family == AF_INET {
-            p.local_addr[..4]
-                .copy_from_slice(&or_count(hook, read::<[u8; 4]>(p.sk, o.skc_rcv_saddr), [0; 4]));
-        } else if p.family == AF_INET6 {
-            p.local_addr = or_count(hook, read::<[u8; 16]>(p.sk, o.skc_v6_rcv_saddr), [0; 16]);
+    let ok = ret == 0 || (k == kind::CONNECT && ret == -EINPROGRESS);
+    if ok && p.sk != 0 {
+        if let Some(e) = or_count(hook, sk_ends(p.sk, p.family).map(Some), None) {
+            if k == kind::CONNECT {
+                // The peer the kernel connected to, and the local side it bound: what a
+                // firewall's log line shows for this connection.
+                (p.addr, p.port) = (e.peer, e.peer_port);
+                (p.local_addr, p.local_port) = (e.local, e.local_port);
+            } else {
+                // The address bound (port 0 asks for a port: this is the one given).
+                (p.addr, p.port) = (e.local, e.local_port);
+            }
         }
     }
     let emitted = emit_net(k, 0, ret as i32, p.fd, &p);
     // Followed even when the record was lost, as before.
-    if k == kind::CONNECT
-        && p.sock_type == SOCK_STREAM
-        && (ret == 0 || ret == -EINPROGRESS)
-        && p.sk != 0
-    {
+    if k == kind::CONNECT && p.sock_type == SOCK_STREAM && ok && p.sk != 0 {
         if TRACKED_SOCKS.insert(&p.sk, &p, 0).is_err() {
             count_error(hook, ProbeError::MapUpdate);
         }
@@ -263,22 +241,10 @@ fn emit_net(k: u32, fl: u32, ret: i32, fd: i32, p: &Pending) -> Result<(), Probe
     })
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    let h = Hook::SysEnterConnect;
-    finish(h, enter(&ctx, h, kind::CONNECT))
-}
-
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let h = Hook::SysExitConnect;
     finish(h, exit(&ctx, h, kind::CONNECT))
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_bind")]
-pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
-    let h = Hook::SysEnterBind;
-    finish(h, enter(&ctx, h, kind::BIND))
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_bind")]
@@ -309,9 +275,13 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), ProbeError> {
         return Ok(());
     }
     let id = bpf_get_current_pid_tgid();
-    // SAFETY: hash lookup; only presence is used.
-    if newstate == TCP_SYN_SENT && unsafe { PENDING_NET.get(&id) }.is_some() {
-        return Ok(()); // inside connect(2): sys_exit_connect reports it with the result
+    // Inside connect(2) (the current task's saved syscall number): sys_exit_connect reports
+    // it with the result. A connect submitted through io_uring runs in io_uring_enter(2) or a
+    // kernel worker, and is reported here.
+    if newstate == TCP_SYN_SENT
+        && load::<u64>(syscall_regs(), config().offsets.regs_nr).is_ok_and(|nr| nr == NR_CONNECT)
+    {
+        return Ok(());
     }
     // One copy of the record; fields at their format-file offsets.
     let r = record::<{ record_size::INET_SOCK_SET_STATE }>(ctx)?;

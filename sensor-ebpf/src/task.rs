@@ -49,6 +49,28 @@ pub(crate) fn current_task_btf() -> *const u8 {
     unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() as *const u8 }
 }
 
+/// The registers the current task saved when it entered its syscall (`bpf_task_pt_regs`), as a
+/// BTF-typed pointer for [`load`]: a syscall exit program reads the call's arguments there
+/// ([`syscall_arg`]) instead of keeping them from an entry program.
+#[inline(always)]
+pub(crate) fn syscall_regs() -> *const u8 {
+    // SAFETY: the helper takes the BTF task pointer of the current task and returns its
+    // `struct pt_regs *` (never NULL for a task in a syscall).
+    unsafe { aya_ebpf::helpers::generated::bpf_task_pt_regs(current_task_btf() as *mut _) as *const u8 }
+}
+
+/// Argument `N` (0, 1 or 2) of the current syscall, from [`syscall_regs`]; 0 when unreadable.
+#[inline(always)]
+pub(crate) fn syscall_arg<const N: usize>(regs: *const u8) -> u64 {
+    let o = &config().offsets;
+    let off = match N {
+        0 => o.regs_arg0,
+        1 => o.regs_arg1,
+        _ => o.regs_arg2,
+    };
+    load::<u64>(regs, off).unwrap_or(0)
+}
+
 /// `current->real_parent->tgid`.
 #[inline(always)]
 pub(crate) fn parent_tgid(task: *const u8) -> u32 {
@@ -103,6 +125,60 @@ pub(crate) struct SockInfo {
     pub sk: u64,
 }
 
+/// Both ends of a socket (`struct sock_common`): the peer address and port, the local address
+/// and port (host order). IPv4 in one read: `skc_addrpair` (daddr, rcv_saddr), `skc_hash`,
+/// `skc_portpair` (dport, num) are 16 consecutive bytes; IPv6 in two: the port pair, and
+/// `skc_v6_daddr` with `skc_v6_rcv_saddr` after it. The agent checks these adjacencies
+/// against BTF at start-up.
+pub(crate) struct SkEnds {
+    pub peer: [u8; 16],
+    pub peer_port: u16,
+    pub local: [u8; 16],
+    pub local_port: u16,
+}
+
+#[inline(always)]
+pub(crate) fn sk_ends(sk: u64, family: u16) -> Result<SkEnds, ProbeError> {
+    let o = &config().offsets;
+    let mut e = SkEnds {
+        peer: [0; 16],
+        peer_port: 0,
+        local: [0; 16],
+        local_port: 0,
+    };
+    if family == AF_INET {
+        let b = read::<[u8; 16]>(sk, o.skc_daddr)?;
+        e.peer[..4].copy_from_slice(&b[..4]);
+        e.local[..4].copy_from_slice(&b[4..8]);
+        e.peer_port = u16::from_be_bytes([b[12], b[13]]);
+        e.local_port = u16::from_ne_bytes([b[14], b[15]]);
+    } else {
+        let ports = read::<[u8; 4]>(sk, o.skc_dport)?;
+        e.peer_port = u16::from_be_bytes([ports[0], ports[1]]);
+        e.local_port = u16::from_ne_bytes([ports[2], ports[3]]);
+        let b = read::<[u8; 32]>(sk, o.skc_v6_daddr)?;
+        e.peer.copy_from_slice(&b[..16]);
+        e.local.copy_from_slice(&b[16..]);
+    }
+    Ok(e)
+}
+
+/// `socket->type` and `socket->sk` of a `struct socket *`, in one read of the struct's first
+/// 32 bytes (`type` and `sk` lie inside them; checked against BTF at start-up).
+#[inline(always)]
+pub(crate) fn socket_type_sk(sock: u64) -> Result<(u16, u64), ProbeError> {
+    let o = &config().offsets;
+    let b = read::<[u8; 32]>(sock, 0)?;
+    let (t, k) = (o.socket_type as usize, o.socket_sk as usize);
+    if t + 2 > 32 || k + 8 > 32 {
+        return Err(ProbeError::BadOffset);
+    }
+    let ty = u16::from_ne_bytes([b[t], b[t + 1]]);
+    let mut sk = [0u8; 8];
+    sk.copy_from_slice(&b[k..k + 8]);
+    Ok((ty, u64::from_ne_bytes(sk)))
+}
+
 /// `Ok(None)` when `file` (a `struct file *`, 0 for none) is not a socket.
 #[inline(always)]
 pub(crate) fn sock_of_file(file: u64) -> Result<Option<SockInfo>, ProbeError> {
@@ -115,41 +191,49 @@ pub(crate) fn sock_of_file(file: u64) -> Result<Option<SockInfo>, ProbeError> {
         return Ok(None);
     }
     let sock = read::<u64>(file, o.file_private_data)?;
-    let sk = read::<u64>(sock, o.socket_sk)?;
+    let (sock_type, sk) = socket_type_sk(sock)?;
     let mut s = SockInfo {
         family: read::<u16>(sk, o.skc_family)?,
-        sock_type: read::<u16>(sock, o.socket_type)?,
+        sock_type,
         port: 0,
         addr: [0; 16],
         sk,
     };
-    if s.family == AF_INET {
-        s.addr[..4].copy_from_slice(&read::<[u8; 4]>(sk, o.skc_daddr)?);
-        s.port = u16::from_be(read::<u16>(sk, o.skc_dport)?);
-    } else if s.family == AF_INET6 {
-        s.addr = read::<[u8; 16]>(sk, o.skc_v6_daddr)?;
-        s.port = u16::from_be(read::<u16>(sk, o.skc_dport)?);
+    if s.family == AF_INET || s.family == AF_INET6 {
+        let e = sk_ends(sk, s.family)?;
+        s.addr = e.peer;
+        s.port = e.peer_port;
     }
     Ok(Some(s))
 }
 
-/// Fills `hdr` for the current task.
+/// Fills `hdr` for the current task. Everything but the clock is read with plain loads
+/// through the BTF task pointer (one load each, where the equivalent helpers cost a call
+/// each: pid/tgid, uid/gid, cgroup id, comm).
 #[inline(always)]
 pub(crate) fn fill_header(hdr: &mut EventHeader, kind: u32) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
+    let o = &config().offsets;
+    let t = current_task_btf();
     hdr.kind = kind;
     hdr.flags = 0;
     // SAFETY: helper without arguments.
     hdr.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
-    hdr.pid = (pid_tgid >> 32) as u32;
-    hdr.tid = pid_tgid as u32;
-    hdr.uid = uid_gid as u32;
-    hdr.gid = (uid_gid >> 32) as u32;
-    // SAFETY: helper without arguments.
-    hdr.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    hdr.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let t = current_task_btf();
+    hdr.pid = load::<u32>(t, o.task_tgid).unwrap_or(0);
+    hdr.tid = load::<u32>(t, o.task_pid).unwrap_or(0);
+    // `current_cred()`: the ids bpf_get_current_uid_gid() reports (the real uid and gid).
+    let cred = load::<*const u8>(t, o.task_cred).unwrap_or(core::ptr::null());
+    hdr.uid = load::<u32>(cred, o.cred_uid).unwrap_or(0);
+    hdr.gid = load::<u32>(cred, o.cred_gid).unwrap_or(0);
+    // The cgroup v2 id, as bpf_get_current_cgroup_id() computes it.
+    hdr.cgroup_id = load::<*const u8>(t, o.task_cgroups)
+        .and_then(|cs| load::<*const u8>(cs, o.css_set_dfl_cgrp))
+        .and_then(|cg| load::<*const u8>(cg, o.cgroup_kn))
+        .and_then(|kn| load::<u64>(kn, o.kernfs_node_id))
+        .unwrap_or(0);
+    let lo = load::<u64>(t, o.task_comm).unwrap_or(0);
+    let hi = load::<u64>(t, o.task_comm.wrapping_add(8)).unwrap_or(0);
+    hdr.comm[..8].copy_from_slice(&lo.to_ne_bytes());
+    hdr.comm[8..].copy_from_slice(&hi.to_ne_bytes());
     hdr.ppid = parent_tgid(t);
     hdr.mntns = mnt_ns_inum(t);
 }

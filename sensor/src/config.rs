@@ -70,36 +70,8 @@ impl Default for Config {
 #[serde(deny_unknown_fields, default)]
 pub struct HooksConfig {
     /// Program names (`sensor_start.hooks` lists them as `tracepoint/syscalls/<name>`,
-    /// `raw_tp/<name>`, `cgroup_skb/egress`): e.g. `["sys_enter_ioctl", "sys_exit_ioctl"]`.
+    /// `raw_tp/<name>`, `cgroup_skb/egress`): e.g. `["sys_exit_ioctl", "sys_exit_openat"]`.
     pub disable: Vec<String>,
-    /// Where the ioctl pair attaches (README, Performance: the measured cost of each).
-    pub ioctl_attach: IoctlAttach,
-}
-
-/// The attach point of the GPU-ioctl programs.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum IoctlAttach {
-    /// `syscalls/sys_enter_ioctl` + `sys_exit_ioctl`: programs run for ioctls only, each
-    /// behind the perf-trace record the syscall tracepoint builds.
-    #[default]
-    SyscallTracepoint,
-    /// `tp_btf/sys_enter` + `sys_exit`: programs run for every syscall, read the typed
-    /// registers directly, no perf-trace record (x86-64 only).
-    TpBtf,
-    /// `raw_tp/sys_enter` + `sys_exit`: as `tp_btf`, with kernel reads of the registers.
-    RawTracepoint,
-}
-
-impl IoctlAttach {
-    /// The (exit, entry) program names, exit first (the order they are attached in).
-    pub fn programs(self) -> [&'static str; 2] {
-        match self {
-            IoctlAttach::SyscallTracepoint => ["sys_exit_ioctl", "sys_enter_ioctl"],
-            IoctlAttach::TpBtf => ["ioctl_exit_btf", "ioctl_enter_btf"],
-            IoctlAttach::RawTracepoint => ["ioctl_exit_raw", "ioctl_enter_raw"],
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -140,10 +112,6 @@ pub struct MapsConfig {
     pub fresh_connections: u32,
     /// Processes with GPU device files open (GPU_TGIDS, LRU).
     pub gpu_processes: u32,
-    /// Threads inside a hooked connect/bind, GPU ioctl or open at the same moment (PENDING_NET,
-    /// PENDING_IOCTL, PENDING_OPEN; a full map loses that call's event, counted as a probe
-    /// error `map_update`).
-    pub inflight_syscalls: u32,
 }
 
 impl Default for MapsConfig {
@@ -152,7 +120,6 @@ impl Default for MapsConfig {
             tracked_connections: 16384,
             fresh_connections: 8192,
             gpu_processes: 16384,
-            inflight_syscalls: 4096,
         }
     }
 }
@@ -174,12 +141,6 @@ impl MapsConfig {
         in_range(
             "maps.gpu_processes",
             self.gpu_processes as u64,
-            256,
-            1 << 20,
-        )?;
-        in_range(
-            "maps.inflight_syscalls",
-            self.inflight_syscalls as u64,
             256,
             1 << 20,
         )
@@ -491,27 +452,6 @@ impl Config {
                     crate::hook::PROGRAMS.join(", ")
                 ));
             }
-            // An entry without its exit fills the pending map (entries are removed at exit).
-            let pair = if let Some(call) = h
-                .strip_prefix("sys_exit_")
-                .or_else(|| h.strip_prefix("sys_enter_"))
-            {
-                Some([format!("sys_enter_{call}"), format!("sys_exit_{call}")])
-            } else {
-                h.strip_prefix("ioctl_exit_")
-                    .or_else(|| h.strip_prefix("ioctl_enter_"))
-                    .map(|v| [format!("ioctl_enter_{v}"), format!("ioctl_exit_{v}")])
-            };
-            if let Some(pair) = pair {
-                if crate::hook::PROGRAMS.contains(&pair[0].as_str())
-                    && !pair.iter().all(|p| self.hooks.disable.contains(p))
-                {
-                    return Err(format!(
-                        "hooks.disable: {h:?} without its pair: disable both {} and {}",
-                        pair[0], pair[1]
-                    ));
-                }
-            }
         }
         Ok(())
     }
@@ -542,16 +482,17 @@ mod tests {
     }
 
     #[test]
-    fn hooks_disable_takes_known_programs_and_whole_pairs() {
+    fn hooks_disable_takes_known_programs() {
         let c = |s: &str| Config::from_toml("c", &format!("[hooks]\ndisable = [{s}]\n"));
-        c("\"sys_enter_ioctl\", \"sys_exit_ioctl\", \"sys_exit_dup2\", \"sock_egress\"").unwrap();
-        let e = c("\"sys_enter_ioctll\"").unwrap_err().to_string();
+        c("\"sys_exit_ioctl\", \"sys_exit_dup2\", \"sock_egress\"").unwrap();
+        let e = c("\"sys_exit_ioctll\"").unwrap_err().to_string();
         assert!(
-            e.contains("no program") && e.contains("sys_enter_ioctl,"),
+            e.contains("no program") && e.contains("sys_exit_ioctl,"),
             "{e}"
         );
-        let e = c("\"sys_exit_connect\"").unwrap_err().to_string();
-        assert!(e.contains("without its pair"), "{e}");
+        // The entry programs are gone (arguments come from the saved registers at exit).
+        let e = c("\"sys_enter_connect\"").unwrap_err().to_string();
+        assert!(e.contains("no program"), "{e}");
     }
 
     #[test]

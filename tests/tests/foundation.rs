@@ -219,7 +219,9 @@ fn bind_and_listen() {
             .wait_event(WAIT, |e| is(e, Kind::Bind, pid))
             .expect("bind event");
         let bn = b.net().unwrap();
-        assert_eq!((bn.local_ip, bn.local_port), (Some(ip_addr), Some(0)));
+        // Port 0 asks for a port: the event carries the one the kernel gave (read from the
+        // socket at the exit of bind(2)), the one the listener then uses.
+        assert_eq!((bn.local_ip, bn.local_port), (Some(ip_addr), Some(port)));
         assert_eq!(bn.result, Outcome::Ok);
         let l = s
             .wait_event(WAIT, |e| is(e, Kind::Listen, pid))

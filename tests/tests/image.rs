@@ -238,7 +238,7 @@ fn image_runs_the_sensor_as_the_daemonset_does_and_dlopens_nvml() {
     println!("hooks in the container: {}", hooks.len());
     for want in [
         "sched_process_exec",
-        "sys_enter_ioctl",
+        "sys_exit_ioctl",
         "sys_exit_connect",
         "cgroup_skb/egress",
     ] {

@@ -8,8 +8,8 @@ pub mod tracefs;
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        cgroup_skb::CgroupSkbAttachType, links::CgroupAttachMode, BtfTracePoint, CgroupSkb,
-        RawTracePoint, TracePoint,
+        cgroup_skb::CgroupSkbAttachType, links::CgroupAttachMode, CgroupSkb, RawTracePoint,
+        TracePoint,
     },
     Ebpf, EbpfLoader,
 };
@@ -18,7 +18,7 @@ use sensor_common::{
 };
 use thiserror::Error;
 
-use crate::config::{Config, IoctlAttach};
+use crate::config::Config;
 use btf::{Btf, BtfError};
 use tracefs::TracefsError;
 
@@ -124,19 +124,14 @@ const RAW_TPS: &[&str] = &[
     "sched_process_fork",
     "sched_process_exit",
 ];
-/// Classic tracepoints: (program, category, name).
-/// Each exit is attached before its entry: an entry seen without its exit would leave its
-/// pending entry (and, for ioctl, the in-flight count) behind.
+/// Classic tracepoints: (program, category, name). Syscalls are watched at their exits only:
+/// the programs read a call's arguments from the registers the task saved at syscall entry.
 const TPS: &[(&str, &str, &str)] = &[
     ("sys_exit_connect", "syscalls", "sys_exit_connect"),
-    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
     ("sys_exit_bind", "syscalls", "sys_exit_bind"),
-    ("sys_enter_bind", "syscalls", "sys_enter_bind"),
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
     ("sys_exit_ioctl", "syscalls", "sys_exit_ioctl"),
-    ("sys_enter_ioctl", "syscalls", "sys_enter_ioctl"),
     ("sys_exit_openat", "syscalls", "sys_exit_openat"),
-    ("sys_enter_openat", "syscalls", "sys_enter_openat"),
     ("sys_exit_dup2", "syscalls", "sys_exit_dup2"),
     ("sys_exit_dup3", "syscalls", "sys_exit_dup3"),
     ("sys_exit_open", "syscalls", "sys_exit_open"),
@@ -151,58 +146,17 @@ pub const PROGRAMS: &[&str] = &[
     "sched_process_exec",
     "sched_process_fork",
     "sched_process_exit",
-    "sys_enter_connect",
     "sys_exit_connect",
-    "sys_enter_bind",
     "sys_exit_bind",
     "inet_sock_set_state",
-    "sys_enter_ioctl",
     "sys_exit_ioctl",
-    "sys_enter_openat",
     "sys_exit_openat",
     "sys_exit_dup2",
     "sys_exit_dup3",
     "sys_exit_open",
     "sys_exit_openat2",
     EGRESS_PROG,
-    "ioctl_exit_btf",
-    "ioctl_enter_btf",
-    "ioctl_exit_raw",
-    "ioctl_enter_raw",
 ];
-
-/// The ioctl pair on the raw syscall tracepoints (`[hooks] ioctl_attach`), loaded only when
-/// chosen instead of `sys_enter_ioctl`/`sys_exit_ioctl`.
-#[cfg(test)]
-const IOCTL_ALT: &[&str] = &[
-    "ioctl_exit_btf",
-    "ioctl_enter_btf",
-    "ioctl_exit_raw",
-    "ioctl_enter_raw",
-];
-
-/// Checks the x86-64 `struct pt_regs` offsets the raw-syscall-tracepoint ioctl programs read
-/// (sensor-common `PT_REGS_*`) against the running kernel's BTF.
-fn check_pt_regs(btf: &Btf) -> Result<(), HookError> {
-    for (member, want) in [
-        ("di", sensor_common::PT_REGS_DI),
-        ("si", sensor_common::PT_REGS_SI),
-        ("dx", sensor_common::PT_REGS_DX),
-        ("orig_ax", sensor_common::PT_REGS_ORIG_AX),
-    ] {
-        let got = btf.member_offset("pt_regs", member).map_err(|e| {
-            HookError::Layout(format!(
-                "hooks.ioctl_attach needs x86-64 `struct pt_regs`: {e}; use ioctl_attach = \"syscall_tracepoint\""
-            ))
-        })?;
-        if got as usize != want {
-            return Err(HookError::Layout(format!(
-                "pt_regs.{member} is at offset {got}, the ioctl programs read it at {want} (not x86-64?); use ioctl_attach = \"syscall_tracepoint\""
-            )));
-        }
-    }
-    Ok(())
-}
 
 /// Resolves every offset the programs use from BTF and tracefs formats (the table of
 /// [`Offsets::FIELDS`]), checking that every tracepoint field read fits its record.
@@ -249,9 +203,6 @@ impl Hooks {
             .map_max_entries(names::TRACKED_SOCKS, m.tracked_connections)
             .map_max_entries(names::FRESH_CONNS, m.fresh_connections)
             .map_max_entries(names::GPU_TGIDS, m.gpu_processes)
-            .map_max_entries(names::PENDING_NET, m.inflight_syscalls)
-            .map_max_entries(names::PENDING_IOCTL, m.inflight_syscalls)
-            .map_max_entries(names::PENDING_OPEN, m.inflight_syscalls)
             .map_max_entries(names::IGNORE_TGIDS, small(cfg.filter.ignore_pids.len() + 1))
             .map_max_entries(
                 names::IGNORE_CGROUPS,
@@ -300,13 +251,8 @@ impl Hooks {
             prog.attach(name).map_err(|source| prog_err(name, source))?;
             attached.push(format!("raw_tp/{name}"));
         }
-        let ioctl = cfg.hooks.ioctl_attach;
-        let ioctl_progs = ioctl.programs();
         for &(name, cat, tp) in TPS {
             if off(name) {
-                continue;
-            }
-            if name.ends_with("_ioctl") && !ioctl_progs.contains(&name) {
                 continue;
             }
             let prog: &mut TracePoint = program(&mut ebpf, name)?;
@@ -314,32 +260,6 @@ impl Hooks {
             prog.attach(cat, tp)
                 .map_err(|source| prog_err(name, source))?;
             attached.push(format!("tracepoint/{cat}/{tp}"));
-        }
-        match ioctl {
-            IoctlAttach::SyscallTracepoint => {}
-            IoctlAttach::TpBtf => {
-                check_pt_regs(&btf)?;
-                let kbtf = aya::Btf::parse_file(&cfg.btf_path, aya::Endianness::default())
-                    .map_err(|e| HookError::NoBtf(format!("{}: {e}", cfg.btf_path.display())))?;
-                for name in ioctl_progs.into_iter().filter(|n| !off(n)) {
-                    let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
-                    let tp = if name.contains("exit") { "sys_exit" } else { "sys_enter" };
-                    prog.load(tp, &kbtf)
-                        .map_err(|source| prog_err(name, source))?;
-                    prog.attach().map_err(|source| prog_err(name, source))?;
-                    attached.push(format!("tp_btf/{tp}"));
-                }
-            }
-            IoctlAttach::RawTracepoint => {
-                check_pt_regs(&btf)?;
-                for name in ioctl_progs.into_iter().filter(|n| !off(n)) {
-                    let prog: &mut RawTracePoint = program(&mut ebpf, name)?;
-                    let tp = if name.contains("exit") { "sys_exit" } else { "sys_enter" };
-                    prog.load().map_err(|source| prog_err(name, source))?;
-                    prog.attach(tp).map_err(|source| prog_err(name, source))?;
-                    attached.push(format!("raw_tp/{tp}"));
-                }
-            }
         }
         if cfg.net.first_payload && !off(EGRESS_PROG) {
             // Not fatal: kernels before 6.10 refuse the current-task helpers in cgroup_skb
@@ -601,7 +521,6 @@ mod program_list_tests {
             .copied()
             .chain(TPS.iter().map(|t| t.0))
             .chain([EGRESS_PROG])
-            .chain(IOCTL_ALT.iter().copied())
             .collect();
         all.sort();
         let mut listed = PROGRAMS.to_vec();

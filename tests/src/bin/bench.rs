@@ -571,13 +571,9 @@ type Call = (&'static str, fn(u64) -> f64, u64);
 
 /// The syscall-tracepoint programs, by group, as `hooks.disable` names them.
 const SYSCALL_PROGS: &[&str] = &[
-    "sys_enter_connect",
     "sys_exit_connect",
-    "sys_enter_bind",
     "sys_exit_bind",
-    "sys_enter_ioctl",
     "sys_exit_ioctl",
-    "sys_enter_openat",
     "sys_exit_openat",
     "sys_exit_dup2",
     "sys_exit_dup3",
@@ -587,7 +583,7 @@ const SYSCALL_PROGS: &[&str] = &[
 
 /// `bench hooks`: per-call costs with the default hooks, with no syscall tracepoint at all
 /// (exec/fork/exit raw tracepoints, inet_sock_set_state and the egress program stay), and with
-/// the ioctl pair as the only syscall tracepoints: what the tracing slow path costs every
+/// the ioctl exit as the only syscall tracepoint: what the tracing slow path costs every
 /// syscall of the node, apart from what the programs do.
 fn hooks(rounds: usize) {
     let dir = std::env::temp_dir().join(format!("bench-hooks-{}", std::process::id()));
@@ -598,11 +594,6 @@ fn hooks(rounds: usize) {
         std::fs::write(&p, format!("[hooks]\ndisable = [{}]\n", list.join(", "))).unwrap();
         p
     };
-    let attach_cfg = |mode: &str| {
-        let p = dir.join(format!("{mode}.toml"));
-        std::fs::write(&p, format!("[hooks]\nioctl_attach = {mode:?}\n")).unwrap();
-        p
-    };
     let configs: Vec<(&str, Option<std::path::PathBuf>)> = vec![
         ("default hooks", None),
         (
@@ -610,7 +601,7 @@ fn hooks(rounds: usize) {
             Some(write_cfg("none", SYSCALL_PROGS.to_vec())),
         ),
         (
-            "ioctl pair only",
+            "ioctl exit only",
             Some(write_cfg(
                 "ioctl",
                 SYSCALL_PROGS
@@ -620,8 +611,6 @@ fn hooks(rounds: usize) {
                     .collect(),
             )),
         ),
-        ("ioctl on tp_btf sys_enter/exit", Some(attach_cfg("tp_btf"))),
-        ("ioctl on raw_tp sys_enter/exit", Some(attach_cfg("raw_tracepoint"))),
     ];
     let calls: [Call; 5] = [
         ("getppid", getppid_ns, 1_000_000),
@@ -718,10 +707,7 @@ fn program_counters(addr: &str) -> std::collections::BTreeMap<String, (f64, f64)
 /// Per-program cost, from the kernel's own accounting (sysctl kernel.bpf_stats_enabled=1 for
 /// the measurement, restored after): for each call, the programs that ran and the ns per call
 /// they added. What the tracepoint slow path itself costs is the rest of the ratio.
-/// The `[hooks] ioctl_attach` modes.
-const IOCTL_ATTACH: [&str; 3] = ["syscall_tracepoint", "tp_btf", "raw_tracepoint"];
-
-fn program_costs(ioctl_attach: &str) {
+fn program_costs() {
     /// Puts the sysctl back however this ends (stats slow every BPF program of the node).
     struct Restore(String);
     impl Drop for Restore {
@@ -734,8 +720,6 @@ fn program_costs(ioctl_attach: &str) {
             .unwrap_or_else(|_| "0".into()),
     );
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
-    let cfg = std::env::temp_dir().join(format!("bench-costs-{}.toml", std::process::id()));
-    std::fs::write(&cfg, format!("[hooks]\nioctl_attach = {ioctl_attach:?}\n")).unwrap();
     let mut child = Command::new(sensor_bin())
         .args([
             "run",
@@ -743,9 +727,7 @@ fn program_costs(ioctl_attach: &str) {
             "64MiB",
             "--metrics-listen",
             "127.0.0.1:0",
-            "--config",
         ])
-        .arg(&cfg)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -772,10 +754,7 @@ fn program_costs(ioctl_attach: &str) {
         ("UDP connect (event)", connect_ns, 200_000),
         ("getppid", getppid_ns, 1_000_000),
     ];
-    let _ = std::fs::remove_file(&cfg);
-    println!(
-        "\nioctl_attach = {ioctl_attach:?}\n| call | programs that ran: ns per call (runs per call) |\n|---|---|"
-    );
+    println!("\n| call | programs that ran: ns per call (runs per call) |\n|---|---|");
     for (name, f, n) in calls {
         let before = program_counters(&addr);
         f(n);
@@ -808,23 +787,23 @@ fn program_costs(ioctl_attach: &str) {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("costs") {
+        program_costs();
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("hooks") {
         let rounds = std::env::args()
             .nth(2)
             .and_then(|s| s.parse().ok())
             .unwrap_or(3);
         hooks(rounds);
-        for mode in IOCTL_ATTACH {
-            program_costs(mode);
-        }
+        program_costs();
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("smoke") {
         // CI: every measurement once, briefly; prints, asserts nothing about the figures.
         hooks(1);
-        for mode in IOCTL_ATTACH {
-            program_costs(mode);
-        }
+        program_costs();
         storm_row(3.0);
         let (r, detail) = replay_rate(100_000);
         println!("replay: {r:.0} events/s ({detail})");
