@@ -102,7 +102,7 @@ pub fn replay(
         }
         // Straight into the typed event; only a line that does not parse is looked at as
         // generic JSON (a status record to skip, or an error to report).
-        let ev: Event = match serde_json::from_str(line) {
+        let ev: Event = match Event::from_json(line) {
             Ok(e) => e,
             Err(e) => {
                 match serde_json::from_str::<serde_json::Value>(line) {

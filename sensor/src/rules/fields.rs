@@ -861,7 +861,13 @@ fn int_match(v: i64, op: Op, pat: &Pattern) -> bool {
             .filter_map(|x| if let Lit::Int(i) = x { Some(*i) } else { None })
     };
     match op {
-        Op::Eq | Op::In => ints().any(|i| i == v) || str_match(&v.to_string(), op, pat),
+        // A string literal (`port in ["22"]`) compares with the number's text; with only
+        // numbers in the list there is nothing more to compare (and nothing to format).
+        Op::Eq | Op::In => {
+            ints().any(|i| i == v)
+                || (l.iter().any(|x| !matches!(x, Lit::Int(_)))
+                    && str_match(&v.to_string(), op, pat))
+        }
         Op::Ne => ints().all(|i| i != v),
         Op::Gt => ints().any(|i| v > i),
         Op::Ge => ints().any(|i| v >= i),
