@@ -227,10 +227,18 @@ impl<W: std::io::Write> LiveLoop<W> {
                 Ok(b) => Some(b),
                 Err(mpsc::error::TryRecvError::Empty) => {
                     self.flush()?;
-                    self.side_inputs()?;
+                    // At most every SIDE_EVERY: the metric sync reads the per-CPU counter
+                    // maps with one bpf(2) call per entry (~90), and at 10k events/s the queue
+                    // runs empty after every batch (hundreds of times a second); doing it each
+                    // time was most of the agent's CPU.
+                    if Instant::now() >= next_side {
+                        self.side_inputs()?;
+                        next_side = Instant::now() + SIDE_EVERY;
+                    }
                     // Wait for the next record, but wake up for the periodic loss report, NVML
                     // samples and rule reloads.
                     let wait = next_loss
+                        .min(next_side)
                         .saturating_duration_since(Instant::now())
                         .min(Duration::from_secs(1));
                     match recv_timeout(&mut rx, wait) {

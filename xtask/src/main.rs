@@ -41,7 +41,8 @@ enum Cmd {
         /// Seconds for the sustained-rate measurement.
         #[arg(long, default_value_t = 30)]
         secs: u64,
-        /// A part only: `micro [ROUNDS]`, `hooks [ROUNDS]`, `storm [SECS]`, `smoke`.
+        /// A part only: `micro [ROUNDS]`, `hooks [ROUNDS]`, `costs`, `replay [RUNS]`,
+        /// `cpu [RUNS]`, `storm [SECS]`, `smoke`.
         #[arg(trailing_var_arg = true)]
         part: Vec<String>,
     },
