@@ -137,6 +137,67 @@ fn connect_results_v4_v6() {
     s.stop();
 }
 
+/// A listener whose accept queue is full (backlog 0, one connection never accepted): the
+/// kernel drops further SYNs, so a blocking connect(2) to it waits.
+fn full_listener() -> (i32, u16, std::net::TcpStream) {
+    // SAFETY: plain socket syscalls on our own fd with a valid sockaddr_in.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let mut sin: libc::sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as u16;
+        sin.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        assert_eq!(
+            libc::bind(fd, &sin as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        assert_eq!(libc::listen(fd, 0), 0);
+        let mut got = len;
+        libc::getsockname(fd, &mut sin as *mut _ as *mut libc::sockaddr, &mut got);
+        let port = u16::from_be(sin.sin_port);
+        let filler = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        (fd, port, filler)
+    }
+}
+
+/// The connect event names the peer the kernel connected to, read from the socket at the
+/// exit of connect(2), not what the caller's sockaddr buffer says by then: here another thread
+/// rewrites the buffer to a decoy while the call waits on a full accept queue.
+#[test]
+fn connect_peer_comes_from_the_socket_not_a_rewritten_buffer() {
+    if !require_root("connect_peer_comes_from_the_socket_not_a_rewritten_buffer") {
+        return;
+    }
+    let s = Sensor::start(&[]);
+    let (lfd, port, _filler) = full_listener();
+    let (pid, out) = run_helper(
+        NETPROBE,
+        &[
+            "connect-rewrite",
+            "127.0.0.1",
+            &port.to_string(),
+            "127.0.0.9",
+            "7",
+        ],
+    );
+    // The send timeout ended the wait with the handshake still in progress.
+    assert_eq!(out.trim(), format!("errno {}", libc::EINPROGRESS));
+    let ev = s
+        .wait_event(WAIT, |e| is(e, Kind::Connect, pid))
+        .expect("connect event");
+    let n = ev.net().unwrap();
+    assert_eq!(n.result, Outcome::InProgress, "{ev:?}");
+    assert_eq!(
+        (n.dst_ip, n.dst_port),
+        (Some(IpAddr::from([127, 0, 0, 1])), Some(port)),
+        "the event must name the real peer, not the decoy 127.0.0.9:7: {ev:?}"
+    );
+    // SAFETY: closing our own listener.
+    unsafe { libc::close(lfd) };
+    s.stop();
+}
+
 #[test]
 fn tcp_close_pairs_with_its_connect_and_has_a_duration() {
     if !require_root("tcp_close_pairs_with_its_connect_and_has_a_duration") {

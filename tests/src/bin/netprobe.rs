@@ -4,6 +4,10 @@
 //!   netprobe connect IP PORT          blocking connect(2)
 //!   netprobe connect-hold IP PORT MS  TCP connect, keep it open MS milliseconds, close
 //!   netprobe connect-nb IP PORT       non-blocking connect(2) (EINPROGRESS)
+//!   netprobe connect-rewrite IP PORT DECOY_IP DECOY_PORT
+//!                                     blocking TCP connect(2) with a 600 ms send timeout,
+//!                                     during which another thread rewrites the sockaddr
+//!                                     buffer to the decoy (the call's own copy is unchanged)
 //!   netprobe uring-connect IP PORT    IORING_OP_CONNECT, no connect(2) syscall
 //!   netprobe bind-listen IP PORT      bind(2) + listen(2), prints the bound port
 //!   netprobe fork-exit CODE           fork(2); the child exits with CODE; prints the child pid
@@ -81,6 +85,50 @@ fn main() {
             println!("held {ms}");
         }
         Some("connect-nb") => println!("errno {}", connect(ip(), port(), libc::SOCK_NONBLOCK)),
+        Some("connect-rewrite") => {
+            let decoy_ip = a[4].parse::<IpAddr>().expect("DECOY_IP");
+            let decoy_port = a[5].parse::<u16>().expect("DECOY_PORT");
+            let (ss, len, fam) = sockaddr(ip(), port());
+            let (decoy, _, _) = sockaddr(decoy_ip, decoy_port);
+            let buf = Box::into_raw(Box::new(ss));
+            let fd = socket(fam, 0);
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 600_000,
+            };
+            // SAFETY: valid fd, option value of its declared size.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDTIMEO,
+                    &tv as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::timeval>() as u32,
+                )
+            };
+            let addr = buf as usize;
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                // SAFETY: `buf` stays allocated until this thread is joined; a volatile write
+                // of plain data, racing the blocked connect(2) on purpose (the kernel copied
+                // the address before it blocked).
+                unsafe { std::ptr::write_volatile(addr as *mut libc::sockaddr_storage, decoy) };
+            });
+            // SAFETY: `buf` points at a sockaddr of length `len`.
+            let rc = unsafe { libc::connect(fd, buf as *const libc::sockaddr, len) };
+            let err = if rc == 0 {
+                0
+            } else {
+                std::io::Error::last_os_error().raw_os_error().unwrap()
+            };
+            writer.join().unwrap();
+            // SAFETY: our own fd; `buf` came from Box::into_raw and is freed once.
+            unsafe {
+                libc::close(fd);
+                drop(Box::from_raw(buf));
+            }
+            println!("errno {err}");
+        }
         Some("uring-connect") => {
             let addr = SocketAddr::new(ip(), port());
             let (ss, len, fam) = sockaddr(addr.ip(), addr.port());
