@@ -712,19 +712,16 @@ pub enum OffsetSource {
     Shared(&'static [TpField], TpRead),
     /// 1 when raw tracepoint `.0` passes `.1` arguments (its BTF prototype), else 0.
     RawTpArgs(&'static str, usize),
-    /// Explicit padding: always 0.
-    Pad,
 }
 
 impl OffsetSource {
-    /// The value before resolution: `u32::MAX` ("unavailable") for offsets, 0 for flags and
-    /// padding.
+    /// The value before resolution: `u32::MAX` ("unavailable") for offsets, 0 for flags.
     pub const fn unset(self) -> u32 {
         match self {
             OffsetSource::Btf(..) | OffsetSource::Tracefs(..) | OffsetSource::Shared(..) => {
                 u32::MAX
             }
-            OffsetSource::RawTpArgs(..) | OffsetSource::Pad => 0,
+            OffsetSource::RawTpArgs(..) => 0,
         }
     }
 }

@@ -37,29 +37,11 @@ impl Drop for TempDir {
     }
 }
 
-/// Stand-ins: harmless memory devices (drivers/char/mem.c: null 1:3, zero 1:5, full 1:7)
-/// registered as nvidiactl (reported as minor 255), nvidia0 and nvidia-uvm.
-const STANDIN_CONFIG: &str = r#"
-[gpu]
-nvml = false
-[[gpu.devices]]
-major = 1
-minor = 3
-kind = "nvidia"
-gpu_minor = 255
-emulated = true
-[[gpu.devices]]
-major = 1
-minor = 5
-kind = "nvidia"
-gpu_minor = 0
-emulated = true
-[[gpu.devices]]
-major = 1
-minor = 7
-kind = "nvidia-uvm"
-emulated = true
-"#;
+/// Stand-ins ([`sensor_tests::STANDIN_GPU_DEVICES`]: device numbers no other process
+/// touches) registered as nvidiactl (reported as minor 255), nvidia0 and nvidia-uvm.
+fn standin_config() -> String {
+    format!("[gpu]\nnvml = false\n{}", sensor_tests::STANDIN_GPU_DEVICES)
+}
 
 fn replay(s: &Sensor, fixtures: &Path, dir: &Path, name: &str, bin: &str) -> (u32, Vec<Event>) {
     let fx = fixtures.join(format!("{name}.jsonl.gz"));
@@ -98,11 +80,9 @@ fn h100_recordings_replayed_give_sessions_and_queries() {
     }
     let fx = fixtures();
     let dir = TempDir::new("gpu");
-    mknod(&dir.0.join("nvidiactl"), 1, 3);
-    mknod(&dir.0.join("nvidia0"), 1, 5);
-    mknod(&dir.0.join("nvidia-uvm"), 1, 7);
+    sensor_tests::standin_gpu_nodes(&dir.0);
     let cfg = dir.0.join("sensor.toml");
-    std::fs::write(&cfg, STANDIN_CONFIG).unwrap();
+    std::fs::write(&cfg, standin_config()).unwrap();
     // The replayer runs from a system directory, as an installed workload would: a binary in
     // the build tree (maybe under /tmp or /root) would rightly match the writable-dir rule.
     let bin_dir = PathBuf::from("/usr/local/libexec");

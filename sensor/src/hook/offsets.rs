@@ -54,7 +54,6 @@ where
             // Several tracepoints, one offset in the programs: they must agree.
             OffsetSource::Shared(tps, read) => tracefs_offset(f.name, tps, read, formats)?,
             OffsetSource::RawTpArgs(tp, args) => u32::from(btf.raw_tp_arg_count(tp) == Some(args)),
-            OffsetSource::Pad => 0,
         };
         *(f.slot)(&mut o) = v;
     }
@@ -335,7 +334,6 @@ mod tests {
                     assert_ne!(v, u32::MAX, "{} unresolved", f.name)
                 }
                 OffsetSource::RawTpArgs(..) => assert!(v <= 1, "{}", f.name),
-                OffsetSource::Pad => assert_eq!(v, 0),
             }
         }
         assert_eq!(o.task_tgid, o.task_pid + 4);

@@ -504,6 +504,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// (min, median, max) of `v` (sorted in place).
+fn min_med_max(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
 fn row(name: &str, value: String, target: &str, ok: bool) {
     println!(
         "| {name:<44} | {value:>22} | {target:>12} | {:>4} |",
@@ -556,13 +562,8 @@ fn micro(rounds: usize) {
         "| cost (on/off, {rounds} interleaved rounds) | min | median | max |\n|---|---|---|---|"
     );
     for (n, r) in names.iter().zip(&mut ratios) {
-        r.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        println!(
-            "| {n} | {:.2}x | {:.2}x | {:.2}x |",
-            r[0],
-            r[r.len() / 2],
-            r[r.len() - 1]
-        );
+        let (lo, med, hi) = min_med_max(r);
+        println!("| {n} | {lo:.2}x | {med:.2}x | {hi:.2}x |");
     }
 }
 
@@ -661,13 +662,8 @@ fn hooks(rounds: usize) {
         print!("| {name} ({:.0}) |", median(base_ns[i].clone()));
         for r in ratios.iter_mut() {
             let v = &mut r[i];
-            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            print!(
-                " {:.2}x / {:.2}x / {:.2}x |",
-                v[0],
-                v[v.len() / 2],
-                v[v.len() - 1]
-            );
+            let (lo, med, hi) = min_med_max(v);
+            print!(" {lo:.2}x / {med:.2}x / {hi:.2}x |");
         }
         println!();
     }
@@ -799,13 +795,8 @@ fn spread(what: &str, runs: usize, mut f: impl FnMut() -> f64) {
             x
         })
         .collect();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    println!(
-        "{what} over {runs} runs: min {:.1} / median {:.1} / max {:.1}",
-        v[0],
-        v[v.len() / 2],
-        v[v.len() - 1]
-    );
+    let (lo, med, hi) = min_med_max(&mut v);
+    println!("{what} over {runs} runs: min {lo:.1} / median {med:.1} / max {hi:.1}");
 }
 
 /// Agent CPU (% of one core) while it takes 10k connect events/s for `secs`; with the
