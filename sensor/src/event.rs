@@ -6,6 +6,8 @@ use std::net::IpAddr;
 pub use sensor_common::Kind;
 use serde::{Deserialize, Serialize};
 
+mod parse;
+
 /// One kernel event after decoding and enrichment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -88,76 +90,16 @@ impl Body {
 }
 
 impl Event {
-    /// Parses one JSON event (a line of the sensor's output): the header and the `kind` first,
-    /// then the body of that kind from the same text. The derived deserializer (kept as the
-    /// fallback, for its error messages) goes through `#[serde(flatten)]` and the internally
-    /// tagged [`Body`], which first copy every key and value of the line into an intermediate
-    /// tree; that copy bounded `sensor replay`. Both accept the same events (a test checks).
+    /// Parses one JSON event (a line of the sensor's output) in one pass ([`parse`]); a line
+    /// in another field order, or one that does not parse, goes to the derived deserializer,
+    /// which accepts any order and words the errors. Both accept the same events (a test
+    /// checks).
     pub fn from_json(line: &str) -> Result<Event, serde_json::Error> {
         Self::from_json_fast(line).or_else(|_| serde_json::from_str(line))
     }
 
     fn from_json_fast(line: &str) -> Result<Event, serde_json::Error> {
-        /// The header fields and the tag (the body's fields are skipped here).
-        #[derive(Deserialize)]
-        struct Head<'a> {
-            ts: String,
-            ts_ns: u64,
-            pid: u32,
-            tid: u32,
-            ppid: u32,
-            uid: u32,
-            gid: u32,
-            comm: String,
-            cgroup_id: u64,
-            mntns: u32,
-            #[serde(default)]
-            exe: Option<String>,
-            #[serde(default)]
-            container: Option<Container>,
-            #[serde(borrow)]
-            kind: std::borrow::Cow<'a, str>,
-        }
-        use serde::de::Error;
-        let h: Head = serde_json::from_str(line)?;
-        let k = Kind::from_name(&h.kind)
-            .ok_or_else(|| serde_json::Error::custom(format!("unknown kind {:?}", h.kind)))?;
-        // The body's fields from the same text (the header's are skipped as unknown).
-        let b = || line;
-        let body = match k {
-            Kind::Exec => Body::Exec(serde_json::from_str(b())?),
-            Kind::Fork => Body::Fork(serde_json::from_str(b())?),
-            Kind::Exit => Body::Exit(serde_json::from_str(b())?),
-            Kind::Connect => Body::Connect(serde_json::from_str(b())?),
-            Kind::Bind => Body::Bind(serde_json::from_str(b())?),
-            Kind::Listen => Body::Listen(serde_json::from_str(b())?),
-            Kind::TcpClose => Body::TcpClose(serde_json::from_str(b())?),
-            Kind::NetPayload => Body::NetPayload(serde_json::from_str(b())?),
-            Kind::SockDup => Body::SockDup(serde_json::from_str(b())?),
-            Kind::GpuIoctl => Body::GpuIoctl(serde_json::from_str(b())?),
-            Kind::GpuOpen => Body::GpuOpen(serde_json::from_str(b())?),
-            Kind::TunOpen => Body::TunOpen(serde_json::from_str(b())?),
-            Kind::GpuSessionStart => Body::GpuSessionStart(serde_json::from_str(b())?),
-            Kind::GpuSessionEnd => Body::GpuSessionEnd(serde_json::from_str(b())?),
-            Kind::GpuQuery => Body::GpuQuery(serde_json::from_str(b())?),
-            Kind::GpuUsage => Body::GpuUsage(serde_json::from_str(b())?),
-            Kind::DnsQuery => Body::DnsQuery(serde_json::from_str(b())?),
-        };
-        Ok(Event {
-            ts: h.ts,
-            ts_ns: h.ts_ns,
-            pid: h.pid,
-            tid: h.tid,
-            ppid: h.ppid,
-            uid: h.uid,
-            gid: h.gid,
-            comm: h.comm,
-            cgroup_id: h.cgroup_id,
-            mntns: h.mntns,
-            exe: h.exe,
-            container: h.container,
-            body,
-        })
+        parse::event(line)
     }
 }
 
@@ -761,9 +703,10 @@ mod tests {
         assert_eq!(seen.len(), bodies.len());
     }
 
-    /// The two-pass parser and the derived deserializer agree on every event of the bench's
-    /// replay mix and of the recorded fixtures (all kinds the agent writes), and on what they
-    /// refuse.
+    /// The one-pass parser and the derived deserializer agree on every event of the bench's
+    /// replay mix, in the sensor's field order (and as the sensor writes them back), a header
+    /// field after the body included; a body before `kind` is left to the derived one; both
+    /// refuse the same lines.
     #[test]
     fn fast_parse_agrees_with_the_derived_one() {
         let head = r#""ts":"2026-11-27T00:00:00.000000000Z","ts_ns":5,"pid":7,"tid":7,"ppid":1,"uid":0,"gid":0,"cgroup_id":1,"mntns":4026531832,"comm":"python3""#;
@@ -776,31 +719,42 @@ mod tests {
             r#""kind":"gpu_ioctl","fd":4,"device":"nvidia","major":195,"minor":255,"gpu_minor":255,"cmd":"0xc020462a","op":"NV_ESC_RM_CONTROL","control":"0x20800110","ret":0,"result":"ok","arg":"""#,
             r#""kind":"net_payload","fd":3,"family":"inet","dst_ip":"1.2.3.4","dst_port":22,"len":21,"data":"","text":"SSH-2.0-OpenSSH_9.2","proto":"ssh","ssh_banner":"SSH-2.0-OpenSSH_9.2""#,
         ];
+        let container = r#""exe":"/bin/x","container":{"cgroup":"/kubepods/x","id":"abc","runtime":"containerd"}"#;
         let mut lines: Vec<String> = bodies.iter().map(|b| format!("{{{head},{b}}}")).collect();
-        // The body first, the header after it; an `exe` and a container.
-        lines.push(format!(
-            "{{{},{head},\"exe\":\"/bin/x\",\"container\":{{\"cgroup\":\"/kubepods/x\",\"id\":\"abc\",\"runtime\":\"containerd\"}}}}",
-            bodies[0]
-        ));
+        // Header fields after the body (escaped key and value included).
+        lines.push(format!("{{{head},{},{container}}}", bodies[1]));
+        lines.push(
+            r#"{"ts_ns":5,"ts":"2026-11-27T00:00:00Z","pid":7,"tid":7,"ppid":1,"uid":0,"gid":0,"cgroup_id":1,"mntns":1,"kind":"fork","child_pid":8,"c\u006fmm":"a\"b"}"#
+                .to_string(),
+        );
         for l in &lines {
-            let slow: Result<Event, _> = serde_json::from_str(l);
-            let fast = Event::from_json_fast(l);
-            match (&slow, &fast) {
-                (Ok(a), Ok(b)) => assert_eq!(a, b, "{l}"),
-                _ => panic!("{l}: derived {slow:?}, fast {fast:?}"),
-            }
-            // And the serialised form of the result parses back to the same event.
-            let again = serde_json::to_string(slow.as_ref().unwrap()).unwrap();
-            assert_eq!(Event::from_json(&again).unwrap(), *slow.as_ref().unwrap());
+            let slow: Event = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            let fast = Event::from_json_fast(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            assert_eq!(slow, fast, "{l}");
+            // As the sensor writes it (its own order), it parses back in one pass.
+            let again = serde_json::to_string(&slow).unwrap();
+            assert_eq!(Event::from_json_fast(&again).unwrap(), slow, "{again}");
         }
+        // The body before `kind` and the header: the one-pass reader declines, the fallback
+        // reads it.
+        let late = format!("{{\"child_pid\":8,{head},\"kind\":\"fork\",{container}}}");
+        assert!(Event::from_json_fast(&late).is_err());
+        assert_eq!(
+            Event::from_json(&late).unwrap(),
+            serde_json::from_str::<Event>(&late).unwrap()
+        );
         for bad in [
             format!("{{{head}}}"),
             format!("{{{head},\"kind\":\"nope\"}}"),
             format!("{{{head},\"kind\":\"fork\"}}"),
             r#"{"kind":"fork","child_pid":8}"#.to_string(),
+            format!("{{{head},\"kind\":\"fork\",\"child_pid\":8,\"pid\":9}}"),
+            format!("{{{head},\"kind\":\"fork\",\"child_pid\":\"8\"}}"),
+            format!("{{{head},\"kind\":\"fork\",\"child_pid\":8}} x"),
             "[1]".to_string(),
         ] {
             assert!(serde_json::from_str::<Event>(&bad).is_err(), "{bad}");
+            assert!(Event::from_json_fast(&bad).is_err(), "{bad}");
             assert!(Event::from_json(&bad).is_err(), "{bad}");
         }
     }

@@ -97,8 +97,18 @@ pub enum Expr {
     And(Vec<Expr>),
     Or(Vec<Expr>),
     Not(Box<Expr>),
-    Pred { field: Field, op: Op, pat: Pattern },
+    Pred {
+        field: Field,
+        op: Op,
+        pat: Pattern,
+        /// The predicate's slot in the rule set's per-event memo (equal predicates share one;
+        /// assigned by `RuleSet::new`, [`NO_SLOT`] until then).
+        slot: u32,
+    },
 }
+
+/// A predicate not yet given a memo slot.
+pub const NO_SLOT: u32 = u32::MAX;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
@@ -394,6 +404,7 @@ impl Parser<'_> {
                         field,
                         op: Op::Exists,
                         pat: Pattern::Lits(vec![]),
+                        slot: NO_SLOT,
                     });
                 }
                 _ => {
@@ -468,7 +479,12 @@ impl Parser<'_> {
             ),
             _ => Pattern::Lits(lits),
         };
-        Ok(Expr::Pred { field, op, pat })
+        Ok(Expr::Pred {
+            field,
+            op,
+            pat,
+            slot: NO_SLOT,
+        })
     }
     /// The operator must apply to the field's type and every value must be of that type (an
     /// unknown event kind, `dst_port startswith "x"`, `cidr` on a name: load errors).

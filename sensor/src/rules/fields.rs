@@ -255,6 +255,9 @@ pub struct Ctx<'a> {
     pub lineage: &'a std::cell::OnceCell<Vec<Ancestor>>,
     pub container: Option<&'a Container>,
     pub facts: &'a ProcFacts,
+    /// Results of the predicates already evaluated for this event, by slot (0: not yet, 1:
+    /// false, 2: true): a predicate many rules share (`outbound_ok`'s three) is evaluated once.
+    pub memo: Option<&'a [std::cell::Cell<u8>]>,
 }
 
 pub fn basename(p: &str) -> &str {
@@ -883,30 +886,81 @@ pub fn eval(e: &Expr, cx: &Ctx<'_>) -> bool {
         Expr::And(v) => v.iter().all(|e| eval(e, cx)),
         Expr::Or(v) => v.iter().any(|e| eval(e, cx)),
         Expr::Not(e) => !eval(e, cx),
-        Expr::Pred { field, op, pat } => {
-            let v = cx.get(*field);
-            match (op, v) {
-                (Op::Exists, Val::Null) => false,
-                (Op::Exists, Val::List(l)) => !l.is_empty(),
-                (Op::Exists, _) => true,
-                (Op::Ne, Val::Null) => true,
-                (_, Val::Null) => false,
-                (_, Val::Str(s)) => str_match(&s, *op, pat),
-                (_, Val::Ip(ip)) => ip_match(ip, *op, pat),
-                (_, Val::Int(i)) => int_match(i, *op, pat),
-                (_, Val::Bool(b)) => {
-                    let Pattern::Lits(l) = pat else { return false };
-                    let hit = l.contains(&Lit::Bool(b));
-                    if *op == Op::Ne {
-                        !hit
-                    } else {
-                        matches!(op, Op::Eq | Op::In) && hit
-                    }
-                }
-                (Op::Ne, Val::List(l)) => l.iter().all(|s| str_match(s, Op::Ne, pat)),
-                (_, Val::List(l)) => l.iter().any(|s| str_match(s, *op, pat)),
+        Expr::Pred {
+            field,
+            op,
+            pat,
+            slot,
+        } => match cx.memo.and_then(|m| m.get(*slot as usize)) {
+            Some(m) if m.get() != 0 => m.get() == 2,
+            Some(m) => {
+                let t = pred(cx.get(*field), *op, pat);
+                m.set(1 + t as u8);
+                t
+            }
+            None => pred(cx.get(*field), *op, pat),
+        },
+    }
+}
+
+/// Whether `e` can hold for an event of kind `k`, from its `kind` tests alone: `Some(false)`
+/// when no event of that kind can match (the rule set skips the rule for that kind), `None`
+/// when other fields decide.
+pub fn kind_truth(e: &Expr, k: crate::event::Kind) -> Option<bool> {
+    match e {
+        Expr::And(v) => {
+            let t: Vec<_> = v.iter().map(|x| kind_truth(x, k)).collect();
+            if t.contains(&Some(false)) {
+                Some(false)
+            } else if t.iter().all(|x| *x == Some(true)) {
+                Some(true)
+            } else {
+                None
             }
         }
+        Expr::Or(v) => {
+            let t: Vec<_> = v.iter().map(|x| kind_truth(x, k)).collect();
+            if t.contains(&Some(true)) {
+                Some(true)
+            } else if t.iter().all(|x| *x == Some(false)) {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        Expr::Not(x) => kind_truth(x, k).map(|t| !t),
+        Expr::Pred {
+            field: Field::Kind,
+            op,
+            pat,
+            ..
+        } => Some(pred(Val::Str(Cow::Borrowed(k.name())), *op, pat)),
+        Expr::Pred { .. } => None,
+    }
+}
+
+/// One predicate on a field's value.
+fn pred(v: Val<'_>, op: Op, pat: &Pattern) -> bool {
+    match (op, v) {
+        (Op::Exists, Val::Null) => false,
+        (Op::Exists, Val::List(l)) => !l.is_empty(),
+        (Op::Exists, _) => true,
+        (Op::Ne, Val::Null) => true,
+        (_, Val::Null) => false,
+        (_, Val::Str(s)) => str_match(&s, op, pat),
+        (_, Val::Ip(ip)) => ip_match(ip, op, pat),
+        (_, Val::Int(i)) => int_match(i, op, pat),
+        (_, Val::Bool(b)) => {
+            let Pattern::Lits(l) = pat else { return false };
+            let hit = l.contains(&Lit::Bool(b));
+            if op == Op::Ne {
+                !hit
+            } else {
+                matches!(op, Op::Eq | Op::In) && hit
+            }
+        }
+        (Op::Ne, Val::List(l)) => l.iter().all(|s| str_match(s, Op::Ne, pat)),
+        (_, Val::List(l)) => l.iter().any(|s| str_match(s, op, pat)),
     }
 }
 

@@ -278,6 +278,7 @@ fn kinds_of(e: &Expr) -> Option<Vec<Kind>> {
             field: Field::Kind,
             op: Op::Eq | Op::In,
             pat: Pattern::Lits(l),
+            ..
         } => Some(
             l.iter()
                 .filter_map(|x| match x {

@@ -94,31 +94,69 @@ pub struct Rule {
 #[derive(Debug)]
 pub struct RuleSet {
     pub rules: Vec<Rule>,
+    /// For each kind, the enabled rules an event of that kind can match (or, for a sequence,
+    /// advance), in file order: the `kind` tests of each condition, wherever they sit in it,
+    /// decide ([`fields::kind_truth`]); a condition no `kind` test restricts is on every list.
     by_kind: HashMap<Kind, Vec<usize>>,
-    any_kind: Vec<usize>,
+    /// Distinct predicates (the size of the per-event memo).
+    slots: usize,
+}
+
+/// Gives every predicate of `e` its memo slot: one per distinct (field, operator, pattern).
+fn assign_slots(e: &mut Expr, seen: &mut HashMap<String, u32>) {
+    match e {
+        Expr::And(v) | Expr::Or(v) => v.iter_mut().for_each(|x| assign_slots(x, seen)),
+        Expr::Not(x) => assign_slots(x, seen),
+        Expr::Pred {
+            field,
+            op,
+            pat,
+            slot,
+        } => {
+            let n = seen.len() as u32;
+            *slot = *seen.entry(format!("{field:?} {op:?} {pat:?}")).or_insert(n);
+        }
+    }
 }
 
 impl RuleSet {
-    pub fn new(rules: Vec<Rule>) -> RuleSet {
-        let mut by_kind: HashMap<Kind, Vec<usize>> = HashMap::new();
-        let mut any_kind = vec![];
-        for (i, r) in rules.iter().enumerate() {
-            if !r.enabled {
-                continue;
+    pub fn new(mut rules: Vec<Rule>) -> RuleSet {
+        let mut seen = HashMap::new();
+        for r in &mut rules {
+            assign_slots(&mut r.cond, &mut seen);
+            r.exceptions
+                .iter_mut()
+                .for_each(|x| assign_slots(x, &mut seen));
+            if let Some(sq) = &mut r.sequence {
+                assign_slots(&mut sq.after, &mut seen);
             }
-            // Sequence rules must also see the events of their first step.
-            match (&r.kinds, &r.sequence) {
-                (Some(k), None) => k
-                    .iter()
-                    .for_each(|k| by_kind.entry(*k).or_default().push(i)),
-                _ => any_kind.push(i),
+        }
+        let mut by_kind: HashMap<Kind, Vec<usize>> = HashMap::new();
+        for &k in Kind::ALL {
+            let can = |e: &Expr| fields::kind_truth(e, k) != Some(false);
+            let list: Vec<usize> = rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| {
+                    r.enabled
+                        && (can(&r.cond) || r.sequence.as_ref().is_some_and(|s| can(&s.after)))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if !list.is_empty() {
+                by_kind.insert(k, list);
             }
         }
         RuleSet {
             rules,
             by_kind,
-            any_kind,
+            slots: seen.len(),
         }
+    }
+
+    /// The rules an event of kind `k` is evaluated against.
+    pub fn for_kind(&self, k: Kind) -> &[usize] {
+        self.by_kind.get(&k).map_or(&[], Vec::as_slice)
     }
 
     pub fn len(&self) -> usize {
@@ -223,6 +261,8 @@ pub struct Engine {
     /// fingerprint → last emitted ts_ns.
     dedup: HashMap<String, u64>,
     pub suppressed: u64,
+    /// The per-event predicate memo (kept to reuse its allocation).
+    memo: Vec<std::cell::Cell<u8>>,
 }
 
 const MAX_PENDING: usize = 64;
@@ -253,6 +293,7 @@ impl Engine {
             thr_state: HashMap::new(),
             dedup: HashMap::new(),
             suppressed: 0,
+            memo: vec![],
         }
     }
 
@@ -329,13 +370,11 @@ impl Engine {
     fn evaluate(&mut self, inp: &Input<'_>) -> Vec<Alert> {
         let set = self.set.clone();
         let kind = inp.ev.body.kind();
-        let idx = set
-            .by_kind
-            .get(&kind)
-            .into_iter()
-            .flatten()
-            .chain(set.any_kind.iter());
+        let idx = set.for_kind(kind);
         let lineage = std::cell::OnceCell::new();
+        self.memo.clear();
+        self.memo.resize(set.slots, std::cell::Cell::new(0));
+        let memo = std::mem::take(&mut self.memo);
         let mut out = vec![];
         for &i in idx {
             let r = &set.rules[i];
@@ -345,6 +384,7 @@ impl Engine {
                 lineage: &lineage,
                 container: inp.container,
                 facts: inp.facts,
+                memo: Some(&memo),
             };
             let hit = eval(&r.cond, &cx) && !r.exceptions.iter().any(|x| eval(x, &cx));
             let mut related = vec![];
@@ -395,6 +435,7 @@ impl Engine {
             let lin = cx.lin().to_vec();
             out.extend(self.alert(r, inp, &lin, related, count));
         }
+        self.memo = memo;
         out
     }
 
@@ -526,5 +567,35 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.reason.contains("duplicate"), "{e}");
+    }
+
+    #[test]
+    fn rules_are_indexed_by_the_kinds_their_conditions_allow() {
+        let text = r#"rules:
+  - {id: either, description: d, severity: low, condition: '(kind = "exec" and comm = "a") or (kind = "net_payload" and proto = "ssh")'}
+  - {id: not-exec, description: d, severity: low, condition: 'not kind = "exec" and comm = "a"'}
+  - {id: any, description: d, severity: low, condition: 'comm = "a"'}
+  - {id: nested, description: d, severity: low, condition: 'comm = "a" and (kind in ("connect", "bind") and dst_port = 1)'}
+  - {id: seq, description: d, severity: low, condition: 'kind = "connect"', sequence: {after: 'kind = "exec"', within: 5}}
+"#;
+        let set = load::compile(&[load::Source {
+            name: "k.yaml".into(),
+            text: text.into(),
+        }])
+        .unwrap();
+        let ids = |k: Kind| -> Vec<&str> {
+            set.for_kind(k)
+                .iter()
+                .map(|&i| set.rules[i].id.as_str())
+                .collect()
+        };
+        assert_eq!(ids(Kind::Exec), ["either", "any", "seq"]);
+        assert_eq!(ids(Kind::NetPayload), ["either", "not-exec", "any"]);
+        assert_eq!(ids(Kind::Connect), ["not-exec", "any", "nested", "seq"]);
+        assert_eq!(ids(Kind::Bind), ["not-exec", "any", "nested"]);
+        assert_eq!(ids(Kind::Fork), ["not-exec", "any"]);
+        // `comm = "a"` (five rules) and `kind = "exec"` (three) have one memo slot each.
+        // Distinct: kind exec, comm, kind net_payload, proto, kind in, dst_port, kind connect.
+        assert_eq!(set.slots, 7);
     }
 }
