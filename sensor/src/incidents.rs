@@ -6,7 +6,7 @@
 //! Each incident carries a timeline: the entity's execs, connects (5-tuple), listeners,
 //! DNS/SNI, GPU sessions and their NVML profile, and the rule hits in order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use std::net::IpAddr;
 
@@ -341,9 +341,10 @@ const MAX_PROFILES: usize = 64;
 
 pub struct Incidents {
     cfg: IncidentsConfig,
-    open: HashMap<String, Incident>,
+    /// (foldhash: the maps are looked up for every event.)
+    open: foldhash::HashMap<EntityKey, Incident>,
     /// entity key → (last step ns, recent steps) for entities with no open incident.
-    recent: HashMap<String, (u64, VecDeque<Step>)>,
+    recent: foldhash::HashMap<EntityKey, (u64, VecDeque<Step>)>,
     last_expire_ns: u64,
     /// Incidents raised since start (metrics).
     pub raised_total: u64,
@@ -351,35 +352,56 @@ pub struct Incidents {
     last_loss: Option<(u64, String)>,
 }
 
-/// Key of the sensor's own `sensor-degraded` incident.
-const DEGRADED_KEY: &str = "sensor:degraded";
+/// The key of an entity's incident and recent steps (typed: the process-tree key of every
+/// event outside a pod is made without formatting a string); its text is [`Entity::key`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum EntityKey {
+    /// The sensor's own `sensor-degraded` incident.
+    Degraded,
+    Episode(String),
+    Pod(String),
+    /// The container id (or its cgroup path when it has none).
+    Container(String),
+    /// (pid, start ns) of the tree's root.
+    Tree(u32, u64),
+}
+
+impl std::fmt::Display for EntityKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            EntityKey::Degraded => f.write_str("sensor:degraded"),
+            EntityKey::Episode(e) => write!(f, "episode:{e}"),
+            EntityKey::Pod(u) => write!(f, "pod:{u}"),
+            EntityKey::Container(c) => write!(f, "container:{c}"),
+            EntityKey::Tree(pid, start) => write!(f, "tree:{pid}@{start}"),
+        }
+    }
+}
 
 /// Who an event belongs to.
 /// The kind and key of the entity an event belongs to (cheap: no copies of the root's
 /// argv, and the tree is walked only for processes outside a pod or episode).
-fn entity_key(ev: &Event, procs: &ProcTable, episode: Option<&str>) -> (EntityKind, String) {
+fn entity_key(ev: &Event, procs: &ProcTable, episode: Option<&str>) -> (EntityKind, EntityKey) {
     let c = ev.container.as_ref();
     if let Some(e) = episode {
-        (EntityKind::Episode, format!("episode:{e}"))
+        (EntityKind::Episode, EntityKey::Episode(e.to_string()))
     } else if let Some(uid) = c.and_then(|c| c.pod_uid.as_deref()) {
-        (EntityKind::Pod, format!("pod:{uid}"))
+        (EntityKind::Pod, EntityKey::Pod(uid.to_string()))
     } else if let Some(c) = c {
         (
             EntityKind::Container,
-            format!("container:{}", c.id.as_deref().unwrap_or(&c.cgroup)),
+            EntityKey::Container(c.id.as_deref().unwrap_or(&c.cgroup).to_string()),
         )
     } else {
         let root = procs.tree_root(ev.pid);
-        (
-            EntityKind::ProcessTree,
-            format!("tree:{}@{}", root.0, root.1),
-        )
+        (EntityKind::ProcessTree, EntityKey::Tree(root.0, root.1))
     }
 }
 
 /// Who an event belongs to, in full (when an incident opens).
 pub fn entity_of(ev: &Event, procs: &ProcTable, episode: Option<&str>) -> Entity {
     let (kind, key) = entity_key(ev, procs, episode);
+    let key = key.to_string();
     let root = procs.tree_root(ev.pid);
     let (root_exe, root_argv) = procs.info(root.0);
     let c = ev.container.as_ref();
@@ -490,8 +512,8 @@ impl Incidents {
     pub fn new(cfg: IncidentsConfig) -> Incidents {
         Incidents {
             cfg,
-            open: HashMap::new(),
-            recent: HashMap::new(),
+            open: Default::default(),
+            recent: Default::default(),
             last_expire_ns: 0,
             raised_total: 0,
             last_loss: None,
@@ -516,62 +538,59 @@ impl Incidents {
         }
         self.last_loss = Some((ts_ns, what.clone()));
         let threshold = self.cfg.threshold;
-        let inc = self
-            .open
-            .entry(DEGRADED_KEY.to_string())
-            .or_insert_with(|| {
-                let mut h = Sha256::new();
-                h.update(DEGRADED_KEY.as_bytes());
-                h.update(ts_ns.to_le_bytes());
-                h.update(std::process::id().to_le_bytes());
-                Incident {
-                    kind: "incident".into(),
-                    id: crate::hex(&h.finalize()[..8]),
-                    version: 0,
-                    state: State::Open,
-                    raised: true,
-                    entity: Entity {
-                        kind: EntityKind::Sensor,
-                        key: "sensor".into(),
-                        episode: None,
-                        namespace: None,
-                        pod: None,
-                        container_id: None,
-                        cgroup: None,
-                        root_pid: std::process::id(),
-                        root_exe: std::env::current_exe()
-                            .ok()
-                            .map(|p| p.display().to_string()),
-                        root_argv: vec![],
-                    },
-                    first_seen: ts.to_string(),
-                    last_seen: ts.to_string(),
-                    last_ns: ts_ns,
-                    score: threshold,
-                    threshold,
+        let inc = self.open.entry(EntityKey::Degraded).or_insert_with(|| {
+            let mut h = Sha256::new();
+            h.update(EntityKey::Degraded.to_string().as_bytes());
+            h.update(ts_ns.to_le_bytes());
+            h.update(std::process::id().to_le_bytes());
+            Incident {
+                kind: "incident".into(),
+                id: crate::hex(&h.finalize()[..8]),
+                version: 0,
+                state: State::Open,
+                raised: true,
+                entity: Entity {
+                    kind: EntityKind::Sensor,
+                    key: "sensor".into(),
+                    episode: None,
+                    namespace: None,
+                    pod: None,
+                    container_id: None,
+                    cgroup: None,
+                    root_pid: std::process::id(),
+                    root_exe: std::env::current_exe()
+                        .ok()
+                        .map(|p| p.display().to_string()),
+                    root_argv: vec![],
+                },
+                first_seen: ts.to_string(),
+                last_seen: ts.to_string(),
+                last_ns: ts_ns,
+                score: threshold,
+                threshold,
+                severity: Severity::High,
+                previous_severity: None,
+                headline: "sensor-degraded".into(),
+                signals: vec![Signal {
+                    rule: "sensor-degraded".into(),
+                    kind: "alert".into(),
                     severity: Severity::High,
-                    previous_severity: None,
-                    headline: "sensor-degraded".into(),
-                    signals: vec![Signal {
-                        rule: "sensor-degraded".into(),
-                        kind: "alert".into(),
-                        severity: Severity::High,
-                        weight: threshold,
-                        count: 0,
-                        first_ts: ts.to_string(),
-                        last_ts: ts.to_string(),
-                        description:
-                            "the sensor is losing events: verdicts are made on partial data".into(),
-                    }],
-                    timeline: vec![],
-                    timeline_dropped: 0,
-                    gpu: vec![],
-                    alerts: vec![],
-                    partial: true,
-                    partial_reason: None,
-                    loss: None,
-                }
-            });
+                    weight: threshold,
+                    count: 0,
+                    first_ts: ts.to_string(),
+                    last_ts: ts.to_string(),
+                    description: "the sensor is losing events: verdicts are made on partial data"
+                        .into(),
+                }],
+                timeline: vec![],
+                timeline_dropped: 0,
+                gpu: vec![],
+                alerts: vec![],
+                partial: true,
+                partial_reason: None,
+                loss: None,
+            }
+        });
         if inc.version == 0 {
             self.raised_total += 1;
         }
@@ -603,8 +622,8 @@ impl Incidents {
         self.open.len()
     }
 
-    fn push_step(&mut self, key: &str, s: Step) {
-        if let Some(i) = self.open.get_mut(key) {
+    fn push_step(&mut self, key: EntityKey, s: Step) {
+        if let Some(i) = self.open.get_mut(&key) {
             if i.timeline.len() >= self.cfg.max_timeline {
                 i.timeline.remove(0);
                 i.timeline_dropped += 1;
@@ -612,7 +631,7 @@ impl Incidents {
             i.timeline.push(s);
             return;
         }
-        if self.recent.len() >= MAX_ENTITIES && !self.recent.contains_key(key) {
+        if self.recent.len() >= MAX_ENTITIES && !self.recent.contains_key(&key) {
             // Forget the entities that were quiet longest (half of them).
             let mut ts: Vec<u64> = self.recent.values().map(|r| r.0).collect();
             ts.sort_unstable();
@@ -621,7 +640,7 @@ impl Incidents {
         }
         let r = self
             .recent
-            .entry(key.to_string())
+            .entry(key)
             .or_insert_with(|| (0, VecDeque::new()));
         r.0 = s.ts_ns;
         if r.1.len() >= PRE_STEPS {
@@ -672,7 +691,7 @@ impl Incidents {
         }
         let Some(what) = step_of(ev) else { return };
         let key = entity_key(ev, procs, episode).1;
-        self.push_step(&key, step(ev, what));
+        self.push_step(key, step(ev, what));
     }
 
     /// Adds a rule hit to its entity's incident (opening one if needed), sets `a.incident`,
@@ -691,7 +710,7 @@ impl Incidents {
                 self.evict();
             }
             let mut h = Sha256::new();
-            h.update(key.as_bytes());
+            h.update(key.to_string().as_bytes());
             h.update(ev.ts_ns.to_le_bytes());
             h.update(std::process::id().to_le_bytes());
             let id = crate::hex(&h.finalize()[..8]);
@@ -848,7 +867,7 @@ impl Incidents {
         }
         self.last_expire_ns = now_ns;
         let win = self.cfg.window_secs * 1_000_000_000;
-        let stale: Vec<String> = self
+        let stale: Vec<EntityKey> = self
             .open
             .iter()
             .filter(|(_, i)| now_ns.saturating_sub(i.last_ns) > win)

@@ -1,11 +1,7 @@
 //! The process table: built from `/proc` at start-up (processes older than the sensor) and kept
 //! current from exec/fork/exit events. It gives every event the process's executable.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    fs,
-    sync::Arc,
-};
+use std::{collections::VecDeque, fs, sync::Arc};
 
 use crate::event::{Ancestor, Body, Event, IpClass, Outcome, SockType};
 
@@ -138,7 +134,8 @@ impl OpenConn {
 
 #[derive(Debug, Default)]
 pub struct ProcTable {
-    procs: HashMap<u32, Proc>,
+    /// By pid; hashed with foldhash (looked up several times per event; keys are kernel pids).
+    procs: foldhash::HashMap<u32, Proc>,
     exited: VecDeque<u32>,
     /// Environment variables whose value tags an agent episode (read at exec time).
     episode_env: Vec<String>,
