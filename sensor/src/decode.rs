@@ -71,9 +71,55 @@ impl Clock {
         (boot_ns as i128 + self.offset_ns) as f64 / 1e9
     }
 
+    /// RFC 3339 UTC with nanoseconds (`2026-11-30T17:43:48.042638302Z`), as
+    /// `humantime::format_rfc3339_nanos` writes it (a test compares them), without the
+    /// formatting machinery: every event gets one.
     pub fn rfc3339(&self, boot_ns: u64) -> String {
-        humantime::format_rfc3339_nanos(self.wall(boot_ns)).to_string()
+        let ns = (boot_ns as i128 + self.offset_ns).max(0) as u64;
+        rfc3339_nanos(ns)
     }
+}
+
+/// `ns` since the Unix epoch as RFC 3339 UTC with nine fraction digits. The date is Howard
+/// Hinnant's `civil_from_days` (proleptic Gregorian).
+fn rfc3339_nanos(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let frac = (ns % 1_000_000_000) as u32;
+    let days = (secs / 86_400) as i64;
+    let sod = (secs % 86_400) as u32;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as u32;
+    let mut b = [0u8; 30];
+    let mut put = |at: usize, v: u32, width: usize| {
+        let mut v = v;
+        for i in (0..width).rev() {
+            b[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, year, 4);
+    put(5, month, 2);
+    put(8, day, 2);
+    put(11, sod / 3600, 2);
+    put(14, sod / 60 % 60, 2);
+    put(17, sod % 60, 2);
+    put(20, frac, 9);
+    b[4] = b'-';
+    b[7] = b'-';
+    b[10] = b'T';
+    b[13] = b':';
+    b[16] = b':';
+    b[19] = b'.';
+    b[29] = b'Z';
+    // Only ASCII digits and separators were written.
+    b.iter().map(|&c| c as char).collect()
 }
 
 /// Reads a `T` from the start of `buf` after checking its length.
@@ -426,6 +472,33 @@ pub fn decode(buf: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_matches_humantime() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut samples = vec![
+            0,
+            1,
+            999_999_999,
+            951_782_400_000_000_000,
+            4_102_444_799_999_999_999,
+        ];
+        for _ in 0..20_000 {
+            // xorshift: times from 1970 to 2106, leap days and year ends included.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            samples.push(x % 4_294_967_296_000_000_000);
+        }
+        for ns in samples {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
+            assert_eq!(
+                rfc3339_nanos(ns),
+                humantime::format_rfc3339_nanos(t).to_string(),
+                "{ns}"
+            );
+        }
+    }
+
     use super::*;
     use sensor_common::{ARGS_MAX, COMM_LEN, FILENAME_MAX};
 

@@ -11,7 +11,6 @@ use std::{
 use aya::maps::{MapData, PerCpuArray};
 use bytes::Bytes;
 use sensor_common::kind;
-use tokio::sync::mpsc;
 
 use crate::{
     config::StdoutClosed,
@@ -207,7 +206,7 @@ impl<W: std::io::Write> LiveLoop<W> {
     /// Runs on a blocking thread: decode, enrich and write until the reader closes the queue.
     pub(crate) fn run(
         mut self,
-        mut rx: mpsc::Receiver<Bytes>,
+        rx: smpsc::Receiver<Bytes>,
         loss_every: Duration,
     ) -> anyhow::Result<()> {
         let mut next_loss = Instant::now() + loss_every;
@@ -225,7 +224,7 @@ impl<W: std::io::Write> LiveLoop<W> {
             }
             let item = match rx.try_recv() {
                 Ok(b) => Some(b),
-                Err(mpsc::error::TryRecvError::Empty) => {
+                Err(smpsc::TryRecvError::Empty) => {
                     self.flush()?;
                     // At most every SIDE_EVERY: the metric sync reads the per-CPU counter
                     // maps with one bpf(2) call per entry (~90), and at 10k events/s the queue
@@ -241,13 +240,13 @@ impl<W: std::io::Write> LiveLoop<W> {
                         .min(next_side)
                         .saturating_duration_since(Instant::now())
                         .min(Duration::from_secs(1));
-                    match recv_timeout(&mut rx, wait) {
-                        Recv::Item(b) => Some(b),
-                        Recv::Timeout => None,
-                        Recv::Closed => break,
+                    match rx.recv_timeout(wait) {
+                        Ok(b) => Some(b),
+                        Err(smpsc::RecvTimeoutError::Timeout) => None,
+                        Err(smpsc::RecvTimeoutError::Disconnected) => break,
                     }
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(smpsc::TryRecvError::Disconnected) => break,
             };
             if let Some(b) = item {
                 self.handle(&b)?;
@@ -464,22 +463,4 @@ impl<W: std::io::Write> LiveLoop<W> {
         }
         Ok(())
     }
-}
-
-enum Recv {
-    Item(Bytes),
-    Timeout,
-    Closed,
-}
-
-/// Blocking receive with a timeout, for the pipeline thread.
-fn recv_timeout(rx: &mut mpsc::Receiver<Bytes>, wait: Duration) -> Recv {
-    let h = tokio::runtime::Handle::current();
-    h.block_on(async {
-        match tokio::time::timeout(wait, rx.recv()).await {
-            Ok(Some(b)) => Recv::Item(b),
-            Ok(None) => Recv::Closed,
-            Err(_) => Recv::Timeout,
-        }
-    })
 }

@@ -114,23 +114,57 @@ pub struct RulesReload {
 /// A buffered JSON-lines writer. `flush` is called by the pipeline whenever its queue is empty,
 /// so output latency stays low without a syscall per event under load.
 pub struct JsonLines<W: Write> {
-    w: io::BufWriter<W>,
+    w: W,
+    /// Lines not yet written. serde_json writes into a `Vec` without a call per fragment
+    /// (through a `BufWriter` each key, quote and escaped run is one `write_all`: a tenth of
+    /// the agent's CPU at 10k events/s).
+    buf: Vec<u8>,
 }
+
+/// Bytes gathered before they are written without waiting for a flush.
+const CHUNK: usize = 1 << 16;
 
 impl<W: Write> JsonLines<W> {
     pub fn new(w: W) -> Self {
         JsonLines {
-            w: io::BufWriter::with_capacity(1 << 16, w),
+            w,
+            buf: Vec::with_capacity(CHUNK + 4096),
         }
     }
 
     pub fn write<T: Serialize + ?Sized>(&mut self, v: &T) -> io::Result<()> {
-        serde_json::to_writer(&mut self.w, v)?;
-        self.w.write_all(b"\n")
+        let start = self.buf.len();
+        if let Err(e) = serde_json::to_writer(&mut self.buf, v) {
+            // Nothing of a value that failed to serialize is written.
+            self.buf.truncate(start);
+            return Err(e.into());
+        }
+        self.buf.push(b'\n');
+        if self.buf.len() >= CHUNK {
+            self.flush_buf()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the gathered lines; on an error they are dropped (the caller decides whether
+    /// stdout goes on).
+    fn flush_buf(&mut self) -> io::Result<()> {
+        let r = self.w.write_all(&self.buf);
+        self.buf.clear();
+        r
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.flush_buf()?;
+        }
         self.w.flush()
+    }
+}
+
+impl<W: Write> Drop for JsonLines<W> {
+    fn drop(&mut self) {
+        let _ = self.flush();
     }
 }
 

@@ -11,7 +11,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::{mpsc, watch},
+    sync::watch,
 };
 
 use crate::{
@@ -109,7 +109,7 @@ pub async fn run(cfg: Config, record: Option<std::path::PathBuf>) -> anyhow::Res
     }
     let clock = Clock::now();
     let counters = Arc::new(Counters::default());
-    let (tx, rx) = mpsc::channel::<Bytes>(cfg.ring.queue);
+    let (tx, rx) = smpsc::sync_channel::<Bytes>(cfg.ring.queue);
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Our own handle on fd 1: std's Stdout is line-buffered and locked per write; JsonLines

@@ -460,6 +460,74 @@ fn storm_row(secs: f64) {
 
 /// `sensor replay` throughput over a generated stream of `n` events (built-in rules, one core).
 fn replay_rate(n: u64) -> (f64, String) {
+    let path = replay_input(n);
+    let out = Command::new(sensor_bin())
+        .args(["replay", "--alerts-only"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let rate = err
+        .split("s: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0.0);
+    (rate, err.trim().to_string())
+}
+
+/// What reading the replay input costs before any processing, in ns per line (best of 3 passes
+/// each): the lines alone (read and UTF-8 check), JSON syntax alone (serde_json into
+/// `IgnoredAny`: every byte looked at, nothing kept), and the typed event (`Event::from_json`,
+/// what `sensor replay` does before the pipeline). At 1M events/s a line has 1000 ns for
+/// everything.
+fn replay_floor(n: u64) -> [f64; 3] {
+    use std::io::BufRead;
+    let path = replay_input(n);
+    let pass = |stage: usize| -> f64 {
+        let mut r = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+        let mut buf = Vec::with_capacity(4096);
+        let mut lines = 0u64;
+        let t = Instant::now();
+        loop {
+            buf.clear();
+            if r.read_until(b'\n', &mut buf).unwrap() == 0 {
+                break;
+            }
+            let line = std::str::from_utf8(&buf).unwrap().trim_end();
+            match stage {
+                0 => {
+                    std::hint::black_box(line);
+                }
+                1 => {
+                    let v: serde::de::IgnoredAny = serde_json::from_str(line).unwrap();
+                    std::hint::black_box(v);
+                }
+                _ => {
+                    std::hint::black_box(sensor::event::Event::from_json(line).unwrap());
+                }
+            }
+            lines += 1;
+        }
+        t.elapsed().as_nanos() as f64 / lines as f64
+    };
+    let best = |stage| (0..3).map(|_| pass(stage)).fold(f64::INFINITY, f64::min);
+    let out = [best(0), best(1), best(2)];
+    let _ = std::fs::remove_file(&path);
+    out
+}
+
+fn print_replay_floor(n: u64) {
+    let [read, syntax, typed] = replay_floor(n);
+    println!("replay input, ns per line (best of 3): read {read:.0}, JSON syntax only {syntax:.0}, typed event {typed:.0} (budget at 1M events/s: 1000)");
+}
+
+/// Writes the replay benchmark's input: `n` events of the mix a training node makes (forks,
+/// execs, exits, outbound connects, binds, GPU ioctls), 5000 processes.
+fn replay_input(n: u64) -> std::path::PathBuf {
     use std::io::Write;
     let path = std::env::temp_dir().join(format!("sensor-bench-{}.jsonl", std::process::id()));
     let mut w = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
@@ -480,23 +548,7 @@ fn replay_rate(n: u64) -> (f64, String) {
         writeln!(w, "{line}").unwrap();
     }
     w.flush().unwrap();
-    drop(w);
-    let out = Command::new(sensor_bin())
-        .args(["replay", "--alerts-only"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    let rate = err
-        .split("s: ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0.0);
-    (rate, err.trim().to_string())
+    path
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -828,6 +880,7 @@ fn main() {
             spread("replay events/s (1M generated events)", arg_n(2, 5), || {
                 replay_rate(1_000_000).0
             });
+            print_replay_floor(1_000_000);
             return;
         }
         Some("cpu") => {
@@ -854,6 +907,7 @@ fn main() {
         storm_row(3.0);
         let (r, detail) = replay_rate(100_000);
         println!("replay: {r:.0} events/s ({detail})");
+        print_replay_floor(100_000);
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("storm") {
@@ -1008,6 +1062,13 @@ fn main() {
         format!("{replay:.0} events/s"),
         "≥ 1000000/s",
         replay >= 1e6,
+    );
+    let [_, syntax, typed] = replay_floor(200_000);
+    row(
+        "  replay input alone: JSON syntax / typed event",
+        format!("{syntax:.0} / {typed:.0} ns per line"),
+        "≤ 1000 ns",
+        typed <= 1000.0,
     );
     row(
         "syscall-to-alert latency at 10k ev/s, p99",
