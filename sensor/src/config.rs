@@ -85,7 +85,9 @@ pub struct RingConfig {
     /// When it is full, events are dropped and counted (`user_dropped`).
     pub queue: usize,
     /// Milliseconds between reads of the ring when no wakeup came: the kernel side wakes the
-    /// reader only for batches, so this bounds the latency of a lone event.
+    /// reader only for batches, so this bounds the latency of a lone event. 5 ms: at 10k
+    /// events/s the agent then wakes 200 times a second, not 500 (`bench poll`: 4.3 % of a
+    /// core against 6.2 % at 2 ms, syscall-to-alert p99 5.3 ms against 2.2 ms).
     pub poll_interval_ms: u64,
 }
 
@@ -94,7 +96,7 @@ impl Default for RingConfig {
         RingConfig {
             size: 8 << 20,
             queue: 65536,
-            poll_interval_ms: 2,
+            poll_interval_ms: 5,
         }
     }
 }

@@ -119,7 +119,7 @@ fn rfc3339_nanos(ns: u64) -> String {
     b[19] = b'.';
     b[29] = b'Z';
     // Only ASCII digits and separators were written.
-    b.iter().map(|&c| c as char).collect()
+    String::from_utf8(b.to_vec()).expect("ASCII")
 }
 
 /// Reads a `T` from the start of `buf` after checking its length.

@@ -222,9 +222,13 @@ impl<W: std::io::Write> LiveLoop<W> {
                 self.side_inputs()?;
                 next_side = Instant::now() + SIDE_EVERY;
             }
+            // The loss report's clock is read after a wait and every 64th record, not per
+            // record.
+            let mut waited = n.is_multiple_of(64);
             let item = match rx.try_recv() {
                 Ok(b) => Some(b),
                 Err(smpsc::TryRecvError::Empty) => {
+                    waited = true;
                     self.flush()?;
                     // At most every SIDE_EVERY: the metric sync reads the per-CPU counter
                     // maps with one bpf(2) call per entry (~90), and at 10k events/s the queue
@@ -251,7 +255,7 @@ impl<W: std::io::Write> LiveLoop<W> {
             if let Some(b) = item {
                 self.handle(&b)?;
             }
-            if Instant::now() >= next_loss {
+            if waited && Instant::now() >= next_loss {
                 self.report_loss(false)?;
                 next_loss = Instant::now() + loss_every;
             }

@@ -42,7 +42,7 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         secs: u64,
         /// A part only: `micro [ROUNDS]`, `hooks [ROUNDS]`, `costs`, `replay [RUNS]`,
-        /// `cpu [RUNS]`, `storm [SECS]`, `smoke`.
+        /// `cpu [RUNS]`, `poll [RUNS]`, `storm [SECS]`, `smoke`.
         #[arg(trailing_var_arg = true)]
         part: Vec<String>,
     },

@@ -97,7 +97,8 @@ pub struct RuleSet {
     /// For each kind, the enabled rules an event of that kind can match (or, for a sequence,
     /// advance), in file order: the `kind` tests of each condition, wherever they sit in it,
     /// decide ([`fields::kind_truth`]); a condition no `kind` test restricts is on every list.
-    by_kind: HashMap<Kind, Vec<usize>>,
+    /// Indexed by the kind's id (ids are small: under 64).
+    by_kind: Vec<Vec<usize>>,
     /// Distinct predicates (the size of the per-event memo).
     slots: usize,
 }
@@ -131,7 +132,8 @@ impl RuleSet {
                 assign_slots(&mut sq.after, &mut seen);
             }
         }
-        let mut by_kind: HashMap<Kind, Vec<usize>> = HashMap::new();
+        let ids = Kind::ALL.iter().map(|k| k.id() as usize).max().unwrap_or(0);
+        let mut by_kind = vec![vec![]; ids + 1];
         for &k in Kind::ALL {
             let can = |e: &Expr| fields::kind_truth(e, k) != Some(false);
             let list: Vec<usize> = rules
@@ -143,9 +145,7 @@ impl RuleSet {
                 })
                 .map(|(i, _)| i)
                 .collect();
-            if !list.is_empty() {
-                by_kind.insert(k, list);
-            }
+            by_kind[k.id() as usize] = list;
         }
         RuleSet {
             rules,
@@ -156,7 +156,7 @@ impl RuleSet {
 
     /// The rules an event of kind `k` is evaluated against.
     pub fn for_kind(&self, k: Kind) -> &[usize] {
-        self.by_kind.get(&k).map_or(&[], Vec::as_slice)
+        self.by_kind.get(k.id() as usize).map_or(&[], Vec::as_slice)
     }
 
     pub fn len(&self) -> usize {

@@ -241,6 +241,11 @@ fn boot_ns() -> u64 {
 /// connect; the alert's event `ts_ns` (kernel, CLOCK_BOOTTIME at the syscall) is compared with
 /// CLOCK_BOOTTIME when the alert line is read from the sensor's stdout. Returns sorted ms.
 fn alert_latency(rate: u64, secs: f64) -> Vec<f64> {
+    alert_latency_poll(rate, secs, None)
+}
+
+/// [`alert_latency`] with `ring.poll_interval_ms` set (None: the default).
+fn alert_latency_poll(rate: u64, secs: f64, poll_ms: Option<u64>) -> Vec<f64> {
     let dir = std::env::temp_dir().join(format!("sensor-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -252,7 +257,12 @@ fn alert_latency(rate: u64, secs: f64) -> Vec<f64> {
     .unwrap();
     std::fs::write(
         dir.join("cfg.toml"),
-        "[rules]\nbuiltin = false\ndedup_secs = 0\n",
+        format!(
+            "[rules]\nbuiltin = false\ndedup_secs = 0\n{}",
+            poll_ms.map_or(String::new(), |p| format!(
+                "[ring]\npoll_interval_ms = {p}\n"
+            ))
+        ),
     )
     .unwrap();
     let mut child = Command::new(sensor_bin())
@@ -854,14 +864,51 @@ fn spread(what: &str, runs: usize, mut f: impl FnMut() -> f64) {
 /// Agent CPU (% of one core) while it takes 10k connect events/s for `secs`; with the
 /// events generated and the sensor's final loss record.
 fn agent_cpu_pct(secs: f64) -> (f64, u64, serde_json::Value) {
-    let s = Sensor::start(&["--ring-size", "64MiB"]);
+    agent_cpu_pct_poll(secs, None)
+}
+
+/// [`agent_cpu_pct`] with `ring.poll_interval_ms` set (None: the default).
+fn agent_cpu_pct_poll(secs: f64, poll_ms: Option<u64>) -> (f64, u64, serde_json::Value) {
+    let cfg = std::env::temp_dir().join(format!("bench-poll-{}.toml", std::process::id()));
+    let mut args = vec!["--ring-size".to_string(), "64MiB".into()];
+    if let Some(p) = poll_ms {
+        std::fs::write(&cfg, format!("[ring]\npoll_interval_ms = {p}\n")).unwrap();
+        args.extend(["--config".into(), cfg.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let s = Sensor::start(&args);
     let t0 = cpu_ticks(s.pid());
     let w = Instant::now();
     let sent = generate(10_000, secs);
     let cpu_secs = (cpu_ticks(s.pid()) - t0) as f64 / 100.0; // USER_HZ = 100
     let pct = 100.0 * cpu_secs / w.elapsed().as_secs_f64();
     let (_, loss) = s.stop();
+    let _ = std::fs::remove_file(&cfg);
     (pct, sent, loss)
+}
+
+/// `bench poll [RUNS]`: what the ring poll interval trades: agent CPU at 10k events/s against
+/// syscall-to-alert latency at 1k events/s, for 1, 2, 5 and 10 ms.
+fn poll_tradeoff(runs: usize) {
+    println!("| ring.poll_interval_ms | agent CPU % at 10k ev/s (min / median / max, {runs} runs of 10 s) | syscall-to-alert p50 / p99 at 1k ev/s |\n|---|---|---|");
+    for ms in [1u64, 2, 5, 10] {
+        let mut cpu: Vec<f64> = (0..runs)
+            .map(|_| agent_cpu_pct_poll(10.0, Some(ms)).0)
+            .collect();
+        let (lo, med, hi) = min_med_max(&mut cpu);
+        let lat = alert_latency_poll(1000, 5.0, Some(ms));
+        let q = |f: f64| {
+            lat.get(((lat.len() as f64 * f) as usize).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "| {ms} | {lo:.1} / {med:.1} / {hi:.1} | {:.2} / {:.2} ms (n={}) |",
+            q(0.5),
+            q(0.99),
+            lat.len()
+        );
+    }
 }
 
 fn main() {
@@ -881,6 +928,10 @@ fn main() {
                 replay_rate(1_000_000).0
             });
             print_replay_floor(1_000_000);
+            return;
+        }
+        Some("poll") => {
+            poll_tradeoff(arg_n(2, 3));
             return;
         }
         Some("cpu") => {
