@@ -366,6 +366,18 @@ enum EntityKey {
     Tree(u32, u64),
 }
 
+impl EntityKey {
+    fn kind(&self) -> EntityKind {
+        match self {
+            EntityKey::Degraded => EntityKind::Sensor,
+            EntityKey::Episode(_) => EntityKind::Episode,
+            EntityKey::Pod(_) => EntityKind::Pod,
+            EntityKey::Container(_) => EntityKind::Container,
+            EntityKey::Tree(..) => EntityKind::ProcessTree,
+        }
+    }
+}
+
 impl std::fmt::Display for EntityKey {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         match self {
@@ -381,26 +393,24 @@ impl std::fmt::Display for EntityKey {
 /// Who an event belongs to.
 /// The kind and key of the entity an event belongs to (cheap: no copies of the root's
 /// argv, and the tree is walked only for processes outside a pod or episode).
-fn entity_key(ev: &Event, procs: &ProcTable, episode: Option<&str>) -> (EntityKind, EntityKey) {
+fn entity_key(ev: &Event, procs: &ProcTable, episode: Option<&str>) -> EntityKey {
     let c = ev.container.as_ref();
     if let Some(e) = episode {
-        (EntityKind::Episode, EntityKey::Episode(e.to_string()))
+        EntityKey::Episode(e.to_string())
     } else if let Some(uid) = c.and_then(|c| c.pod_uid.as_deref()) {
-        (EntityKind::Pod, EntityKey::Pod(uid.to_string()))
+        EntityKey::Pod(uid.to_string())
     } else if let Some(c) = c {
-        (
-            EntityKind::Container,
-            EntityKey::Container(c.id.as_deref().unwrap_or(&c.cgroup).to_string()),
-        )
+        EntityKey::Container(c.id.as_deref().unwrap_or(&c.cgroup).to_string())
     } else {
         let root = procs.tree_root(ev.pid);
-        (EntityKind::ProcessTree, EntityKey::Tree(root.0, root.1))
+        EntityKey::Tree(root.0, root.1)
     }
 }
 
 /// Who an event belongs to, in full (when an incident opens).
 pub fn entity_of(ev: &Event, procs: &ProcTable, episode: Option<&str>) -> Entity {
-    let (kind, key) = entity_key(ev, procs, episode);
+    let key = entity_key(ev, procs, episode);
+    let kind = key.kind();
     let key = key.to_string();
     let root = procs.tree_root(ev.pid);
     let (root_exe, root_argv) = procs.info(root.0);
@@ -653,7 +663,7 @@ impl Incidents {
     pub fn observe(&mut self, ev: &Event, procs: &ProcTable, episode: Option<&str>) {
         if let Body::GpuUsage(u) = &ev.body {
             // Profiles only for entities with an incident: samples are frequent.
-            let key = entity_key(ev, procs, episode).1;
+            let key = entity_key(ev, procs, episode);
             if let Some(i) = self.open.get_mut(&key) {
                 let p = match i
                     .gpu
@@ -690,7 +700,7 @@ impl Incidents {
             return;
         }
         let Some(what) = step_of(ev) else { return };
-        let key = entity_key(ev, procs, episode).1;
+        let key = entity_key(ev, procs, episode);
         self.push_step(key, step(ev, what));
     }
 
@@ -703,7 +713,7 @@ impl Incidents {
         episode: Option<&str>,
     ) -> Option<Incident> {
         let ev = &a.event;
-        let key = entity_key(ev, procs, episode).1;
+        let key = entity_key(ev, procs, episode);
         let threshold = self.cfg.threshold;
         if !self.open.contains_key(&key) {
             if self.open.len() >= self.cfg.max_open {

@@ -908,22 +908,14 @@ pub fn eval(e: &Expr, cx: &Ctx<'_>) -> bool {
 /// when other fields decide.
 pub fn kind_truth(e: &Expr, k: crate::event::Kind) -> Option<bool> {
     match e {
-        Expr::And(v) => {
+        // `and` is decided by one false, `or` by one true; otherwise all must agree.
+        Expr::And(v) | Expr::Or(v) => {
+            let decisive = matches!(e, Expr::Or(_));
             let t: Vec<_> = v.iter().map(|x| kind_truth(x, k)).collect();
-            if t.contains(&Some(false)) {
-                Some(false)
-            } else if t.iter().all(|x| *x == Some(true)) {
-                Some(true)
-            } else {
-                None
-            }
-        }
-        Expr::Or(v) => {
-            let t: Vec<_> = v.iter().map(|x| kind_truth(x, k)).collect();
-            if t.contains(&Some(true)) {
-                Some(true)
-            } else if t.iter().all(|x| *x == Some(false)) {
-                Some(false)
+            if t.contains(&Some(decisive)) {
+                Some(decisive)
+            } else if t.iter().all(|x| *x == Some(!decisive)) {
+                Some(!decisive)
             } else {
                 None
             }

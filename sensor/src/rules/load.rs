@@ -270,7 +270,9 @@ fn lit(v: &serde_yaml_ng::Value) -> Option<Lit> {
 }
 
 /// Kinds a condition is restricted to by a top-level `kind = …`/`kind in (…)` (the parser has
-/// checked that every name is a known kind).
+/// checked that every name is a known kind): what the load-time field check holds a condition
+/// to. (Which rules run for an event's kind is decided by `fields::kind_truth`, which sees
+/// `kind` tests anywhere in the condition.)
 fn kinds_of(e: &Expr) -> Option<Vec<Kind>> {
     use super::{expr::Op, expr::Pattern, fields::Field};
     let one = |e: &Expr| match e {
@@ -528,7 +530,6 @@ pub fn compile(sources: &[Source]) -> Result<RuleSet, LoadError> {
             }
             let cond = cond.expr;
             let rule = Rule {
-                kinds,
                 id: d.id.clone(),
                 description: d.description.clone(),
                 severity: d.severity,

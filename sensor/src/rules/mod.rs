@@ -85,7 +85,6 @@ pub struct Rule {
     /// Evidence weight (see [`load::RuleDef::weight`]); `None`: a strong signal.
     pub weight: Option<u32>,
     pub enabled: bool,
-    pub kinds: Option<Vec<Kind>>,
     pub def: load::RuleDef,
     pub source: String,
 }
