@@ -908,9 +908,10 @@ pub struct ProgConfig {
     /// 1: report only thread groups in `TRACE_TGIDS` (and processes they fork); 0: everything
     /// not ignored.
     pub only_listed: u32,
-    /// Submit with a consumer wakeup only when at least this many bytes are waiting in the
-    /// ring; below it records are submitted with BPF_RB_NO_WAKEUP and the agent picks them up
-    /// on its poll timer. Saves an irq_work + epoll wakeup per event under load.
+    /// Submit with a consumer wakeup only when a record takes the bytes waiting in the ring
+    /// past a multiple of this; other records are submitted with BPF_RB_NO_WAKEUP and the
+    /// agent picks them up on its poll timer. One irq_work + epoll wakeup per this many bytes
+    /// of backlog instead of one per event. 0: a wakeup per record.
     pub wakeup_bytes: u32,
     /// 1 when `IGNORE_CGROUPS` has entries: with it 0 the programs skip the cgroup-id helper
     /// and the lookup.

@@ -3,7 +3,7 @@
 
 use sensor_common::{probe_error_index, Hook, ProbeError};
 
-use crate::{submit_flags, DROPS, EVENTS, PROBE_ERRORS};
+use crate::{ring_len, submit_flags, DROPS, EVENTS, PROBE_ERRORS};
 
 /// Reserves a `T` in the ring buffer, lets `fill` initialise it and submits it (with the
 /// wakeup policy of [`submit_flags`]); discards it when `fill` fails.
@@ -26,7 +26,7 @@ pub(crate) fn emit<T: 'static>(
     };
     match fill(entry.as_mut_ptr()) {
         Ok(()) => {
-            entry.submit(submit_flags());
+            entry.submit(submit_flags(ring_len(core::mem::size_of::<T>())));
             Ok(())
         }
         Err(e) => {

@@ -184,8 +184,8 @@ impl Hooks {
             only_listed: u32::from(!cfg.filter.only_pids.is_empty()),
             ignore_cgroups: u32::from(!cfg.filter.ignore_cgroup_ids.is_empty()),
             _pad: 0,
-            // Wake the reader early when a quarter of the ring (at most 128 KiB) is waiting;
-            // otherwise its poll timer (ring.poll_interval_ms) collects the records.
+            // Wake the reader early each time another quarter of the ring (at most 128 KiB)
+            // has filled; otherwise its poll timer (ring.poll_interval_ms) collects the records.
             wakeup_bytes: (cfg.ring.size / 4).min(128 << 10) as u32,
             cookie_key: random_u64(),
         };
