@@ -38,7 +38,7 @@ fn main() {
 
 fn build_ebpf(root: &Path) -> PathBuf {
     let crate_dir = root.join("sensor-ebpf");
-    for p in ["src", "Cargo.toml", "build.rs"] {
+    for p in ["src", "Cargo.toml", "build.rs", ".cargo/config.toml"] {
         println!("cargo:rerun-if-changed={}", crate_dir.join(p).display());
     }
     println!(

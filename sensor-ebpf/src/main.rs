@@ -6,9 +6,6 @@
 //! no CO-RE relocations, so nothing here may assume a layout.
 #![no_std]
 #![no_main]
-// Inline BPF assembly for the one atomic add (gpu.rs: in_flight_add); the crate is built with
-// RUSTC_BOOTSTRAP=1 (see scripts/setup.sh).
-#![feature(asm_experimental_arch)]
 
 mod emit;
 mod filter;

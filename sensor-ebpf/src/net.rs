@@ -21,7 +21,8 @@ use crate::{
     filter::{current_traced, tgid_traced},
     task::{
         ctx_at, ctx_field, field, file_of_fd, fill_header, load, read, record, sk_ends,
-        sock_of_file, socket_type_sk, syscall_arg, syscall_regs, AF_INET, AF_INET6,
+        put_addr, sock_of_file, socket_type_sk, syscall_arg, syscall_regs, Addr, AF_INET,
+        AF_INET6,
     },
 };
 /// TCP states (include/net/tcp_states.h).
@@ -40,7 +41,7 @@ pub struct Pending {
     port: u16,
     sock_type: u16,
     protocol: u16,
-    addr: [u8; 16],
+    addr: Addr,
     /// `struct sock *` of the socket (0 when unknown).
     sk: u64,
     /// Thread group that made the connection (a close may run in any context).
@@ -48,8 +49,30 @@ pub struct Pending {
     /// Local port and address of a TCP connect, once SYN_SENT bound them (0 before).
     local_port: u16,
     _pad: u16,
-    local_addr: [u8; 16],
+    local_addr: Addr,
 }
+
+impl Pending {
+    /// All fields zero; callers set what they know.
+    #[inline(always)]
+    fn zeroed() -> Pending {
+        Pending {
+            kind: 0,
+            fd: 0,
+            family: 0,
+            port: 0,
+            sock_type: 0,
+            protocol: 0,
+            addr: [0, 0],
+            sk: 0,
+            owner: 0,
+            local_port: 0,
+            _pad: 0,
+            local_addr: [0, 0],
+        }
+    }
+}
+const _: () = assert!(core::mem::size_of::<Pending>() == 64);
 
 /// Outbound TCP connections being followed until TCP_CLOSE, by `struct sock *`.
 #[map(name = "TRACKED_SOCKS")]
@@ -86,26 +109,27 @@ fn read_sockaddr(ptr: u64, len: u64, p: &mut Pending) -> Result<bool, ProbeError
     match family {
         AF_INET if len >= 8 => {
             p.port = u16::from_be_bytes([head[2], head[3]]);
-            p.addr = [0; 16];
-            p.addr[..4].copy_from_slice(&head[4..8]);
+            p.addr = [u32::from_ne_bytes([head[4], head[5], head[6], head[7]]) as u64, 0];
             Ok(true)
         }
         AF_INET6 if len >= 24 => {
+            // sockaddr_in6: family@0, port@2, flowinfo@4, addr@8 (two words).
             // SAFETY: as above.
-            let raw = unsafe { bpf_probe_read_user(ptr as *const [u8; 24]) }
+            let raw = unsafe { bpf_probe_read_user(ptr as *const [u64; 3]) }
                 .map_err(|_| ProbeError::UserRead)?;
-            p.port = u16::from_be_bytes([raw[2], raw[3]]);
-            p.addr.copy_from_slice(&raw[8..24]);
+            p.port = ((raw[0] >> 16) as u16).swap_bytes();
+            p.addr = [raw[1], raw[2]];
             Ok(true)
         }
         _ => Ok(false),
     }
 }
 
-/// sys_exit_connect / sys_exit_bind: report with the result; follow TCP connects. The
-/// arguments (fd, sockaddr, length) are read from the saved registers. A connected socket's
-/// peer (a bound socket's local address) is taken from the socket itself, not from the
-/// caller's buffer, which another thread may have rewritten while the call ran.
+/// sys_exit_connect / sys_exit_bind: report with the result; follow TCP connects. The fd and
+/// the caller's sockaddr are read from the saved registers. A successful call is described
+/// from the socket itself (family, and the peer for connect or the address bound for bind):
+/// the kernel's view, not the caller's buffer, which another thread may have rewritten while
+/// the call ran, and no user read. A failed call is described from the caller's sockaddr.
 #[inline(always)]
 fn exit(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> {
     let id = bpf_get_current_pid_tgid();
@@ -115,23 +139,12 @@ fn exit(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> {
     let o = &config().offsets;
     let regs = syscall_regs();
     let fd = syscall_arg::<0>(regs);
-    let mut p = Pending {
-        kind: k,
-        fd: fd as i32,
-        family: 0,
-        port: 0,
-        sock_type: 0,
-        protocol: 0,
-        addr: [0; 16],
-        sk: 0,
-        owner: (id >> 32) as u32,
-        local_port: 0,
-        _pad: 0,
-        local_addr: [0; 16],
-    };
-    if !read_sockaddr(syscall_arg::<1>(regs), syscall_arg::<2>(regs), &mut p)? {
-        return Ok(());
-    }
+    let ret = ctx_at::<i64, TP_SYSCALL_EXIT_RET>(ctx);
+    let ok = ret == 0 || (k == kind::CONNECT && ret == -EINPROGRESS);
+    let mut p = Pending::zeroed();
+    p.kind = k;
+    p.fd = fd as i32;
+    p.owner = (id >> 32) as u32;
     // A bad fd has no file (0): the syscall failed with EBADF and the event says so.
     let file = or_count(hook, file_of_fd(fd & 0xffff_ffff), 0);
     if file != 0 {
@@ -141,20 +154,34 @@ fn exit(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> {
             (p.sock_type, p.sk) = or_count(hook, socket_type_sk(sock), (0, 0));
         }
     }
-    let ret = ctx_at::<i64, TP_SYSCALL_EXIT_RET>(ctx);
-    let ok = ret == 0 || (k == kind::CONNECT && ret == -EINPROGRESS);
-    if ok && p.sk != 0 {
-        if let Some(e) = or_count(hook, sk_ends(p.sk, p.family).map(Some), None) {
-            if k == kind::CONNECT {
-                // The peer the kernel connected to, and the local side it bound: what a
-                // firewall's log line shows for this connection.
-                (p.addr, p.port) = (e.peer, e.peer_port);
-                (p.local_addr, p.local_port) = (e.local, e.local_port);
-            } else {
-                // The address bound (port 0 asks for a port: this is the one given).
-                (p.addr, p.port) = (e.local, e.local_port);
-            }
-        }
+    let from_sock = ok
+        && p.sk != 0
+        && match or_count(hook, read::<u16>(p.sk, o.skc_family), 0) {
+            0 => false, // unreadable: the caller's sockaddr below
+            f @ (AF_INET | AF_INET6) => match or_count(hook, sk_ends(p.sk, f).map(Some), None) {
+                Some(e) => {
+                    p.family = f;
+                    if k == kind::CONNECT {
+                        if e.peer_port == 0 && e.peer == [0, 0] {
+                            // connect(AF_UNSPEC) dissolved a UDP association: no peer.
+                            return Ok(());
+                        }
+                        // The peer the kernel connected to, and the local side it bound:
+                        // what a firewall's log line shows for this connection.
+                        (p.addr, p.port) = (e.peer, e.peer_port);
+                        (p.local_addr, p.local_port) = (e.local, e.local_port);
+                    } else {
+                        // The address bound (port 0 asks for a port: this is the one given).
+                        (p.addr, p.port) = (e.local, e.local_port);
+                    }
+                    true
+                }
+                None => false,
+            },
+            _ => return Ok(()), // AF_UNIX, netlink, …: filtered here, in the kernel
+        };
+    if !from_sock && !read_sockaddr(syscall_arg::<1>(regs), syscall_arg::<2>(regs), &mut p)? {
+        return Ok(());
     }
     let emitted = emit_net(k, 0, ret as i32, p.fd, &p);
     // Followed even when the record was lost, as before.
@@ -186,20 +213,15 @@ fn dup_exit(ctx: &TracePointContext) -> Result<(), ProbeError> {
     if unsafe { TRACKED_SOCKS.get(&s.sk) }.is_none() {
         return Ok(());
     }
-    let p = Pending {
-        kind: kind::SOCK_DUP,
-        fd: ret as i32,
-        family: s.family,
-        port: s.port,
-        sock_type: s.sock_type,
-        protocol: 0,
-        addr: s.addr,
-        sk: s.sk,
-        owner: (bpf_get_current_pid_tgid() >> 32) as u32,
-        local_port: 0,
-        _pad: 0,
-        local_addr: [0; 16],
-    };
+    let mut p = Pending::zeroed();
+    p.kind = kind::SOCK_DUP;
+    p.fd = ret as i32;
+    p.family = s.family;
+    p.port = s.port;
+    p.sock_type = s.sock_type;
+    p.addr = s.addr;
+    p.sk = s.sk;
+    p.owner = (bpf_get_current_pid_tgid() >> 32) as u32;
     emit_net(kind::SOCK_DUP, 0, 0, ret as i32, &p)
 }
 
@@ -227,15 +249,17 @@ fn emit_net(k: u32, fl: u32, ret: i32, fd: i32, p: &Pending) -> Result<(), Probe
             (*ev).port = p.port;
             (*ev).sock_type = p.sock_type;
             (*ev).protocol = p.protocol;
-            (*ev).addr = p.addr;
+            put_addr(&raw mut (*ev).addr, p.addr);
             (*ev).cookie = if p.sk == 0 {
                 0
             } else {
                 p.sk ^ config().cookie_key
             };
-            (*ev).local_addr = p.local_addr;
+            put_addr(&raw mut (*ev).local_addr, p.local_addr);
             (*ev).local_port = p.local_port;
-            (*ev)._pad = [0; 3];
+            (*ev)._pad[0] = 0;
+            (*ev)._pad[1] = 0;
+            (*ev)._pad[2] = 0;
         }
         Ok(())
     })
@@ -291,30 +315,27 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), ProbeError> {
     let protocol = field(&r, o.tp_iss_protocol, 2)? as u16;
     let listen = newstate == TCP_LISTEN;
     let sk = field(&r, o.tp_iss_skaddr, 8)?;
-    let mut p = Pending {
-        kind: 0,
-        fd: -1,
-        family,
-        port: if listen { sport } else { dport },
-        sock_type: SOCK_STREAM,
-        protocol,
-        addr: [0; 16],
-        sk,
-        owner: (id >> 32) as u32,
-        local_port: if listen { 0 } else { sport },
-        _pad: 0,
-        local_addr: [0; 16],
-    };
+    let mut p = Pending::zeroed();
+    p.fd = -1;
+    p.family = family;
+    p.port = if listen { sport } else { dport };
+    p.sock_type = SOCK_STREAM;
+    p.protocol = protocol;
+    p.sk = sk;
+    p.owner = (id >> 32) as u32;
+    if !listen {
+        p.local_port = sport;
+    }
+    // Record fields are read little-endian: an address's first byte is its word's low byte.
     if family == AF_INET {
         let off = if listen {
             o.tp_iss_saddr
         } else {
             o.tp_iss_daddr
         };
-        p.addr[..4].copy_from_slice(&(field(&r, off, 4)? as u32).to_le_bytes());
+        p.addr = [field(&r, off, 4)?, 0];
         if !listen {
-            p.local_addr[..4]
-                .copy_from_slice(&(field(&r, o.tp_iss_saddr, 4)? as u32).to_le_bytes());
+            p.local_addr = [field(&r, o.tp_iss_saddr, 4)?, 0];
         }
     } else {
         let off = if listen {
@@ -322,12 +343,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), ProbeError> {
         } else {
             o.tp_iss_daddr_v6
         };
-        p.addr[..8].copy_from_slice(&field(&r, off, 8)?.to_le_bytes());
-        p.addr[8..].copy_from_slice(&field(&r, off.wrapping_add(8), 8)?.to_le_bytes());
+        p.addr = [field(&r, off, 8)?, field(&r, off.wrapping_add(8), 8)?];
         if !listen {
             let l = o.tp_iss_saddr_v6;
-            p.local_addr[..8].copy_from_slice(&field(&r, l, 8)?.to_le_bytes());
-            p.local_addr[8..].copy_from_slice(&field(&r, l.wrapping_add(8), 8)?.to_le_bytes());
+            p.local_addr = [field(&r, l, 8)?, field(&r, l.wrapping_add(8), 8)?];
         }
     }
     if listen {
@@ -368,9 +387,9 @@ fn tcp_close(ctx: &TracePointContext) -> Result<(), ProbeError> {
             (*ev).port = p.port;
             (*ev).sock_type = SOCK_STREAM;
             (*ev).protocol = p.protocol;
-            (*ev).addr = p.addr;
+            put_addr(&raw mut (*ev).addr, p.addr);
             (*ev).cookie = sk ^ config().cookie_key;
-            (*ev).local_addr = p.local_addr;
+            put_addr(&raw mut (*ev).local_addr, p.local_addr);
             (*ev).local_port = p.local_port;
             (*ev)._pad = [0; 3];
         }

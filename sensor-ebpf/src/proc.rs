@@ -16,7 +16,8 @@ use crate::{
     filter::{current_traced, inherit, tgid_traced},
     gpu::GPU_TGIDS,
     task::{
-        current_task_btf, file_of_fd, fill_header, load, read, sock_of_file, AF_INET, AF_INET6,
+        current_task_btf, file_of_fd, fill_header, load, put_addr, read, sock_of_file, AF_INET,
+        AF_INET6,
     },
 };
 
@@ -136,13 +137,13 @@ unsafe fn stdio(ev: *mut ExecEvent) {
             Some(s) => {
                 (*ev).peer_family = s.family;
                 (*ev).peer_port = s.port;
-                (*ev).peer_addr = s.addr;
+                put_addr(&raw mut (*ev).peer_addr, s.addr);
                 (*ev).peer_sock_type = s.sock_type;
             }
             None => {
                 (*ev).peer_family = 0;
                 (*ev).peer_port = 0;
-                (*ev).peer_addr = [0; 16];
+                put_addr(&raw mut (*ev).peer_addr, [0, 0]);
                 (*ev).peer_sock_type = 0;
             }
         }

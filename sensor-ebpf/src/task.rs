@@ -1,9 +1,6 @@
 //! Reading the current task and kernel objects through BTF-resolved offsets.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-};
+use aya_ebpf::helpers::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel};
 use sensor_common::{EventHeader, ProbeError};
 
 use crate::config;
@@ -40,6 +37,23 @@ pub(crate) fn load<T: Copy>(base: *const u8, off: u32) -> Result<T, ProbeError> 
     // SAFETY: see above; the JIT emits a faulting-safe load (BPF_PROBE_MEM) for BTF pointers,
     // and `base` is non-null.
     Ok(unsafe { core::ptr::read_volatile(base.add(off as usize).cast::<T>()) })
+}
+
+/// 16 address bytes (network byte order; IPv4 in the first 4) held as two little-endian
+/// words: copied and zeroed with two 8-byte loads and stores, where a `[u8; 16]` (alignment
+/// 1) takes sixteen of each.
+pub(crate) type Addr = [u64; 2];
+
+/// Writes `a` into a record's 16-byte address field, which must be 8-aligned (sensor-common
+/// asserts the offsets of every such field; ring reservations are 8-aligned).
+#[inline(always)]
+pub(crate) fn put_addr(dst: *mut [u8; 16], a: Addr) {
+    // SAFETY: the caller passes a pointer to 16 writable, 8-aligned bytes.
+    unsafe {
+        let d = dst.cast::<u64>();
+        d.write(a[0]);
+        d.add(1).write(a[1]);
+    }
 }
 
 /// The current task as a BTF-typed pointer.
@@ -121,7 +135,7 @@ pub(crate) struct SockInfo {
     pub family: u16,
     pub sock_type: u16,
     pub port: u16,
-    pub addr: [u8; 16],
+    pub addr: Addr,
     pub sk: u64,
 }
 
@@ -129,38 +143,38 @@ pub(crate) struct SockInfo {
 /// and port (host order). IPv4 in one read: `skc_addrpair` (daddr, rcv_saddr), `skc_hash`,
 /// `skc_portpair` (dport, num) are 16 consecutive bytes; IPv6 in two: the port pair, and
 /// `skc_v6_daddr` with `skc_v6_rcv_saddr` after it. The agent checks these adjacencies
-/// against BTF at start-up.
+/// against BTF at start-up. Words are little-endian (bpfel): the first byte in memory is the
+/// low byte.
 pub(crate) struct SkEnds {
-    pub peer: [u8; 16],
+    pub peer: Addr,
     pub peer_port: u16,
-    pub local: [u8; 16],
+    pub local: Addr,
     pub local_port: u16,
 }
 
 #[inline(always)]
 pub(crate) fn sk_ends(sk: u64, family: u16) -> Result<SkEnds, ProbeError> {
     let o = &config().offsets;
-    let mut e = SkEnds {
-        peer: [0; 16],
-        peer_port: 0,
-        local: [0; 16],
-        local_port: 0,
-    };
     if family == AF_INET {
-        let b = read::<[u8; 16]>(sk, o.skc_daddr)?;
-        e.peer[..4].copy_from_slice(&b[..4]);
-        e.local[..4].copy_from_slice(&b[4..8]);
-        e.peer_port = u16::from_be_bytes([b[12], b[13]]);
-        e.local_port = u16::from_ne_bytes([b[14], b[15]]);
+        // word 0: daddr (bytes 0-3), rcv_saddr (4-7); word 1: hash (8-11), dport (12-13,
+        // network order), num (14-15, host order).
+        let w = read::<[u64; 2]>(sk, o.skc_daddr)?;
+        Ok(SkEnds {
+            peer: [w[0] & 0xffff_ffff, 0],
+            peer_port: ((w[1] >> 32) as u16).swap_bytes(),
+            local: [w[0] >> 32, 0],
+            local_port: (w[1] >> 48) as u16,
+        })
     } else {
-        let ports = read::<[u8; 4]>(sk, o.skc_dport)?;
-        e.peer_port = u16::from_be_bytes([ports[0], ports[1]]);
-        e.local_port = u16::from_ne_bytes([ports[2], ports[3]]);
-        let b = read::<[u8; 32]>(sk, o.skc_v6_daddr)?;
-        e.peer.copy_from_slice(&b[..16]);
-        e.local.copy_from_slice(&b[16..]);
+        let ports = read::<u32>(sk, o.skc_dport)?;
+        let w = read::<[u64; 4]>(sk, o.skc_v6_daddr)?;
+        Ok(SkEnds {
+            peer: [w[0], w[1]],
+            peer_port: (ports as u16).swap_bytes(),
+            local: [w[2], w[3]],
+            local_port: (ports >> 16) as u16,
+        })
     }
-    Ok(e)
 }
 
 /// `socket->type` and `socket->sk` of a `struct socket *`, in one read of the struct's first
@@ -192,19 +206,20 @@ pub(crate) fn sock_of_file(file: u64) -> Result<Option<SockInfo>, ProbeError> {
     }
     let sock = read::<u64>(file, o.file_private_data)?;
     let (sock_type, sk) = socket_type_sk(sock)?;
-    let mut s = SockInfo {
-        family: read::<u16>(sk, o.skc_family)?,
-        sock_type,
-        port: 0,
-        addr: [0; 16],
-        sk,
+    let family = read::<u16>(sk, o.skc_family)?;
+    let (addr, port) = if family == AF_INET || family == AF_INET6 {
+        let e = sk_ends(sk, family)?;
+        (e.peer, e.peer_port)
+    } else {
+        ([0, 0], 0)
     };
-    if s.family == AF_INET || s.family == AF_INET6 {
-        let e = sk_ends(sk, s.family)?;
-        s.addr = e.peer;
-        s.port = e.peer_port;
-    }
-    Ok(Some(s))
+    Ok(Some(SockInfo {
+        family,
+        sock_type,
+        port,
+        addr,
+        sk,
+    }))
 }
 
 /// Fills `hdr` for the current task. Everything but the clock is read with plain loads
