@@ -159,13 +159,13 @@ fn exit(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> {
         && match or_count(hook, read::<u16>(p.sk, o.skc_family), 0) {
             0 => false, // unreadable: the caller's sockaddr below
             f @ (AF_INET | AF_INET6) => match or_count(hook, sk_ends(p.sk, f).map(Some), None) {
+                // A successful connect that left no peer port is connect(AF_UNSPEC)
+                // dissolving a UDP association (IPv6 keeps the old peer address): the
+                // caller's sockaddr below says which, as for a failed call.
+                Some(e) if k == kind::CONNECT && e.peer_port == 0 => false,
                 Some(e) => {
                     p.family = f;
                     if k == kind::CONNECT {
-                        if e.peer_port == 0 && e.peer == [0, 0] {
-                            // connect(AF_UNSPEC) dissolved a UDP association: no peer.
-                            return Ok(());
-                        }
                         // The peer the kernel connected to, and the local side it bound:
                         // what a firewall's log line shows for this connection.
                         (p.addr, p.port) = (e.peer, e.peer_port);

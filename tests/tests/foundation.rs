@@ -137,6 +137,32 @@ fn connect_results_v4_v6() {
     s.stop();
 }
 
+/// A successful connect(2) is described from the socket (no user read): a UDP association is
+/// reported with its peer; connect(AF_UNSPEC), which dissolves it (the socket then has no
+/// peer), and a connect(2) of an AF_UNIX socket are not connects to report.
+#[test]
+fn udp_connect_reported_unspec_and_unix_connects_not() {
+    if !require_root("udp_connect_reported_unspec_and_unix_connects_not") {
+        return;
+    }
+    let s = Sensor::start(&[]);
+    for ip in ["127.0.0.1", "::1"] {
+        let port = closed_port();
+        let (pid, out) = run_helper(NETPROBE, &["udp-then-unspec", ip, &port.to_string()]);
+        assert_eq!(out.trim(), "done");
+        s.wait_event(WAIT, |e| is(e, Kind::Exit, pid))
+            .expect("helper exit event");
+        let connects = s.events(|e| is(e, Kind::Connect, pid));
+        assert_eq!(connects.len(), 1, "{connects:#?}");
+        let n = connects[0].net().unwrap();
+        assert_eq!(n.dst_ip, Some(ip.parse::<IpAddr>().unwrap()));
+        assert_eq!(n.dst_port, Some(port));
+        assert_eq!((n.result, n.sock_type), (Outcome::Ok, SockType::Dgram));
+        assert!(n.local_port.is_some_and(|p| p != 0), "{n:?}");
+    }
+    s.stop();
+}
+
 /// A listener whose accept queue is full (backlog 0, one connection never accepted): the
 /// kernel drops further SYNs, so a blocking connect(2) to it waits.
 fn full_listener() -> (i32, u16, std::net::TcpStream) {

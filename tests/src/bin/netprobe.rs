@@ -12,6 +12,9 @@
 //!   netprobe bind-listen IP PORT      bind(2) + listen(2), prints the bound port
 //!   netprobe fork-exit CODE           fork(2); the child exits with CODE; prints the child pid
 //!   netprobe burst N PORT             waits for a line on stdin, then N connects to 127.0.0.1:PORT
+//!   netprobe udp-then-unspec IP PORT  UDP connect(2) to IP:PORT, then connect(2) with AF_UNSPEC
+//!                                     (dissolves the association), then a successful connect(2)
+//!                                     of an AF_UNIX socket to its own listener
 use std::{
     io::BufRead,
     net::{IpAddr, SocketAddr},
@@ -186,6 +189,37 @@ fn main() {
                 }
             }
             println!("done {n} refused {refused}");
+        }
+        Some("udp-then-unspec") => {
+            let u = std::net::UdpSocket::bind(if ip().is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            })
+            .expect("udp bind");
+            u.connect((ip(), port())).expect("udp connect");
+            // SAFETY: sockaddr_storage is plain data; all-zero is AF_UNSPEC.
+            let unspec: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            // SAFETY: valid fd; the address buffer is as long as the length passed.
+            let r = unsafe {
+                libc::connect(
+                    u.as_raw_fd(),
+                    (&unspec as *const libc::sockaddr_storage).cast(),
+                    std::mem::size_of::<libc::sa_family_t>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(
+                r,
+                0,
+                "connect(AF_UNSPEC): {}",
+                std::io::Error::last_os_error()
+            );
+            let path = std::env::temp_dir().join(format!("netprobe-{}.sock", std::process::id()));
+            let l = std::os::unix::net::UnixListener::bind(&path).expect("unix bind");
+            let c = std::os::unix::net::UnixStream::connect(&path).expect("unix connect");
+            drop((c, l));
+            let _ = std::fs::remove_file(&path);
+            println!("done");
         }
         _ => {
             eprintln!("usage: see the doc comment of tests/src/bin/netprobe.rs");
