@@ -65,11 +65,6 @@ fn gpu_dev_of_file(file: u64) -> Result<Option<(GpuDev, u32, u32)>, ProbeError> 
 
 #[tracepoint(category = "syscalls", name = "sys_exit_ioctl")]
 pub fn sys_exit_ioctl(ctx: TracePointContext) -> u32 {
-    // EXPERIMENT (reverted in the next commit): an empty program, to measure what the
-    // tracepoint alone costs an ioctl.
-    if config().wakeup_bytes != 0 {
-        return 0;
-    }
     finish(Hook::SysExitIoctl, try_sys_exit_ioctl(&ctx))
 }
 
