@@ -125,6 +125,19 @@ fn read_sockaddr(ptr: u64, len: u64, p: &mut Pending) -> Result<bool, ProbeError
     }
 }
 
+/// AF_UNSPEC (include/linux/socket.h).
+const AF_UNSPEC: u16 = 0;
+
+/// The family of a user `struct sockaddr` (`None` when there is none or it is unreadable).
+#[inline(always)]
+fn user_family(ptr: u64, len: u64) -> Option<u16> {
+    if ptr == 0 || len < 2 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_user handles faults and returns an error for bad user pointers.
+    unsafe { bpf_probe_read_user(ptr as *const u16) }.ok()
+}
+
 /// sys_exit_connect / sys_exit_bind: report with the result; follow TCP connects. The fd and
 /// the caller's sockaddr are read from the saved registers. A successful call is described
 /// from the socket itself (family, and the peer for connect or the address bound for bind):
@@ -159,10 +172,18 @@ fn exit(ctx: &TracePointContext, hook: Hook, k: u32) -> Result<(), ProbeError> {
         && match or_count(hook, read::<u16>(p.sk, o.skc_family), 0) {
             0 => false, // unreadable: the caller's sockaddr below
             f @ (AF_INET | AF_INET6) => match or_count(hook, sk_ends(p.sk, f).map(Some), None) {
-                // A successful connect that left no peer port is connect(AF_UNSPEC)
-                // dissolving a UDP association (IPv6 keeps the old peer address): the
-                // caller's sockaddr below says which, as for a failed call.
-                Some(e) if k == kind::CONNECT && e.peer_port == 0 => false,
+                // A successful connect that left no peer port may be connect(AF_UNSPEC)
+                // dissolving a UDP association (IPv6 keeps the old peer address): not a
+                // connect to report. Raw and ping sockets, and connects to port 0, also
+                // leave port 0; the caller's family tells them apart (one 2-byte read).
+                Some(e)
+                    if k == kind::CONNECT
+                        && e.peer_port == 0
+                        && user_family(syscall_arg::<1>(regs), syscall_arg::<2>(regs))
+                            == Some(AF_UNSPEC) =>
+                {
+                    return Ok(());
+                }
                 Some(e) => {
                     p.family = f;
                     if k == kind::CONNECT {
