@@ -354,6 +354,49 @@ fn fork_and_exit() {
     s.stop();
 }
 
+/// A netprobe `burst`: `n` connects to a closed port on 127.0.0.1, started by [`Burst::run`]
+/// (so the sensor can be started on its pid first).
+struct Burst {
+    child: std::process::Child,
+    n: u64,
+}
+
+impl Burst {
+    fn spawn(n: u64) -> Burst {
+        let child = Command::new(NETPROBE)
+            .args(["burst", &n.to_string(), &closed_port().to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Burst { child, n }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Makes the connects; returns once the helper has exited, every one refused.
+    fn run(&mut self) {
+        self.child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(self.child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(self.child.wait().unwrap().success());
+        let n = self.n;
+        assert_eq!(line.trim(), format!("done {n} refused {n}"));
+    }
+}
+
+/// Connect events of `pid` in `records`.
+fn connects_of(records: &[Record], pid: u32) -> u64 {
+    records
+        .iter()
+        .filter(|r| matches!(r, Record::Event(e) if is(e, Kind::Connect, pid)))
+        .count() as u64
+}
+
 /// The two burst tests must not overlap when tests run in parallel (`cargo xtask test` runs
 /// them one at a time): the tiny ring's reader is woken every 4 KiB, and `/proc/interrupts`
 /// counts the whole machine.
@@ -366,31 +409,16 @@ fn loss_accounting_is_exact_with_a_tiny_ring() {
     }
     let _one = BURSTS.lock().unwrap_or_else(|e| e.into_inner());
     const N: u64 = 20_000;
-    let port = closed_port();
-    let mut burst = Command::new(NETPROBE)
-        .args(["burst", &N.to_string(), &port.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = burst.id();
+    let mut burst = Burst::spawn(N);
+    let pid = burst.pid();
     // The smallest ring accepted (16 KiB, two exec records) holds ~150 connect records: the
     // burst must overflow it.
     let s = Sensor::start(&["--only-pid", &pid.to_string(), "--ring-size", "16KiB"]);
-    burst.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(burst.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(burst.wait().unwrap().success());
-    assert_eq!(line.trim(), format!("done {N} refused {N}"));
+    burst.run();
     s.wait_event(WAIT, |e| is(e, Kind::Exit, pid))
         .expect("burst exit event");
     let records = s.stop();
-    let seen = records
-        .iter()
-        .filter(|r| matches!(r, Record::Event(e) if is(e, Kind::Connect, pid)))
-        .count() as u64;
+    let seen = connects_of(&records, pid);
     let loss = records
         .iter()
         .rev()
@@ -442,36 +470,21 @@ fn a_backlog_wakes_the_reader_once_per_batch_not_per_record() {
     let _one = BURSTS.lock().unwrap_or_else(|e| e.into_inner());
     irq_work_interrupts(); // before the sensor is stopped: fails here on a kernel without IWI
     const N: u64 = 20_000;
-    let port = closed_port();
-    let mut burst = Command::new(NETPROBE)
-        .args(["burst", &N.to_string(), &port.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = burst.id();
+    let mut burst = Burst::spawn(N);
+    let pid = burst.pid();
     // Default ring (8 MiB: the burst's records, ~2.7 MB, fit) and wakeup mark (128 KiB).
     let s = Sensor::start(&["--only-pid", &pid.to_string()]);
     // SAFETY: signalling the sensor this test started.
     assert_eq!(unsafe { libc::kill(s.pid as i32, libc::SIGSTOP) }, 0);
     let before = irq_work_interrupts();
-    burst.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(burst.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    burst.run();
     let wakeups = irq_work_interrupts() - before;
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(s.pid as i32, libc::SIGCONT) }, 0);
-    assert!(burst.wait().unwrap().success());
-    assert_eq!(line.trim(), format!("done {N} refused {N}"));
     s.wait_event(WAIT, |e| is(e, Kind::Exit, pid))
         .expect("burst exit event");
     let records = s.stop();
-    let seen = records
-        .iter()
-        .filter(|r| matches!(r, Record::Event(e) if is(e, Kind::Connect, pid)))
-        .count() as u64;
+    let seen = connects_of(&records, pid);
     // A connect record takes 136 bytes of ring (128 + the 8-byte record header): ~20 marks
     // of 128 KiB are crossed. Other irq_work on the node (rare) adds a few.
     let marks = N * 136 / (128 << 10);
